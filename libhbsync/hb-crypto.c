@@ -1,0 +1,245 @@
+#include <argon2.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "hb-crypto-private.h"
+
+gpointer
+hb_secure_alloc (gsize len)
+{
+  gpointer mem = g_malloc0 (len);
+
+  /* Best effort: an unprivileged process may exceed RLIMIT_MEMLOCK; the bytes are still wiped. */
+  (void) mlock (mem, len);
+#ifdef MADV_DONTDUMP
+  (void) madvise ((gpointer) ((guintptr) mem & ~(guintptr) 4095), 1, MADV_DONTDUMP);
+#endif
+  return mem;
+}
+
+void
+hb_wipe (gpointer mem, gsize len)
+{
+  if (mem != NULL && len > 0)
+    explicit_bzero (mem, len);
+}
+
+void
+hb_secure_free (gpointer mem, gsize len)
+{
+  if (mem == NULL)
+    return;
+  hb_wipe (mem, len);
+  (void) munlock (mem, len);
+  g_free (mem);
+}
+
+gboolean
+hb_random_bytes (guint8 *out, gsize len, GError **error)
+{
+  if (gnutls_rnd (GNUTLS_RND_NONCE, out, len) != 0)
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_FAILED, "random generator failed");
+      return FALSE;
+    }
+  return TRUE;
+}
+
+gboolean
+hb_random_key (guint8 *out, gsize len, GError **error)
+{
+  if (gnutls_rnd (GNUTLS_RND_KEY, out, len) != 0)
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_FAILED, "random generator failed");
+      return FALSE;
+    }
+  return TRUE;
+}
+
+char *
+hb_random_uuid (void)
+{
+  guint8 b[16];
+
+  if (gnutls_rnd (GNUTLS_RND_NONCE, b, sizeof b) != 0)
+    g_error ("random generator failed");
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  return g_strdup_printf ("%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                          b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
+                          b[12], b[13], b[14], b[15]);
+}
+
+static gboolean
+aead_init (gnutls_aead_cipher_hd_t *hd, const guint8 key[HB_KEY_LEN], GError **error)
+{
+  gnutls_datum_t k = { (unsigned char *) key, HB_KEY_LEN };
+  int rc = gnutls_aead_cipher_init (hd, GNUTLS_CIPHER_AES_256_GCM, &k);
+
+  if (rc < 0)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "AES-GCM setup failed: %s",
+                   gnutls_strerror (rc));
+      return FALSE;
+    }
+  return TRUE;
+}
+
+GBytes *
+hb_seal (const guint8 key[HB_KEY_LEN],
+         const guint8 *plain,
+         gsize plain_len,
+         const guint8 *ad,
+         gsize ad_len,
+         GError **error)
+{
+  gnutls_aead_cipher_hd_t hd;
+  gsize out_len = plain_len + HB_SEAL_OVERHEAD;
+  g_autofree guint8 *out = g_malloc (out_len);
+  gsize ct_len = plain_len + HB_TAG_LEN;
+  int rc;
+
+  if (!hb_random_bytes (out, HB_NONCE_LEN, error) || !aead_init (&hd, key, error))
+    return NULL;
+  rc = gnutls_aead_cipher_encrypt (hd, out, HB_NONCE_LEN, ad, ad_len, HB_TAG_LEN, plain, plain_len,
+                                   out + HB_NONCE_LEN, &ct_len);
+  gnutls_aead_cipher_deinit (hd);
+  if (rc < 0 || ct_len != plain_len + HB_TAG_LEN)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "AES-GCM encryption failed: %s",
+                   gnutls_strerror (rc));
+      return NULL;
+    }
+  return g_bytes_new_take (g_steal_pointer (&out), out_len);
+}
+
+gboolean
+hb_open (const guint8 key[HB_KEY_LEN],
+         const guint8 *sealed,
+         gsize sealed_len,
+         const guint8 *ad,
+         gsize ad_len,
+         guint8 **out_plain,
+         gsize *out_plain_len,
+         GError **error)
+{
+  gnutls_aead_cipher_hd_t hd;
+  guint8 *plain;
+  gsize plain_len;
+  int rc;
+
+  *out_plain = NULL;
+  *out_plain_len = 0;
+  if (sealed_len < HB_SEAL_OVERHEAD)
+    return FALSE;
+  if (!aead_init (&hd, key, error))
+    return FALSE;
+  plain_len = sealed_len - HB_SEAL_OVERHEAD;
+  /* One spare byte so callers can treat the result as a NUL-terminated string. */
+  plain = g_malloc0 (plain_len + 1);
+  rc = gnutls_aead_cipher_decrypt (hd, sealed, HB_NONCE_LEN, ad, ad_len, HB_TAG_LEN,
+                                   sealed + HB_NONCE_LEN, sealed_len - HB_NONCE_LEN, plain,
+                                   &plain_len);
+  gnutls_aead_cipher_deinit (hd);
+  if (rc < 0)
+    {
+      hb_open_free (plain, sealed_len - HB_SEAL_OVERHEAD + 1);
+      return FALSE;
+    }
+  *out_plain = plain;
+  *out_plain_len = plain_len;
+  return TRUE;
+}
+
+void
+hb_open_free (guint8 *plain, gsize len)
+{
+  if (plain == NULL)
+    return;
+  hb_wipe (plain, len);
+  g_free (plain);
+}
+
+void
+hb_hmac_sha256 (const guint8 *key,
+                gsize key_len,
+                const guint8 *data,
+                gsize data_len,
+                guint8 out[HB_MAC_LEN])
+{
+  if (gnutls_hmac_fast (GNUTLS_MAC_SHA256, key, key_len, data, data_len, out) < 0)
+    g_error ("HMAC-SHA256 failed");
+}
+
+void
+hb_sha256 (const guint8 *data, gsize len, guint8 out[32])
+{
+  if (gnutls_hash_fast (GNUTLS_DIG_SHA256, data, len, out) < 0)
+    g_error ("SHA-256 failed");
+}
+
+gboolean
+hb_hkdf (const guint8 *ikm,
+         gsize ikm_len,
+         const guint8 *salt,
+         gsize salt_len,
+         const char *info,
+         guint8 *out,
+         gsize out_len,
+         GError **error)
+{
+  static const guint8 zero_salt[32] = { 0 };
+  guint8 prk[32];
+  gnutls_datum_t k = { (unsigned char *) ikm, ikm_len };
+  gnutls_datum_t s = { (unsigned char *) (salt ? salt : zero_salt), salt ? salt_len : 32 };
+  gnutls_datum_t p = { prk, sizeof prk };
+  gnutls_datum_t i = { (unsigned char *) info, strlen (info) };
+  int rc;
+
+  rc = gnutls_hkdf_extract (GNUTLS_MAC_SHA256, &k, &s, prk);
+  if (rc >= 0)
+    rc = gnutls_hkdf_expand (GNUTLS_MAC_SHA256, &p, &i, out, out_len);
+  hb_wipe (prk, sizeof prk);
+  if (rc < 0)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "HKDF failed: %s", gnutls_strerror (rc));
+      return FALSE;
+    }
+  return TRUE;
+}
+
+gboolean
+hb_argon2id (const char *secret,
+             gsize secret_len,
+             const guint8 *salt,
+             gsize salt_len,
+             guint32 t_cost,
+             guint32 m_cost_kib,
+             guint32 parallelism,
+             guint8 *out,
+             gsize out_len,
+             GError **error)
+{
+  int rc = argon2id_hash_raw (t_cost, m_cost_kib, parallelism, secret, secret_len, salt, salt_len,
+                              out, out_len);
+
+  if (rc != ARGON2_OK)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "Argon2id failed: %s",
+                   argon2_error_message (rc));
+      return FALSE;
+    }
+  return TRUE;
+}
+
+gboolean
+hb_memeq_const (const guint8 *a, const guint8 *b, gsize len)
+{
+  guint8 d = 0;
+
+  for (gsize i = 0; i < len; i++)
+    d |= a[i] ^ b[i];
+  return d == 0;
+}

@@ -1,0 +1,11 @@
+#pragma once
+
+#define HBSYNC_INSIDE
+
+#include "hb-version-macros.h"
+#include "hb-version.h"
+#include "hb-enums.h"
+#include "hb-vault.h"
+#include "hb-store.h"
+
+#undef HBSYNC_INSIDE

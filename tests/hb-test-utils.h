@@ -1,0 +1,27 @@
+#pragma once
+
+#include <hbsync.h>
+
+G_BEGIN_DECLS
+
+#define HB_TEST_PIN "123456"
+
+/* A fresh directory under the test temp dir, removed by hb_test_rmdir(). */
+char *hb_test_mkdtemp (void);
+void hb_test_rmdir (const char *path);
+
+/* A vault created and unlocked with HB_TEST_PIN and fast KDF parameters (tests only).
+ * device_secret selects whether the Secret Service is used. */
+HbVault *hb_test_vault_new (const char *path, gboolean device_secret);
+
+/* A new store in a fresh directory; *out_dir receives the directory to remove. */
+HbStore *hb_test_store_new (char **out_dir);
+
+/* Parse JSON text; aborts the test on a parse error. */
+JsonNode *hb_test_json (const char *text);
+char *hb_test_to_string (JsonNode *node);
+
+/* Run the default main context until *flag becomes TRUE. */
+void hb_test_wait_for (gboolean *flag);
+
+G_END_DECLS
