@@ -1,4 +1,5 @@
 #include <argon2.h>
+#include <gio/gio.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <string.h>

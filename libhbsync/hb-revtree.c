@@ -1,0 +1,344 @@
+#include <string.h>
+
+#include "hb-revtree-private.h"
+
+#define TREE_VARIANT_TYPE "(suua(usibi))"
+#define TREE_FORMAT 1
+
+static void
+node_clear (gpointer data)
+{
+  HbRevNode *node = data;
+
+  g_free (node->hash);
+}
+
+HbRevTree *
+hb_rev_tree_new (void)
+{
+  HbRevTree *tree = g_new0 (HbRevTree, 1);
+
+  tree->nodes = g_array_new (FALSE, TRUE, sizeof (HbRevNode));
+  g_array_set_clear_func (tree->nodes, node_clear);
+  return tree;
+}
+
+void
+hb_rev_tree_free (HbRevTree *tree)
+{
+  if (tree == NULL)
+    return;
+  g_array_unref (tree->nodes);
+  g_free (tree);
+}
+
+gboolean
+hb_rev_parse (const char *rev, guint *pos, char **hash)
+{
+  const char *dash;
+  guint64 n;
+  char *end = NULL;
+
+  if (rev == NULL || !g_ascii_isdigit (rev[0]))
+    return FALSE;
+  dash = strchr (rev, '-');
+  if (dash == NULL || dash[1] == '\0')
+    return FALSE;
+  n = g_ascii_strtoull (rev, &end, 10);
+  if (end != dash || n == 0 || n > G_MAXINT32)
+    return FALSE;
+  for (const char *p = dash + 1; *p; p++)
+    if (!g_ascii_isgraph (*p))
+      return FALSE;
+  *pos = (guint) n;
+  if (hash != NULL)
+    *hash = g_strdup (dash + 1);
+  return TRUE;
+}
+
+char *
+hb_rev_tree_rev_string (HbRevTree *tree, gint index)
+{
+  HbRevNode *node = hb_rev_tree_node (tree, index);
+
+  return g_strdup_printf ("%u-%s", node->pos, node->hash);
+}
+
+gint
+hb_rev_tree_find (HbRevTree *tree, guint pos, const char *hash)
+{
+  for (guint i = 0; i < tree->nodes->len; i++)
+    {
+      HbRevNode *node = hb_rev_tree_node (tree, i);
+
+      if (node->pos == pos && strcmp (node->hash, hash) == 0)
+        return (gint) i;
+    }
+  return -1;
+}
+
+gint
+hb_rev_tree_find_rev (HbRevTree *tree, const char *rev)
+{
+  g_autofree char *hash = NULL;
+  guint pos;
+
+  if (!hb_rev_parse (rev, &pos, &hash))
+    return -1;
+  return hb_rev_tree_find (tree, pos, hash);
+}
+
+gboolean
+hb_rev_tree_is_leaf (HbRevTree *tree, gint index)
+{
+  for (guint i = 0; i < tree->nodes->len; i++)
+    if (hb_rev_tree_node (tree, i)->parent == index)
+      return FALSE;
+  return TRUE;
+}
+
+static int
+compare_leaves (gconstpointer a, gconstpointer b, gpointer user_data)
+{
+  HbRevTree *tree = user_data;
+  HbRevNode *x = hb_rev_tree_node (tree, *(const gint *) a);
+  HbRevNode *y = hb_rev_tree_node (tree, *(const gint *) b);
+
+  /* Best first, so the comparison is reversed. */
+  if (x->deleted != y->deleted)
+    return x->deleted ? 1 : -1;
+  if (x->pos != y->pos)
+    return x->pos > y->pos ? -1 : 1;
+  return -strcmp (x->hash, y->hash);
+}
+
+GArray *
+hb_rev_tree_leaves (HbRevTree *tree)
+{
+  guint n = tree->nodes->len;
+  g_autofree gboolean *has_child = g_new0 (gboolean, n);
+  GArray *leaves = g_array_new (FALSE, FALSE, sizeof (gint));
+
+  for (guint i = 0; i < n; i++)
+    {
+      gint parent = hb_rev_tree_node (tree, i)->parent;
+      if (parent >= 0)
+        has_child[parent] = TRUE;
+    }
+  for (guint i = 0; i < n; i++)
+    if (!has_child[i])
+      {
+        gint idx = (gint) i;
+        g_array_append_val (leaves, idx);
+      }
+  g_array_sort_with_data (leaves, compare_leaves, tree);
+  return leaves;
+}
+
+gint
+hb_rev_tree_winner (HbRevTree *tree)
+{
+  g_autoptr (GArray) leaves = hb_rev_tree_leaves (tree);
+
+  return leaves->len > 0 ? g_array_index (leaves, gint, 0) : -1;
+}
+
+gint
+hb_rev_tree_add (HbRevTree *tree, gint parent, guint pos, const char *hash, gboolean deleted)
+{
+  HbRevNode node = { pos, g_strdup (hash), parent, deleted, -1 };
+
+  g_array_append_val (tree->nodes, node);
+  return (gint) tree->nodes->len - 1;
+}
+
+gint
+hb_rev_tree_merge_path (HbRevTree *tree,
+                        guint start,
+                        const char *const *ids,
+                        guint n_ids,
+                        gboolean deleted,
+                        gboolean *added)
+{
+  gint known = -1;
+  guint k;
+
+  g_return_val_if_fail (n_ids > 0 && start >= n_ids, -1);
+
+  /* Find the newest revision of the history that the tree already has. */
+  for (k = 0; k < n_ids; k++)
+    {
+      known = hb_rev_tree_find (tree, start - k, ids[k]);
+      if (known >= 0)
+        break;
+    }
+
+  *added = (k > 0);
+  if (k == 0)
+    return known;
+
+  /* Nothing of the history is known: it starts a new root. A history whose oldest revisions
+   * were stemmed on one side and not the other still joins where the two overlap, above. */
+  {
+    gint parent = known;
+
+    for (guint j = k; j-- > 0;)
+      parent = hb_rev_tree_add (tree, parent, start - j, ids[j], j == 0 ? deleted : FALSE);
+    return parent;
+  }
+}
+
+GPtrArray *
+hb_rev_tree_path (HbRevTree *tree, gint index)
+{
+  GPtrArray *path = g_ptr_array_new ();
+
+  for (gint i = index; i >= 0; i = hb_rev_tree_node (tree, i)->parent)
+    g_ptr_array_add (path, hb_rev_tree_node (tree, i)->hash);
+  return path;
+}
+
+static void
+remove_marked (HbRevTree *tree, const gboolean *remove, GArray *removed_slots)
+{
+  guint n = tree->nodes->len;
+  g_autofree gint *new_index = g_new (gint, n);
+  GArray *kept = g_array_sized_new (FALSE, TRUE, sizeof (HbRevNode), n);
+  gint next = 0;
+
+  g_array_set_clear_func (kept, node_clear);
+  for (guint i = 0; i < n; i++)
+    new_index[i] = remove[i] ? -1 : next++;
+
+  for (guint i = 0; i < n; i++)
+    {
+      HbRevNode *node = hb_rev_tree_node (tree, i);
+
+      if (remove[i])
+        {
+          if (node->slot >= 0 && removed_slots != NULL)
+            g_array_append_val (removed_slots, node->slot);
+          continue;
+        }
+      {
+        HbRevNode copy = *node;
+        copy.parent = node->parent >= 0 ? new_index[node->parent] : -1;
+        node->hash = NULL; /* moved into copy */
+        g_array_append_val (kept, copy);
+      }
+    }
+  g_array_unref (tree->nodes);
+  tree->nodes = kept;
+}
+
+void
+hb_rev_tree_stem (HbRevTree *tree, guint limit, GArray *removed_slots)
+{
+  guint n = tree->nodes->len;
+  g_autofree gboolean *remove = NULL;
+  g_autoptr (GArray) leaves = NULL;
+  gboolean any = FALSE;
+
+  if (limit == 0)
+    return;
+  remove = g_new (gboolean, n);
+  for (guint i = 0; i < n; i++)
+    remove[i] = TRUE;
+
+  leaves = hb_rev_tree_leaves (tree);
+  for (guint l = 0; l < leaves->len; l++)
+    {
+      gint i = g_array_index (leaves, gint, l);
+      for (guint depth = 0; depth < limit && i >= 0; depth++)
+        {
+          remove[i] = FALSE;
+          i = hb_rev_tree_node (tree, i)->parent;
+        }
+    }
+  for (guint i = 0; i < n; i++)
+    any |= remove[i];
+  if (any)
+    remove_marked (tree, remove, removed_slots);
+}
+
+void
+hb_rev_tree_remove_leaf (HbRevTree *tree, gint index, GArray *removed_slots)
+{
+  guint n = tree->nodes->len;
+  g_autofree gboolean *remove = g_new0 (gboolean, n);
+  g_autofree guint *children = g_new0 (guint, n);
+
+  for (guint i = 0; i < n; i++)
+    {
+      gint parent = hb_rev_tree_node (tree, i)->parent;
+      if (parent >= 0)
+        children[parent]++;
+    }
+  for (gint i = index; i >= 0;)
+    {
+      gint parent = hb_rev_tree_node (tree, i)->parent;
+
+      remove[i] = TRUE;
+      if (parent < 0 || --children[parent] > 0)
+        break;
+      i = parent;
+    }
+  remove_marked (tree, remove, removed_slots);
+}
+
+GBytes *
+hb_rev_tree_serialize (HbRevTree *tree, const char *id)
+{
+  GVariantBuilder nodes;
+  g_autoptr (GVariant) v = NULL;
+
+  g_variant_builder_init (&nodes, G_VARIANT_TYPE ("a(usibi)"));
+  for (guint i = 0; i < tree->nodes->len; i++)
+    {
+      HbRevNode *node = hb_rev_tree_node (tree, i);
+      g_variant_builder_add (&nodes, "(usibi)", node->pos, node->hash, node->parent,
+                             node->deleted, node->slot);
+    }
+  v = g_variant_ref_sink (g_variant_new ("(suu@a(usibi))", id, (guint32) TREE_FORMAT,
+                                         (guint32) tree->next_slot,
+                                         g_variant_builder_end (&nodes)));
+  return g_variant_get_data_as_bytes (v);
+}
+
+HbRevTree *
+hb_rev_tree_deserialize (const guint8 *data, gsize len, char **out_id)
+{
+  g_autoptr (GBytes) bytes = g_bytes_new (data, len);
+  g_autoptr (GVariant) v = NULL;
+  g_autoptr (GVariant) nodes = NULL;
+  g_autoptr (HbRevTree) tree = NULL;
+  const char *id;
+  guint32 format, next_slot;
+  GVariantIter iter;
+  HbRevNode node;
+  const char *hash;
+
+  v = g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE (TREE_VARIANT_TYPE), bytes,
+                                                    FALSE));
+  /* Authenticated data, but a bug elsewhere must not turn into a crash here. */
+  if (!g_variant_is_normal_form (v))
+    return NULL;
+  g_variant_get (v, "(&suu@a(usibi))", &id, &format, &next_slot, &nodes);
+  if (format != TREE_FORMAT)
+    return NULL;
+
+  tree = hb_rev_tree_new ();
+  tree->next_slot = (gint) next_slot;
+  g_variant_iter_init (&iter, nodes);
+  while (g_variant_iter_next (&iter, "(u&sibi)", &node.pos, &hash, &node.parent, &node.deleted,
+                              &node.slot))
+    {
+      if (node.parent < -1 || node.parent >= (gint) tree->nodes->len)
+        return NULL;
+      node.hash = g_strdup (hash);
+      g_array_append_val (tree->nodes, node);
+    }
+  if (out_id != NULL)
+    *out_id = g_strdup (id);
+  return g_steal_pointer (&tree);
+}

@@ -1,0 +1,3146 @@
+/* HbStore: the CouchDB document model in one SQLite file, every identifying byte sealed.
+ *
+ * Tables (all keyed by HMAC-SHA256(id-key, _id), never by the id):
+ *   docs        doc_key, seq, meta = seal(id + revision tree)
+ *   bodies      doc_key, slot, body = seal(canonical JSON body), bound to its revision
+ *   local_docs  doc_key, body = seal(whole _local document)
+ *   blind_index field, mac = HMAC(index-key, field || value), doc_key
+ *   hb_meta     schema version, store UUID, counters (no clinical data)
+ */
+
+#include <glib/gstdio.h>
+#include <sqlite3.h>
+#include <string.h>
+
+#include "hb-enums.h"
+#include "hb-json-private.h"
+#include "hb-revtree-private.h"
+#include "hb-store.h"
+#include "hb-vault-private.h"
+
+#define SCHEMA_VERSION 1
+#define DEFAULT_REVS_LIMIT 1000
+#define INDEX_MAC_LEN 16
+
+enum
+{
+  KEY_SEAL,
+  KEY_ID,
+  KEY_INDEX,
+  N_KEYS
+};
+
+typedef struct
+{
+  sqlite3 *db;
+  GHashTable *stmts; /* SQL text (static) → sqlite3_stmt */
+} HbConn;
+
+struct _HbStore
+{
+  GObject parent_instance;
+
+  HbVault *vault;
+  char *path;
+  char *uuid;
+  GMainContext *owner_context;
+  gulong locked_handler;
+
+  GRWLock key_lock;
+  guint8 *keys; /* N_KEYS × HB_KEY_LEN in secure memory, NULL while the vault is locked */
+  guint key_id;
+
+  GMutex write_lock;
+  HbConn *writer;
+  GMutex pool_lock;
+  GPtrArray *readers;
+
+  guint revs_limit;
+  guint64 update_seq;
+  gboolean closed;
+};
+
+enum
+{
+  PROP_0,
+  PROP_VAULT,
+  PROP_UUID,
+  PROP_REVS_LIMIT,
+  N_PROPS
+};
+
+enum
+{
+  CHANGED,
+  N_SIGNALS
+};
+
+static GParamSpec *properties[N_PROPS];
+static guint signals[N_SIGNALS];
+
+G_DEFINE_FINAL_TYPE (HbStore, hb_store, G_TYPE_OBJECT)
+G_DEFINE_QUARK (hb-store-error-quark, hb_store_error)
+
+static const char *const index_fields[] = { "type", "session_id", "patient_id" };
+
+/* ---- SQLite connections ---------------------------------------------------------------- */
+
+static gboolean
+sql_error (sqlite3 *db, int rc, const char *what, GError **error)
+{
+  g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_FAILED, "%s: %s", what,
+               db ? sqlite3_errmsg (db) : sqlite3_errstr (rc));
+  return FALSE;
+}
+
+static gboolean
+conn_exec (HbConn *c, const char *sql, GError **error)
+{
+  int rc = sqlite3_exec (c->db, sql, NULL, NULL, NULL);
+
+  return rc == SQLITE_OK || sql_error (c->db, rc, "SQLite", error);
+}
+
+static void
+conn_free (HbConn *c)
+{
+  if (c == NULL)
+    return;
+  g_clear_pointer (&c->stmts, g_hash_table_unref);
+  sqlite3_close_v2 (c->db);
+  g_free (c);
+}
+
+static void
+finalize_stmt (gpointer stmt)
+{
+  sqlite3_finalize (stmt);
+}
+
+static HbConn *
+conn_open (const char *path, GError **error)
+{
+  HbConn *c = g_new0 (HbConn, 1);
+  int rc = sqlite3_open_v2 (path, &c->db,
+                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+
+  c->stmts = g_hash_table_new_full (NULL, NULL, NULL, finalize_stmt);
+  if (rc != SQLITE_OK)
+    {
+      sql_error (c->db, rc, "Cannot open the store", error);
+      conn_free (c);
+      return NULL;
+    }
+  sqlite3_busy_timeout (c->db, 30000);
+  /* temp_store=MEMORY: SQLite's own temp files would otherwise be plaintext-free but still
+   * needless writes; FULL: an acknowledged write survives power loss, not just a crash. */
+  if (!conn_exec (c,
+                  "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY;"
+                  "PRAGMA foreign_keys=OFF;",
+                  error))
+    {
+      conn_free (c);
+      return NULL;
+    }
+  return c;
+}
+
+static sqlite3_stmt *
+conn_stmt (HbConn *c, const char *sql, GError **error)
+{
+  sqlite3_stmt *stmt = g_hash_table_lookup (c->stmts, sql);
+  int rc;
+
+  if (stmt != NULL)
+    {
+      sqlite3_reset (stmt);
+      sqlite3_clear_bindings (stmt);
+      return stmt;
+    }
+  rc = sqlite3_prepare_v3 (c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL);
+  if (rc != SQLITE_OK)
+    {
+      sql_error (c->db, rc, "SQLite prepare", error);
+      return NULL;
+    }
+  g_hash_table_insert (c->stmts, (gpointer) sql, stmt);
+  return stmt;
+}
+
+static gboolean
+stmt_done (HbConn *c, sqlite3_stmt *stmt, GError **error)
+{
+  int rc = sqlite3_step (stmt);
+
+  sqlite3_reset (stmt);
+  return rc == SQLITE_DONE || rc == SQLITE_ROW || sql_error (c->db, rc, "SQLite", error);
+}
+
+static void
+reset_stmt (gpointer key, gpointer value, gpointer user_data)
+{
+  sqlite3_reset (value);
+}
+
+static HbConn *
+reader_acquire (HbStore *self, GError **error)
+{
+  HbConn *c;
+
+  g_mutex_lock (&self->pool_lock);
+  c = self->readers->len > 0 ? g_ptr_array_steal_index_fast (self->readers,
+                                                              self->readers->len - 1)
+                             : NULL;
+  g_mutex_unlock (&self->pool_lock);
+  return c != NULL ? c : conn_open (self->path, error);
+}
+
+static void
+reader_release (HbStore *self, HbConn *c)
+{
+  if (c == NULL)
+    return;
+  /* Never leave a read transaction open: it would pin the WAL. */
+  g_hash_table_foreach (c->stmts, reset_stmt, NULL);
+  g_mutex_lock (&self->pool_lock);
+  g_ptr_array_add (self->readers, c);
+  g_mutex_unlock (&self->pool_lock);
+}
+
+/* ---- keys and sealing ------------------------------------------------------------------ */
+
+static const guint8 *
+key (HbStore *self, guint which)
+{
+  return self->keys + which * HB_KEY_LEN;
+}
+
+static void
+hb_secure_free_keys (gpointer keys)
+{
+  hb_secure_free (keys, N_KEYS * HB_KEY_LEN);
+}
+
+static void
+wipe_keys (HbStore *self)
+{
+  g_rw_lock_writer_lock (&self->key_lock);
+  g_clear_pointer (&self->keys, hb_secure_free_keys);
+  g_rw_lock_writer_unlock (&self->key_lock);
+}
+
+static gboolean
+derive_keys (HbStore *self, GError **error)
+{
+  static const char *const purposes[N_KEYS] = { "store seal", "store id", "store index" };
+  guint8 *keys = hb_secure_alloc (N_KEYS * HB_KEY_LEN);
+
+  for (guint i = 0; i < N_KEYS; i++)
+    if (!_hb_vault_derive_key (self->vault, purposes[i], keys + i * HB_KEY_LEN, error))
+      {
+        hb_secure_free (keys, N_KEYS * HB_KEY_LEN);
+        return FALSE;
+      }
+  g_rw_lock_writer_lock (&self->key_lock);
+  g_clear_pointer (&self->keys, hb_secure_free_keys);
+  self->keys = keys;
+  self->key_id = _hb_vault_get_key_id (self->vault);
+  g_rw_lock_writer_unlock (&self->key_lock);
+  return TRUE;
+}
+
+/* Every operation holds the key lock for reading from start to end, so locking the vault
+ * waits for operations under way and then no key byte is left. */
+static gboolean
+keys_acquire (HbStore *self, GError **error)
+{
+  g_rw_lock_reader_lock (&self->key_lock);
+  if (self->keys != NULL && !self->closed)
+    return TRUE;
+  g_rw_lock_reader_unlock (&self->key_lock);
+  if (self->closed)
+    g_set_error_literal (error, HB_STORE_ERROR, HB_STORE_ERROR_FAILED, "The store is closed");
+  else
+    g_set_error_literal (error, HB_STORE_ERROR, HB_STORE_ERROR_LOCKED, "The vault is locked");
+  return FALSE;
+}
+
+static void
+keys_release (HbStore *self)
+{
+  g_rw_lock_reader_unlock (&self->key_lock);
+}
+
+typedef struct
+{
+  guint8 b[HB_MAC_LEN];
+} DocKey;
+
+static void
+doc_key_for (HbStore *self, const char *id, DocKey *out)
+{
+  hb_hmac_sha256 (key (self, KEY_ID), HB_KEY_LEN, (const guint8 *) id, strlen (id), out->b);
+}
+
+/* Associated data: what the record is, which key sealed it, which document it belongs to and,
+ * for bodies, which revision. A record moved to another row, document or revision no longer
+ * opens. */
+static GByteArray *
+make_ad (HbStore *self, char kind, const DocKey *dk, const char *rev)
+{
+  GByteArray *ad = g_byte_array_sized_new (64);
+  guint8 kid[4] = { self->key_id >> 24, self->key_id >> 16, self->key_id >> 8, self->key_id };
+
+  g_byte_array_append (ad, (const guint8 *) "hbsync-1", 8);
+  g_byte_array_append (ad, (const guint8 *) &kind, 1);
+  g_byte_array_append (ad, kid, 4);
+  g_byte_array_append (ad, dk->b, HB_MAC_LEN);
+  if (rev != NULL)
+    g_byte_array_append (ad, (const guint8 *) rev, strlen (rev));
+  return ad;
+}
+
+static GBytes *
+seal (HbStore *self, char kind, const DocKey *dk, const char *rev, const void *data, gsize len,
+      GError **error)
+{
+  g_autoptr (GByteArray) ad = make_ad (self, kind, dk, rev);
+
+  return hb_seal (key (self, KEY_SEAL), data, len, ad->data, ad->len, error);
+}
+
+static gboolean
+corrupt_error (GError **error, const char *what)
+{
+  g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CORRUPT,
+               "A sealed %s failed its integrity check; the rest of the store is unaffected",
+               what);
+  return FALSE;
+}
+
+/* Opens a sealed column. The plaintext is returned in *out (wiped by hb_open_free). */
+static gboolean
+unseal (HbStore *self, char kind, const DocKey *dk, const char *rev, const void *sealed,
+        gsize sealed_len, guint8 **out, gsize *out_len, const char *what, GError **error)
+{
+  g_autoptr (GByteArray) ad = make_ad (self, kind, dk, rev);
+  GError *local = NULL;
+
+  if (hb_open (key (self, KEY_SEAL), sealed, sealed_len, ad->data, ad->len, out, out_len, &local))
+    return TRUE;
+  if (local != NULL)
+    {
+      g_propagate_error (error, local);
+      return FALSE;
+    }
+  return corrupt_error (error, what);
+}
+
+static void
+index_mac (HbStore *self, guint field, const char *value, guint8 out[INDEX_MAC_LEN])
+{
+  g_autoptr (GByteArray) msg = g_byte_array_sized_new (64);
+  guint8 full[HB_MAC_LEN];
+  guint8 f = field;
+
+  g_byte_array_append (msg, &f, 1);
+  g_byte_array_append (msg, (const guint8 *) value, strlen (value));
+  hb_hmac_sha256 (key (self, KEY_INDEX), HB_KEY_LEN, msg->data, msg->len, full);
+  memcpy (out, full, INDEX_MAC_LEN);
+}
+
+static JsonNode *
+take_object (JsonObject *object)
+{
+  JsonNode *node = json_node_new (JSON_NODE_OBJECT);
+
+  json_node_take_object (node, object);
+  return node;
+}
+
+/* ---- documents ------------------------------------------------------------------------- */
+
+typedef struct
+{
+  DocKey dk;
+  gboolean exists;
+  char *id;
+  HbRevTree *tree;
+} DocState;
+
+static void
+doc_state_clear (DocState *st)
+{
+  g_clear_pointer (&st->id, g_free);
+  g_clear_pointer (&st->tree, hb_rev_tree_free);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (DocState, doc_state_clear)
+
+static gboolean
+open_meta (HbStore *self, DocState *st, const void *sealed, gsize len, GError **error)
+{
+  guint8 *plain = NULL;
+  gsize plain_len = 0;
+
+  if (!unseal (self, 'M', &st->dk, NULL, sealed, len, &plain, &plain_len, "document record",
+               error))
+    return FALSE;
+  st->tree = hb_rev_tree_deserialize (plain, plain_len, &st->id);
+  hb_open_free (plain, plain_len);
+  if (st->tree == NULL)
+    return corrupt_error (error, "document record");
+  st->exists = TRUE;
+  return TRUE;
+}
+
+static gboolean
+load_doc (HbStore *self, HbConn *c, DocState *st, GError **error)
+{
+  sqlite3_stmt *stmt = conn_stmt (c, "SELECT meta FROM docs WHERE doc_key = ?", error);
+  int rc;
+  gboolean ok = TRUE;
+
+  if (stmt == NULL)
+    return FALSE;
+  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
+  rc = sqlite3_step (stmt);
+  if (rc == SQLITE_ROW)
+    ok = open_meta (self, st, sqlite3_column_blob (stmt, 0), sqlite3_column_bytes (stmt, 0), error);
+  else if (rc != SQLITE_DONE)
+    ok = sql_error (c->db, rc, "Reading a document", error);
+  else
+    st->tree = hb_rev_tree_new ();
+  sqlite3_reset (stmt);
+  return ok;
+}
+
+static JsonObject *
+parse_body (const guint8 *plain, gsize len)
+{
+  g_autoptr (JsonParser) parser = json_parser_new_immutable ();
+  JsonNode *root;
+
+  if (!json_parser_load_from_data (parser, (const char *) plain, len, NULL))
+    return NULL;
+  root = json_parser_get_root (parser);
+  if (root == NULL || !JSON_NODE_HOLDS_OBJECT (root))
+    return NULL;
+  return json_object_ref (json_node_get_object (root));
+}
+
+static JsonObject *
+load_body (HbStore *self, HbConn *c, DocState *st, gint index, GError **error)
+{
+  HbRevNode *node = hb_rev_tree_node (st->tree, index);
+  g_autofree char *rev = hb_rev_tree_rev_string (st->tree, index);
+  sqlite3_stmt *stmt;
+  guint8 *plain = NULL;
+  gsize plain_len = 0;
+  JsonObject *body = NULL;
+  int rc;
+
+  if (node->slot < 0)
+    {
+      g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND,
+                   "Revision %s has no body (compacted or never received)", rev);
+      return NULL;
+    }
+  stmt = conn_stmt (c, "SELECT body FROM bodies WHERE doc_key = ? AND slot = ?", error);
+  if (stmt == NULL)
+    return NULL;
+  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
+  sqlite3_bind_int (stmt, 2, node->slot);
+  rc = sqlite3_step (stmt);
+  if (rc == SQLITE_ROW)
+    {
+      if (unseal (self, 'B', &st->dk, rev, sqlite3_column_blob (stmt, 0),
+                  sqlite3_column_bytes (stmt, 0), &plain, &plain_len, "document body", error))
+        {
+          body = parse_body (plain, plain_len);
+          hb_open_free (plain, plain_len);
+          if (body == NULL)
+            corrupt_error (error, "document body");
+        }
+    }
+  else if (rc == SQLITE_DONE)
+    corrupt_error (error, "document body (missing row)");
+  else
+    sql_error (c->db, rc, "Reading a document body", error);
+  sqlite3_reset (stmt);
+  return body;
+}
+
+/* The revision string as a JSON string node's value; the returned pointer lives until the
+ * next call on this thread, which is all json_*_set_string_* needs (they copy). */
+static const char *
+rev_string_tmp (HbRevTree *tree, gint index)
+{
+  static GPrivate buf = G_PRIVATE_INIT (g_free);
+  char *rev = hb_rev_tree_rev_string (tree, index);
+
+  g_private_replace (&buf, rev);
+  return rev;
+}
+
+static void
+add_rev_list (JsonObject *obj, const char *member, HbRevTree *tree, GArray *leaves, gint skip,
+              gboolean deleted)
+{
+  JsonArray *arr = NULL;
+
+  for (guint i = 0; i < leaves->len; i++)
+    {
+      gint leaf = g_array_index (leaves, gint, i);
+
+      if (leaf == skip || hb_rev_tree_node (tree, leaf)->deleted != deleted)
+        continue;
+      if (arr == NULL)
+        arr = json_array_new ();
+      json_array_add_string_element (arr, rev_string_tmp (tree, leaf));
+    }
+  if (arr != NULL)
+    json_object_set_array_member (obj, member, arr);
+}
+
+static JsonNode *
+build_doc (DocState *st, gint index, JsonObject *body, HbGetFlags flags)
+{
+  JsonObject *doc = json_object_new ();
+  HbRevNode *node = hb_rev_tree_node (st->tree, index);
+  JsonObjectIter iter;
+  const char *name;
+  JsonNode *member;
+
+  json_object_set_string_member (doc, "_id", st->id);
+  json_object_set_string_member (doc, "_rev", rev_string_tmp (st->tree, index));
+  json_object_iter_init (&iter, body);
+  while (json_object_iter_next (&iter, &name, &member))
+    json_object_set_member (doc, name, json_node_copy (member));
+  if (node->deleted)
+    json_object_set_boolean_member (doc, "_deleted", TRUE);
+
+  if (flags & HB_GET_FLAGS_CONFLICTS)
+    {
+      g_autoptr (GArray) leaves = hb_rev_tree_leaves (st->tree);
+      add_rev_list (doc, "_conflicts", st->tree, leaves, index, FALSE);
+      add_rev_list (doc, "_deleted_conflicts", st->tree, leaves, index, TRUE);
+    }
+  if (flags & HB_GET_FLAGS_REVISIONS)
+    {
+      g_autoptr (GPtrArray) path = hb_rev_tree_path (st->tree, index);
+      JsonObject *revs = json_object_new ();
+      JsonArray *ids = json_array_new ();
+
+      for (guint i = 0; i < path->len; i++)
+        json_array_add_string_element (ids, g_ptr_array_index (path, i));
+      json_object_set_int_member (revs, "start", node->pos);
+      json_object_set_array_member (revs, "ids", ids);
+      json_object_set_object_member (doc, "_revisions", revs);
+    }
+  return take_object (doc);
+}
+
+/* ---- writes ---------------------------------------------------------------------------- */
+
+typedef struct
+{
+  char *id;
+  char *rev; /* the `_rev` given, or NULL */
+  gboolean deleted;
+  guint start;       /* `_revisions`, or the `_rev` alone */
+  GPtrArray *ids;    /* newest first */
+  JsonObject *body;  /* without special members */
+  GString *canonical;
+} Incoming;
+
+static void
+incoming_clear (Incoming *in)
+{
+  g_clear_pointer (&in->id, g_free);
+  g_clear_pointer (&in->rev, g_free);
+  g_clear_pointer (&in->ids, g_ptr_array_unref);
+  g_clear_pointer (&in->body, json_object_unref);
+  if (in->canonical != NULL)
+    {
+      hb_wipe (in->canonical->str, in->canonical->allocated_len);
+      g_string_free (g_steal_pointer (&in->canonical), TRUE);
+    }
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (Incoming, incoming_clear)
+
+G_GNUC_PRINTF (2, 3) static gboolean
+invalid (GError **error, const char *fmt, ...)
+{
+  va_list args;
+
+  va_start (args, fmt);
+  g_propagate_error (error, g_error_new_valist (HB_STORE_ERROR, HB_STORE_ERROR_INVALID, fmt, args));
+  va_end (args);
+  return FALSE;
+}
+
+static gboolean
+parse_revisions (JsonNode *node, Incoming *in, GError **error)
+{
+  JsonObject *obj;
+  JsonArray *ids;
+  JsonNode *start;
+  guint pos = 0;
+  g_autofree char *hash = NULL;
+
+  if (!JSON_NODE_HOLDS_OBJECT (node))
+    return invalid (error, "%s: _revisions must be an object", in->id);
+  obj = json_node_get_object (node);
+  start = json_object_get_member (obj, "start");
+  if (start == NULL || json_node_get_value_type (start) != G_TYPE_INT64 ||
+      json_node_get_int (start) < 1 || json_object_get_array_member (obj, "ids") == NULL)
+    return invalid (error, "%s: _revisions needs start and ids", in->id);
+  ids = json_object_get_array_member (obj, "ids");
+  if (json_array_get_length (ids) == 0 || json_array_get_length (ids) > json_node_get_int (start))
+    return invalid (error, "%s: _revisions.ids does not fit _revisions.start", in->id);
+  in->start = (guint) json_node_get_int (start);
+  in->ids = g_ptr_array_new_with_free_func (g_free);
+  for (guint i = 0; i < json_array_get_length (ids); i++)
+    {
+      JsonNode *e = json_array_get_element (ids, i);
+      const char *s = JSON_NODE_HOLDS_VALUE (e) ? json_node_get_string (e) : NULL;
+      g_autofree char *probe = s ? g_strdup_printf ("1-%s", s) : NULL;
+
+      if (probe == NULL || !hb_rev_parse (probe, &pos, NULL))
+        return invalid (error, "%s: _revisions.ids must be revision hashes", in->id);
+      g_ptr_array_add (in->ids, g_strdup (s));
+    }
+  if (!hb_rev_parse (in->rev, &pos, &hash) || pos != in->start ||
+      strcmp (hash, g_ptr_array_index (in->ids, 0)) != 0)
+    return invalid (error, "%s: _rev does not match _revisions", in->id);
+  return TRUE;
+}
+
+static gboolean
+parse_incoming (JsonNode *node, gboolean new_edits, Incoming *in, GError **error)
+{
+  JsonObject *doc;
+  JsonObjectIter iter;
+  const char *name;
+  JsonNode *member;
+  JsonNode *revisions = NULL;
+  guint pos;
+  g_autofree char *hash = NULL;
+
+  if (node == NULL || !JSON_NODE_HOLDS_OBJECT (node))
+    return invalid (error, "%s", "A document must be a JSON object");
+  doc = json_node_get_object (node);
+  in->body = json_object_new ();
+
+  json_object_iter_init (&iter, doc);
+  while (json_object_iter_next (&iter, &name, &member))
+    {
+      if (name[0] != '_')
+        {
+          json_object_set_member (in->body, name, json_node_ref (member));
+          continue;
+        }
+      if (strcmp (name, "_id") == 0)
+        {
+          const char *id = JSON_NODE_HOLDS_VALUE (member) ? json_node_get_string (member) : NULL;
+          if (id == NULL || id[0] == '\0' || !g_utf8_validate (id, -1, NULL))
+            return invalid (error, "%s", "_id must be a non-empty string");
+          in->id = g_strdup (id);
+        }
+      else if (strcmp (name, "_rev") == 0)
+        {
+          const char *rev = JSON_NODE_HOLDS_VALUE (member) ? json_node_get_string (member) : NULL;
+          if (rev == NULL)
+            return invalid (error, "%s", "_rev must be a string");
+          in->rev = g_strdup (rev);
+        }
+      else if (strcmp (name, "_deleted") == 0)
+        in->deleted = JSON_NODE_HOLDS_VALUE (member) &&
+                      json_node_get_value_type (member) == G_TYPE_BOOLEAN &&
+                      json_node_get_boolean (member);
+      else if (strcmp (name, "_revisions") == 0)
+        revisions = member;
+      else if (strcmp (name, "_conflicts") == 0 || strcmp (name, "_deleted_conflicts") == 0 ||
+               strcmp (name, "_revs_info") == 0 || strcmp (name, "_local_seq") == 0)
+        continue; /* read-only members a client may echo back; CouchDB ignores them too */
+      else if (strcmp (name, "_attachments") == 0)
+        return invalid (error, "%s", "Attachments are not supported");
+      else
+        return invalid (error, "Bad special document member: %s", name);
+    }
+
+  if (in->id == NULL)
+    {
+      if (!new_edits)
+        return invalid (error, "%s", "A replicated document needs an _id");
+      in->id = hb_random_uuid ();
+    }
+  if (g_str_has_prefix (in->id, "_") && !g_str_has_prefix (in->id, "_design/"))
+    return invalid (error, "Only design documents may start with '_': %s", in->id);
+  if (in->rev != NULL && !hb_rev_parse (in->rev, &pos, &hash))
+    return invalid (error, "%s: _rev is not a revision (N-hash)", in->id);
+
+  if (!new_edits)
+    {
+      if (in->rev == NULL)
+        return invalid (error, "%s: a replicated document needs a _rev", in->id);
+      if (revisions != NULL)
+        {
+          if (!parse_revisions (revisions, in, error))
+            return FALSE;
+        }
+      else
+        {
+          in->start = pos;
+          in->ids = g_ptr_array_new_with_free_func (g_free);
+          g_ptr_array_add (in->ids, g_steal_pointer (&hash));
+        }
+    }
+
+  in->canonical = g_string_sized_new (1024);
+  hb_json_append_canonical_object (in->canonical, in->body);
+  return TRUE;
+}
+
+typedef struct
+{
+  guint64 seq;        /* the update sequence as the batch advances it */
+  gint64 live_delta;  /* documents whose winner is not deleted */
+  gint64 deleted_delta;
+  gboolean changed;
+} Batch;
+
+static char *
+new_rev_hash (const char *parent_rev, gboolean deleted, const GString *canonical)
+{
+  g_autoptr (GByteArray) msg = g_byte_array_sized_new (canonical->len + 64);
+  guint8 digest[32];
+  char *hex = g_malloc (33);
+  guint8 flag = deleted ? 1 : 0;
+
+  g_byte_array_append (msg, (const guint8 *) (parent_rev ? parent_rev : ""),
+                       parent_rev ? strlen (parent_rev) : 0);
+  g_byte_array_append (msg, (const guint8 *) "\0", 1);
+  g_byte_array_append (msg, &flag, 1);
+  g_byte_array_append (msg, (const guint8 *) canonical->str, canonical->len);
+  hb_sha256 (msg->data, msg->len, digest);
+  hb_wipe (msg->data, msg->len);
+  for (guint i = 0; i < 16; i++)
+    g_snprintf (hex + 2 * i, 3, "%02x", digest[i]);
+  return hex;
+}
+
+static gboolean
+store_body (HbStore *self, HbConn *c, DocState *st, gint index, const GString *canonical,
+            GError **error)
+{
+  HbRevNode *node = hb_rev_tree_node (st->tree, index);
+  g_autofree char *rev = hb_rev_tree_rev_string (st->tree, index);
+  g_autoptr (GBytes) sealed = NULL;
+  sqlite3_stmt *stmt;
+
+  node->slot = st->tree->next_slot++;
+  sealed = seal (self, 'B', &st->dk, rev, canonical->str, canonical->len, error);
+  if (sealed == NULL)
+    return FALSE;
+  stmt = conn_stmt (c, "INSERT OR REPLACE INTO bodies (doc_key, slot, body) VALUES (?, ?, ?)",
+                    error);
+  if (stmt == NULL)
+    return FALSE;
+  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
+  sqlite3_bind_int (stmt, 2, node->slot);
+  sqlite3_bind_blob (stmt, 3, g_bytes_get_data (sealed, NULL), g_bytes_get_size (sealed),
+                     SQLITE_STATIC);
+  return stmt_done (c, stmt, error);
+}
+
+static gboolean
+delete_bodies (HbConn *c, DocState *st, GArray *slots, GError **error)
+{
+  for (guint i = 0; i < slots->len; i++)
+    {
+      sqlite3_stmt *stmt = conn_stmt (c, "DELETE FROM bodies WHERE doc_key = ? AND slot = ?", error);
+      if (stmt == NULL)
+        return FALSE;
+      sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
+      sqlite3_bind_int (stmt, 2, g_array_index (slots, gint, i));
+      if (!stmt_done (c, stmt, error))
+        return FALSE;
+    }
+  return TRUE;
+}
+
+static gboolean
+save_meta (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
+{
+  g_autoptr (GBytes) plain = hb_rev_tree_serialize (st->tree, st->id);
+  g_autoptr (GBytes) sealed = NULL;
+  sqlite3_stmt *stmt;
+  gsize len;
+  const guint8 *data = g_bytes_get_data (plain, &len);
+
+  sealed = seal (self, 'M', &st->dk, NULL, data, len, error);
+  hb_wipe ((gpointer) data, len);
+  if (sealed == NULL)
+    return FALSE;
+  stmt = conn_stmt (c, "INSERT OR REPLACE INTO docs (doc_key, seq, meta) VALUES (?, ?, ?)", error);
+  if (stmt == NULL)
+    return FALSE;
+  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
+  sqlite3_bind_int64 (stmt, 2, (sqlite3_int64) seq);
+  sqlite3_bind_blob (stmt, 3, g_bytes_get_data (sealed, NULL), g_bytes_get_size (sealed),
+                     SQLITE_STATIC);
+  return stmt_done (c, stmt, error);
+}
+
+static gboolean
+delete_doc_rows (HbConn *c, DocState *st, GError **error)
+{
+  static const char *const sql[] = {
+    "DELETE FROM docs WHERE doc_key = ?",
+    "DELETE FROM bodies WHERE doc_key = ?",
+    "DELETE FROM blind_index WHERE doc_key = ?",
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (sql); i++)
+    {
+      sqlite3_stmt *stmt = conn_stmt (c, sql[i], error);
+      if (stmt == NULL)
+        return FALSE;
+      sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
+      if (!stmt_done (c, stmt, error))
+        return FALSE;
+    }
+  return TRUE;
+}
+
+/* The blind index follows the winning revision. */
+static gboolean
+reindex (HbStore *self, HbConn *c, DocState *st, JsonObject *winner_body, GError **error)
+{
+  sqlite3_stmt *stmt = conn_stmt (c, "DELETE FROM blind_index WHERE doc_key = ?", error);
+
+  if (stmt == NULL)
+    return FALSE;
+  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
+  if (!stmt_done (c, stmt, error))
+    return FALSE;
+  if (winner_body == NULL)
+    return TRUE;
+
+  for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
+    {
+      JsonNode *v = json_object_get_member (winner_body, index_fields[f]);
+      guint8 mac[INDEX_MAC_LEN];
+
+      if (v == NULL || json_node_get_value_type (v) != G_TYPE_STRING)
+        continue;
+      index_mac (self, f, json_node_get_string (v), mac);
+      stmt = conn_stmt (c,
+                        "INSERT OR IGNORE INTO blind_index (field, mac, doc_key) VALUES (?, ?, ?)",
+                        error);
+      if (stmt == NULL)
+        return FALSE;
+      sqlite3_bind_int (stmt, 1, f);
+      sqlite3_bind_blob (stmt, 2, mac, INDEX_MAC_LEN, SQLITE_TRANSIENT);
+      sqlite3_bind_blob (stmt, 3, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
+      if (!stmt_done (c, stmt, error))
+        return FALSE;
+    }
+  return TRUE;
+}
+
+static void
+count_winner (HbRevTree *tree, gint64 sign, Batch *batch)
+{
+  gint w = hb_rev_tree_winner (tree);
+
+  if (w < 0)
+    return;
+  if (hb_rev_tree_node (tree, w)->deleted)
+    batch->deleted_delta += sign;
+  else
+    batch->live_delta += sign;
+}
+
+/* After the tree changed: stem, save, re-index if the winner moved, count. */
+static gboolean
+finish_doc_update (HbStore *self, HbConn *c, DocState *st, char *old_winner, gint new_index,
+                   JsonObject *new_body, Batch *batch, GError **error)
+{
+  g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint));
+  g_autofree char *winner_rev = NULL;
+  gint winner;
+
+  hb_rev_tree_stem (st->tree, g_atomic_int_get (&self->revs_limit), removed);
+  if (!delete_bodies (c, st, removed, error))
+    return FALSE;
+  if (st->tree->nodes->len == 0)
+    return delete_doc_rows (c, st, error);
+  if (!save_meta (self, c, st, ++batch->seq, error))
+    return FALSE;
+  batch->changed = TRUE;
+
+  winner = hb_rev_tree_winner (st->tree);
+  winner_rev = hb_rev_tree_rev_string (st->tree, winner);
+  if (g_strcmp0 (old_winner, winner_rev) != 0)
+    {
+      g_autoptr (JsonObject) body = NULL;
+
+      if (!hb_rev_tree_node (st->tree, winner)->deleted)
+        {
+          if (winner == new_index && new_body != NULL)
+            body = json_object_ref (new_body);
+          else if ((body = load_body (self, c, st, winner, error)) == NULL)
+            return FALSE;
+        }
+      if (!reindex (self, c, st, body, error))
+        return FALSE;
+    }
+  count_winner (st->tree, 1, batch);
+  return TRUE;
+}
+
+static char *
+winner_rev_string (HbRevTree *tree)
+{
+  gint w = hb_rev_tree_winner (tree);
+
+  return w >= 0 ? hb_rev_tree_rev_string (tree, w) : NULL;
+}
+
+static gint
+apply_new_edit (DocState *st, Incoming *in, GError **error)
+{
+  gint parent = -1;
+  g_autofree char *parent_rev = NULL;
+  g_autofree char *hash = NULL;
+
+  if (in->rev != NULL)
+    {
+      parent = hb_rev_tree_find_rev (st->tree, in->rev);
+      if (parent < 0 || !hb_rev_tree_is_leaf (st->tree, parent))
+        parent = -2;
+    }
+  else if (st->exists)
+    {
+      /* Without _rev, only a deleted document may be written again; the new revision
+       * continues the deleted branch, as CouchDB does. */
+      parent = hb_rev_tree_winner (st->tree);
+      if (parent >= 0 && !hb_rev_tree_node (st->tree, parent)->deleted)
+        parent = -2;
+    }
+  if (parent == -2)
+    {
+      g_set_error_literal (error, HB_STORE_ERROR, HB_STORE_ERROR_CONFLICT,
+                           "Document update conflict");
+      return -1;
+    }
+  if (parent >= 0)
+    parent_rev = hb_rev_tree_rev_string (st->tree, parent);
+  hash = new_rev_hash (parent_rev, in->deleted, in->canonical);
+  return hb_rev_tree_add (st->tree, parent,
+                          parent >= 0 ? hb_rev_tree_node (st->tree, parent)->pos + 1 : 1, hash,
+                          in->deleted);
+}
+
+/* Writes one document inside the batch's transaction. Returns the new (or already present)
+ * revision; document-level failures set error with a code other than FAILED. */
+static char *
+write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *batch,
+           GError **error)
+{
+  g_auto (DocState) st = { 0 };
+  g_autofree char *old_winner = NULL;
+  gint index;
+
+  doc_key_for (self, in->id, &st.dk);
+  if (!load_doc (self, c, &st, error))
+    return NULL;
+  if (st.exists && strcmp (st.id, in->id) != 0)
+    {
+      corrupt_error (error, "document record (id mismatch)");
+      return NULL;
+    }
+  if (!st.exists)
+    st.id = g_strdup (in->id);
+  old_winner = winner_rev_string (st.tree);
+  /* The caller restores the batch if this document fails. */
+  count_winner (st.tree, -1, batch);
+
+  if (new_edits)
+    index = apply_new_edit (&st, in, error);
+  else
+    {
+      gboolean added = FALSE;
+
+      index = hb_rev_tree_merge_path (st.tree, in->start, (const char *const *) in->ids->pdata,
+                                      in->ids->len, in->deleted, &added);
+      if (!added)
+        return hb_rev_tree_rev_string (st.tree, index);
+    }
+  if (index < 0)
+    return NULL;
+
+  if (!store_body (self, c, &st, index, in->canonical, error))
+    return NULL;
+  if (!finish_doc_update (self, c, &st, old_winner, index, in->body, batch, error))
+    return NULL;
+  return hb_rev_tree_rev_string (st.tree, index);
+}
+
+static const char *
+error_name (const GError *error)
+{
+  switch (error->code)
+    {
+    case HB_STORE_ERROR_CONFLICT:
+      return "conflict";
+    case HB_STORE_ERROR_INVALID:
+      return "bad_request";
+    case HB_STORE_ERROR_CORRUPT:
+      return "corrupt";
+    case HB_STORE_ERROR_NOT_FOUND:
+      return "not_found";
+    default:
+      return "error";
+    }
+}
+
+static JsonNode *
+result_node (const char *id, const char *rev, const GError *error)
+{
+  JsonObject *obj = json_object_new ();
+
+  if (id != NULL)
+    json_object_set_string_member (obj, "id", id);
+  if (error == NULL)
+    {
+      json_object_set_boolean_member (obj, "ok", TRUE);
+      json_object_set_string_member (obj, "rev", rev);
+    }
+  else
+    {
+      json_object_set_string_member (obj, "error", error_name (error));
+      json_object_set_string_member (obj, "reason", error->message);
+    }
+  return take_object (obj);
+}
+
+static gboolean
+is_fatal (const GError *error)
+{
+  return error->domain != HB_STORE_ERROR || error->code == HB_STORE_ERROR_FAILED ||
+         error->code == HB_STORE_ERROR_LOCKED;
+}
+
+static gboolean
+save_counters (HbConn *c, const Batch *batch, GError **error)
+{
+  sqlite3_stmt *stmt = conn_stmt (c,
+                                  "UPDATE hb_meta SET value = CASE key"
+                                  " WHEN 'update_seq' THEN ?1"
+                                  " WHEN 'doc_count' THEN value + ?2"
+                                  " WHEN 'deleted_doc_count' THEN value + ?3 END"
+                                  " WHERE key IN ('update_seq', 'doc_count', 'deleted_doc_count')",
+                                  error);
+
+  if (stmt == NULL)
+    return FALSE;
+  sqlite3_bind_int64 (stmt, 1, (sqlite3_int64) batch->seq);
+  sqlite3_bind_int64 (stmt, 2, batch->live_delta);
+  sqlite3_bind_int64 (stmt, 3, batch->deleted_delta);
+  return stmt_done (c, stmt, error);
+}
+
+static gboolean
+emit_changed_idle (gpointer data)
+{
+  HbStore *self = data;
+
+  g_signal_emit (self, signals[CHANGED], 0, hb_store_get_update_seq (self));
+  return G_SOURCE_REMOVE;
+}
+
+static void
+schedule_changed (HbStore *self)
+{
+  g_main_context_invoke_full (self->owner_context, G_PRIORITY_DEFAULT, emit_changed_idle,
+                              g_object_ref (self), g_object_unref);
+}
+
+typedef gboolean (*WriteFunc) (HbStore *self, HbConn *c, Batch *batch, gpointer data,
+                               GCancellable *cancellable, GError **error);
+
+/* One write transaction: the writer lock, BEGIN IMMEDIATE, the work, counters, COMMIT; on any
+ * fatal error everything rolls back and the in-memory sequence is untouched. */
+static gboolean
+run_write (HbStore *self, WriteFunc func, gpointer data, GCancellable *cancellable, GError **error)
+{
+  Batch batch = { 0 };
+  gboolean ok;
+
+  if (!keys_acquire (self, error))
+    return FALSE;
+  g_mutex_lock (&self->write_lock);
+  batch.seq = self->update_seq;
+  ok = conn_exec (self->writer, "BEGIN IMMEDIATE", error);
+  if (ok)
+    {
+      ok = func (self, self->writer, &batch, data, cancellable, error) &&
+           (!batch.changed || save_counters (self->writer, &batch, error)) &&
+           conn_exec (self->writer, "COMMIT", error);
+      if (!ok)
+        (void) sqlite3_exec (self->writer->db, "ROLLBACK", NULL, NULL, NULL);
+    }
+  if (ok && batch.changed)
+    __atomic_store_n (&self->update_seq, batch.seq, __ATOMIC_RELEASE);
+  g_mutex_unlock (&self->write_lock);
+  keys_release (self);
+  if (ok && batch.changed)
+    schedule_changed (self);
+  return ok;
+}
+
+typedef struct
+{
+  GPtrArray *docs;
+  gboolean new_edits;
+  GPtrArray *results;
+} BulkArgs;
+
+static gboolean
+write_docs (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellable *cancellable,
+            GError **error)
+{
+  BulkArgs *args = data;
+
+  for (guint i = 0; i < args->docs->len; i++)
+    {
+      g_auto (Incoming) in = { 0 };
+      g_autoptr (GError) doc_error = NULL;
+      g_autofree char *rev = NULL;
+      Batch saved = *batch;
+
+      if (g_cancellable_set_error_if_cancelled (cancellable, error))
+        return FALSE;
+      if (parse_incoming (g_ptr_array_index (args->docs, i), args->new_edits, &in, &doc_error))
+        {
+          if (!conn_exec (c, "SAVEPOINT doc", error))
+            return FALSE;
+          rev = write_one (self, c, &in, args->new_edits, batch, &doc_error);
+          if (rev == NULL)
+            {
+              *batch = saved;
+              if (!conn_exec (c, "ROLLBACK TO doc", error))
+                return FALSE;
+            }
+          if (!conn_exec (c, "RELEASE doc", error))
+            return FALSE;
+        }
+      if (doc_error != NULL && is_fatal (doc_error))
+        {
+          g_propagate_error (error, g_steal_pointer (&doc_error));
+          return FALSE;
+        }
+      g_ptr_array_add (args->results, result_node (in.id, rev, doc_error));
+    }
+  return TRUE;
+}
+
+
+/* ---- reads ----------------------------------------------------------------------------- */
+
+typedef gboolean (*ReadFunc) (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable,
+                              GError **error);
+
+/* One read transaction on a pooled connection, so a document record and its bodies are read
+ * from the same snapshot even while a writer commits. */
+static gboolean
+run_read (HbStore *self, ReadFunc func, gpointer data, GCancellable *cancellable, GError **error)
+{
+  HbConn *c;
+  gboolean ok;
+
+  if (!keys_acquire (self, error))
+    return FALSE;
+  c = reader_acquire (self, error);
+  ok = c != NULL && conn_exec (c, "BEGIN", error);
+  if (ok)
+    {
+      ok = func (self, c, data, cancellable, error);
+      (void) sqlite3_exec (c->db, "COMMIT", NULL, NULL, NULL);
+    }
+  reader_release (self, c);
+  keys_release (self);
+  return ok;
+}
+
+typedef struct
+{
+  const char *id;
+  const char *rev;
+  HbGetFlags flags;
+  JsonNode *result;
+} GetArgs;
+
+static JsonNode *
+read_doc (HbStore *self, HbConn *c, const char *id, const char *rev, HbGetFlags flags,
+          GError **error)
+{
+  g_auto (DocState) st = { 0 };
+  g_autoptr (JsonObject) body = NULL;
+  gint index;
+
+  doc_key_for (self, id, &st.dk);
+  if (!load_doc (self, c, &st, error))
+    return NULL;
+  if (!st.exists)
+    {
+      g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND, "No document %s", id);
+      return NULL;
+    }
+  if (rev != NULL)
+    {
+      index = hb_rev_tree_find_rev (st.tree, rev);
+      if (index < 0)
+        {
+          g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND,
+                       "Document %s has no revision %s", id, rev);
+          return NULL;
+        }
+    }
+  else
+    {
+      index = hb_rev_tree_winner (st.tree);
+      if (hb_rev_tree_node (st.tree, index)->deleted && !(flags & HB_GET_FLAGS_DELETED))
+        {
+          g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND, "Document %s is deleted",
+                       id);
+          return NULL;
+        }
+    }
+  body = load_body (self, c, &st, index, error);
+  return body != NULL ? build_doc (&st, index, body, flags) : NULL;
+}
+
+static gboolean
+get_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, GError **error)
+{
+  GetArgs *args = data;
+
+  args->result = read_doc (self, c, args->id, args->rev, args->flags, error);
+  return args->result != NULL;
+}
+
+typedef struct
+{
+  const char *const *ids;
+  HbGetFlags flags;
+  GPtrArray *results;
+} ManyArgs;
+
+static JsonNode *
+error_row (const char *id, const GError *error)
+{
+  return result_node (id, NULL, error);
+}
+
+static gboolean
+get_many_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable,
+               GError **error)
+{
+  ManyArgs *args = data;
+
+  for (guint i = 0; args->ids[i] != NULL; i++)
+    {
+      g_autoptr (GError) doc_error = NULL;
+      JsonNode *doc;
+
+      if (g_cancellable_set_error_if_cancelled (cancellable, error))
+        return FALSE;
+      doc = read_doc (self, c, args->ids[i], NULL, args->flags, &doc_error);
+      if (doc == NULL && is_fatal (doc_error))
+        {
+          g_propagate_error (error, g_steal_pointer (&doc_error));
+          return FALSE;
+        }
+      g_ptr_array_add (args->results, doc != NULL ? doc : error_row (args->ids[i], doc_error));
+    }
+  return TRUE;
+}
+
+static gboolean
+revs_diff_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable,
+                GError **error)
+{
+  JsonNode **io = data;
+  JsonObject *request;
+  JsonObject *response = json_object_new ();
+  JsonObjectIter iter;
+  const char *id;
+  JsonNode *revs;
+
+  if (!JSON_NODE_HOLDS_OBJECT (io[0]))
+    {
+      json_object_unref (response);
+      return invalid (error, "%s", "revs_diff takes an object of id: [revs]");
+    }
+  request = json_node_get_object (io[0]);
+  json_object_iter_init (&iter, request);
+  while (json_object_iter_next (&iter, &id, &revs))
+    {
+      g_auto (DocState) st = { 0 };
+      JsonArray *missing = json_array_new ();
+      guint max_missing_pos = 0;
+
+      if (!JSON_NODE_HOLDS_ARRAY (revs))
+        {
+          json_array_unref (missing);
+          json_object_unref (response);
+          return invalid (error, "revs_diff: the revisions of %s must be an array", id);
+        }
+      doc_key_for (self, id, &st.dk);
+      if (!load_doc (self, c, &st, error))
+        {
+          json_array_unref (missing);
+          json_object_unref (response);
+          return FALSE;
+        }
+      for (guint i = 0; i < json_array_get_length (json_node_get_array (revs)); i++)
+        {
+          const char *rev = json_array_get_string_element (json_node_get_array (revs), i);
+          guint pos;
+
+          if (rev == NULL || !hb_rev_parse (rev, &pos, NULL))
+            continue;
+          if (hb_rev_tree_find_rev (st.tree, rev) < 0)
+            {
+              json_array_add_string_element (missing, rev);
+              max_missing_pos = MAX (max_missing_pos, pos);
+            }
+        }
+      if (json_array_get_length (missing) == 0)
+        {
+          json_array_unref (missing);
+          continue;
+        }
+      {
+        JsonObject *entry = json_object_new ();
+        g_autoptr (GArray) leaves = hb_rev_tree_leaves (st.tree);
+        JsonArray *ancestors = json_array_new ();
+
+        json_object_set_array_member (entry, "missing", missing);
+        for (guint l = 0; l < leaves->len; l++)
+          {
+            gint leaf = g_array_index (leaves, gint, l);
+            if (hb_rev_tree_node (st.tree, leaf)->pos < max_missing_pos)
+              json_array_add_string_element (ancestors, rev_string_tmp (st.tree, leaf));
+          }
+        if (json_array_get_length (ancestors) > 0)
+          json_object_set_array_member (entry, "possible_ancestors", ancestors);
+        else
+          json_array_unref (ancestors);
+        json_object_set_object_member (response, id, entry);
+      }
+    }
+  io[1] = take_object (response);
+  return TRUE;
+}
+
+typedef struct
+{
+  guint64 since;
+  guint limit;
+  JsonNode *result;
+} ChangesArgs;
+
+static gboolean
+changes_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, GError **error)
+{
+  ChangesArgs *args = data;
+  sqlite3_stmt *stmt = conn_stmt (c,
+                                  "SELECT seq, doc_key, meta FROM docs WHERE seq > ?"
+                                  " ORDER BY seq LIMIT ?",
+                                  error);
+  g_autoptr (JsonArray) results = json_array_new ();
+  JsonObject *out;
+  guint64 last = args->since;
+  int rc;
+
+  if (stmt == NULL)
+    return FALSE;
+  sqlite3_bind_int64 (stmt, 1, (sqlite3_int64) args->since);
+  sqlite3_bind_int64 (stmt, 2, args->limit > 0 ? (sqlite3_int64) args->limit : -1);
+  while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
+    {
+      g_auto (DocState) st = { 0 };
+      g_autoptr (GError) doc_error = NULL;
+      JsonObject *row = json_object_new ();
+
+      last = (guint64) sqlite3_column_int64 (stmt, 0);
+      json_object_set_int_member (row, "seq", (gint64) last);
+      memcpy (st.dk.b, sqlite3_column_blob (stmt, 1), HB_MAC_LEN);
+      if (sqlite3_column_bytes (stmt, 1) != HB_MAC_LEN ||
+          !open_meta (self, &st, sqlite3_column_blob (stmt, 2), sqlite3_column_bytes (stmt, 2),
+                      &doc_error))
+        {
+          if (doc_error != NULL && is_fatal (doc_error))
+            {
+              json_object_unref (row);
+              sqlite3_reset (stmt);
+              g_propagate_error (error, g_steal_pointer (&doc_error));
+              return FALSE;
+            }
+          /* Reported, not skipped: a change nobody can read is still a change. */
+          json_object_set_string_member (row, "error", "corrupt");
+        }
+      else
+        {
+          g_autoptr (GArray) leaves = hb_rev_tree_leaves (st.tree);
+          JsonArray *changes = json_array_new ();
+
+          json_object_set_string_member (row, "id", st.id);
+          for (guint l = 0; l < leaves->len; l++)
+            {
+              JsonObject *ch = json_object_new ();
+              json_object_set_string_member (
+                ch, "rev", rev_string_tmp (st.tree, g_array_index (leaves, gint, l)));
+              json_array_add_object_element (changes, ch);
+            }
+          json_object_set_array_member (row, "changes", changes);
+          if (hb_rev_tree_node (st.tree, g_array_index (leaves, gint, 0))->deleted)
+            json_object_set_boolean_member (row, "deleted", TRUE);
+        }
+      json_array_add_object_element (results, row);
+    }
+  sqlite3_reset (stmt);
+  if (rc != SQLITE_DONE)
+    return sql_error (c->db, rc, "Reading changes", error);
+
+  out = json_object_new ();
+  json_object_set_array_member (out, "results", g_steal_pointer (&results));
+  json_object_set_int_member (out, "last_seq", (gint64) last);
+  stmt = conn_stmt (c, "SELECT count(*) FROM docs WHERE seq > ?", error);
+  if (stmt == NULL)
+    {
+      json_object_unref (out);
+      return FALSE;
+    }
+  sqlite3_bind_int64 (stmt, 1, (sqlite3_int64) last);
+  if (sqlite3_step (stmt) == SQLITE_ROW)
+    json_object_set_int_member (out, "pending", sqlite3_column_int64 (stmt, 0));
+  sqlite3_reset (stmt);
+  args->result = take_object (out);
+  return TRUE;
+}
+
+typedef struct
+{
+  HbIndexField field;
+  const char *value; /* NULL: every document */
+  GPtrArray *results;
+} FindArgs;
+
+static gboolean
+add_winner (HbStore *self, HbConn *c, DocState *st, FindArgs *args, GError **error)
+{
+  g_autoptr (JsonObject) body = NULL;
+  g_autoptr (GError) doc_error = NULL;
+  gint w = hb_rev_tree_winner (st->tree);
+
+  if (hb_rev_tree_node (st->tree, w)->deleted)
+    return TRUE;
+  body = load_body (self, c, st, w, &doc_error);
+  if (body == NULL)
+    {
+      if (is_fatal (doc_error))
+        {
+          g_propagate_error (error, g_steal_pointer (&doc_error));
+          return FALSE;
+        }
+      g_ptr_array_add (args->results, error_row (st->id, doc_error));
+      return TRUE;
+    }
+  /* The index only narrows the search; the sealed value decides. */
+  if (args->value != NULL &&
+      g_strcmp0 (json_object_get_string_member_with_default (body, index_fields[args->field], NULL),
+                 args->value) != 0)
+    return TRUE;
+  g_ptr_array_add (args->results, build_doc (st, w, body, HB_GET_FLAGS_NONE));
+  return TRUE;
+}
+
+static gboolean
+find_rows (HbStore *self, HbConn *c, sqlite3_stmt *stmt, FindArgs *args,
+           GCancellable *cancellable, GError **error)
+{
+  int rc;
+
+  while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
+    {
+      g_auto (DocState) st = { 0 };
+      g_autoptr (GError) doc_error = NULL;
+
+      if (g_cancellable_set_error_if_cancelled (cancellable, error))
+        break;
+      if (sqlite3_column_bytes (stmt, 0) != HB_MAC_LEN)
+        continue;
+      memcpy (st.dk.b, sqlite3_column_blob (stmt, 0), HB_MAC_LEN);
+      if (!load_doc (self, c, &st, &doc_error))
+        {
+          if (is_fatal (doc_error))
+            {
+              g_propagate_error (error, g_steal_pointer (&doc_error));
+              break;
+            }
+          g_ptr_array_add (args->results, error_row (NULL, doc_error));
+          continue;
+        }
+      if (st.exists && !add_winner (self, c, &st, args, error))
+        break;
+    }
+  sqlite3_reset (stmt);
+  if (rc == SQLITE_ROW)
+    return FALSE;
+  return rc == SQLITE_DONE || sql_error (c->db, rc, "Reading documents", error);
+}
+
+static int
+compare_doc_ids (gconstpointer a, gconstpointer b)
+{
+  JsonObject *x = json_node_get_object (*(JsonNode *const *) a);
+  JsonObject *y = json_node_get_object (*(JsonNode *const *) b);
+  const char *ix = json_object_get_string_member_with_default (x, "_id",
+                                                               json_object_get_string_member_with_default (x, "id", ""));
+  const char *iy = json_object_get_string_member_with_default (y, "_id",
+                                                               json_object_get_string_member_with_default (y, "id", ""));
+
+  return strcmp (ix, iy);
+}
+
+static gboolean
+find_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, GError **error)
+{
+  FindArgs *args = data;
+  sqlite3_stmt *stmt;
+
+  if (args->value == NULL)
+    stmt = conn_stmt (c, "SELECT doc_key FROM docs", error);
+  else
+    {
+      guint8 mac[INDEX_MAC_LEN];
+
+      stmt = conn_stmt (c, "SELECT doc_key FROM blind_index WHERE field = ? AND mac = ?", error);
+      if (stmt == NULL)
+        return FALSE;
+      index_mac (self, args->field, args->value, mac);
+      sqlite3_bind_int (stmt, 1, args->field);
+      sqlite3_bind_blob (stmt, 2, mac, INDEX_MAC_LEN, SQLITE_TRANSIENT);
+    }
+  if (stmt == NULL || !find_rows (self, c, stmt, args, cancellable, error))
+    return FALSE;
+  g_ptr_array_sort (args->results, compare_doc_ids);
+  return TRUE;
+}
+
+/* ---- local documents ------------------------------------------------------------------- */
+
+static char *
+local_id (const char *id)
+{
+  return g_str_has_prefix (id, "_local/") ? g_strdup (id) : g_strconcat ("_local/", id, NULL);
+}
+
+static JsonNode *
+read_local (HbStore *self, HbConn *c, const char *full_id, DocKey *dk, GError **error)
+{
+  sqlite3_stmt *stmt = conn_stmt (c, "SELECT body FROM local_docs WHERE doc_key = ?", error);
+  JsonNode *doc = NULL;
+  int rc;
+
+  if (stmt == NULL)
+    return NULL;
+  doc_key_for (self, full_id, dk);
+  sqlite3_bind_blob (stmt, 1, dk->b, HB_MAC_LEN, SQLITE_STATIC);
+  rc = sqlite3_step (stmt);
+  if (rc == SQLITE_ROW)
+    {
+      guint8 *plain = NULL;
+      gsize len = 0;
+
+      if (unseal (self, 'L', dk, NULL, sqlite3_column_blob (stmt, 0),
+                  sqlite3_column_bytes (stmt, 0), &plain, &len, "local document", error))
+        {
+          JsonObject *obj = parse_body (plain, len);
+
+          hb_open_free (plain, len);
+          if (obj == NULL)
+            corrupt_error (error, "local document");
+          else
+            doc = take_object (obj);
+        }
+    }
+  else if (rc == SQLITE_DONE)
+    g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND, "No local document %s",
+                 full_id);
+  else
+    sql_error (c->db, rc, "Reading a local document", error);
+  sqlite3_reset (stmt);
+  return doc;
+}
+
+typedef struct
+{
+  const char *id;
+  const char *rev;
+  JsonNode *doc;
+  gboolean remove;
+  char *result;
+} LocalArgs;
+
+static gboolean
+get_local_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable,
+                GError **error)
+{
+  LocalArgs *args = data;
+  g_autofree char *full = local_id (args->id);
+  DocKey dk;
+
+  args->doc = read_local (self, c, full, &dk, error);
+  return args->doc != NULL;
+}
+
+static guint64
+local_rev_number (const char *rev)
+{
+  return rev != NULL && g_str_has_prefix (rev, "0-") ? g_ascii_strtoull (rev + 2, NULL, 10) : 0;
+}
+
+/* Local documents have no history: "0-N" counts their writes, and a stale _rev conflicts. */
+static gboolean
+write_local_func (HbStore *self, HbConn *c, Batch *batch, gpointer data,
+                  GCancellable *cancellable, GError **error)
+{
+  LocalArgs *args = data;
+  g_autofree char *full = local_id (args->id);
+  g_autoptr (JsonNode) current = NULL;
+  g_autoptr (GError) read_error = NULL;
+  DocKey dk;
+  const char *current_rev = NULL;
+  sqlite3_stmt *stmt;
+
+  current = read_local (self, c, full, &dk, &read_error);
+  if (current == NULL && !g_error_matches (read_error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND))
+    {
+      g_propagate_error (error, g_steal_pointer (&read_error));
+      return FALSE;
+    }
+  if (current != NULL)
+    current_rev = json_object_get_string_member_with_default (json_node_get_object (current),
+                                                              "_rev", NULL);
+  if ((current == NULL && args->rev != NULL && args->remove) ||
+      (current != NULL && g_strcmp0 (current_rev, args->rev) != 0))
+    {
+      g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CONFLICT,
+                   "Local document %s: update conflict", full);
+      return FALSE;
+    }
+  if (current == NULL && args->remove)
+    {
+      g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND, "No local document %s", full);
+      return FALSE;
+    }
+
+  if (args->remove)
+    {
+      stmt = conn_stmt (c, "DELETE FROM local_docs WHERE doc_key = ?", error);
+      if (stmt == NULL)
+        return FALSE;
+      sqlite3_bind_blob (stmt, 1, dk.b, HB_MAC_LEN, SQLITE_STATIC);
+      return stmt_done (c, stmt, error);
+    }
+
+  {
+    JsonObject *copy = json_object_new ();
+    JsonObjectIter iter;
+    const char *name;
+    JsonNode *member;
+    g_autofree char *text = NULL;
+    g_autoptr (GBytes) sealed = NULL;
+    gsize len;
+
+    args->result = g_strdup_printf ("0-%" G_GUINT64_FORMAT, local_rev_number (current_rev) + 1);
+    json_object_set_string_member (copy, "_id", full);
+    json_object_set_string_member (copy, "_rev", args->result);
+    json_object_iter_init (&iter, json_node_get_object (args->doc));
+    while (json_object_iter_next (&iter, &name, &member))
+      if (strcmp (name, "_id") != 0 && strcmp (name, "_rev") != 0)
+        json_object_set_member (copy, name, json_node_ref (member));
+    {
+      g_autoptr (JsonNode) node = take_object (copy);
+      text = json_to_string (node, FALSE);
+    }
+    len = strlen (text);
+    sealed = seal (self, 'L', &dk, NULL, text, len, error);
+    hb_wipe (text, len);
+    if (sealed == NULL)
+      return FALSE;
+    stmt = conn_stmt (c, "INSERT OR REPLACE INTO local_docs (doc_key, body) VALUES (?, ?)", error);
+    if (stmt == NULL)
+      return FALSE;
+    sqlite3_bind_blob (stmt, 1, dk.b, HB_MAC_LEN, SQLITE_STATIC);
+    sqlite3_bind_blob (stmt, 2, g_bytes_get_data (sealed, NULL), g_bytes_get_size (sealed),
+                       SQLITE_STATIC);
+    return stmt_done (c, stmt, error);
+  }
+}
+
+/* ---- purge and compaction -------------------------------------------------------------- */
+
+typedef struct
+{
+  const char *id;
+  const char *const *revs;
+  guint purged;
+} PurgeArgs;
+
+static gboolean
+purge_func (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellable *cancellable,
+            GError **error)
+{
+  PurgeArgs *args = data;
+  g_auto (DocState) st = { 0 };
+  g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint));
+  g_autofree char *old_winner = NULL;
+
+  doc_key_for (self, args->id, &st.dk);
+  if (!load_doc (self, c, &st, error))
+    return FALSE;
+  if (!st.exists)
+    {
+      g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND, "No document %s", args->id);
+      return FALSE;
+    }
+  old_winner = winner_rev_string (st.tree);
+  count_winner (st.tree, -1, batch);
+  for (guint i = 0; args->revs != NULL && args->revs[i] != NULL; i++)
+    {
+      gint index = hb_rev_tree_find_rev (st.tree, args->revs[i]);
+
+      if (index >= 0 && hb_rev_tree_is_leaf (st.tree, index))
+        {
+          hb_rev_tree_remove_leaf (st.tree, index, removed);
+          args->purged++;
+        }
+    }
+  if (args->purged == 0)
+    {
+      count_winner (st.tree, 1, batch);
+      return TRUE;
+    }
+  if (!delete_bodies (c, &st, removed, error))
+    return FALSE;
+  if (st.tree->nodes->len == 0)
+    {
+      batch->changed = TRUE;
+      batch->seq++;
+      return delete_doc_rows (c, &st, error);
+    }
+  return finish_doc_update (self, c, &st, old_winner, -1, NULL, batch, error);
+}
+
+static gboolean
+compact_func (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellable *cancellable,
+              GError **error)
+{
+  guint *removed_total = data;
+  g_autoptr (GPtrArray) keys = g_ptr_array_new_with_free_func (g_free);
+  sqlite3_stmt *stmt = conn_stmt (c, "SELECT doc_key, seq FROM docs", error);
+  int rc;
+
+  if (stmt == NULL)
+    return FALSE;
+  while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
+    if (sqlite3_column_bytes (stmt, 0) == HB_MAC_LEN)
+      {
+        guint8 *row = g_malloc (HB_MAC_LEN + sizeof (gint64));
+        gint64 seq = sqlite3_column_int64 (stmt, 1);
+        memcpy (row, sqlite3_column_blob (stmt, 0), HB_MAC_LEN);
+        memcpy (row + HB_MAC_LEN, &seq, sizeof seq);
+        g_ptr_array_add (keys, row);
+      }
+  sqlite3_reset (stmt);
+  if (rc != SQLITE_DONE)
+    return sql_error (c->db, rc, "Reading documents", error);
+
+  for (guint i = 0; i < keys->len; i++)
+    {
+      g_auto (DocState) st = { 0 };
+      g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint));
+      g_autoptr (GError) doc_error = NULL;
+      const guint8 *row = g_ptr_array_index (keys, i);
+      gint64 seq;
+
+      if (g_cancellable_set_error_if_cancelled (cancellable, error))
+        return FALSE;
+      memcpy (st.dk.b, row, HB_MAC_LEN);
+      memcpy (&seq, row + HB_MAC_LEN, sizeof seq);
+      if (!load_doc (self, c, &st, &doc_error))
+        {
+          if (is_fatal (doc_error))
+            {
+              g_propagate_error (error, g_steal_pointer (&doc_error));
+              return FALSE;
+            }
+          continue; /* a corrupt record is left as it is, for whoever investigates */
+        }
+      for (guint n = 0; n < st.tree->nodes->len; n++)
+        {
+          HbRevNode *node = hb_rev_tree_node (st.tree, n);
+          if (node->slot >= 0 && !hb_rev_tree_is_leaf (st.tree, n))
+            {
+              g_array_append_val (removed, node->slot);
+              node->slot = -1;
+            }
+        }
+      if (removed->len == 0)
+        continue;
+      /* Compaction changes no revision, so the document keeps its sequence. */
+      if (!delete_bodies (c, &st, removed, error) || !save_meta (self, c, &st, seq, error))
+        return FALSE;
+      *removed_total += removed->len;
+    }
+  return TRUE;
+}
+
+/* ---- schema ---------------------------------------------------------------------------- */
+
+static const char schema_v1[] =
+  "CREATE TABLE docs (doc_key BLOB PRIMARY KEY, seq INTEGER NOT NULL UNIQUE,"
+  "  meta BLOB NOT NULL) WITHOUT ROWID;"
+  "CREATE TABLE bodies (doc_key BLOB NOT NULL, slot INTEGER NOT NULL, body BLOB NOT NULL,"
+  "  PRIMARY KEY (doc_key, slot)) WITHOUT ROWID;"
+  "CREATE TABLE local_docs (doc_key BLOB PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;"
+  "CREATE TABLE blind_index (field INTEGER NOT NULL, mac BLOB NOT NULL, doc_key BLOB NOT NULL,"
+  "  PRIMARY KEY (field, mac, doc_key)) WITHOUT ROWID;"
+  "CREATE INDEX blind_index_doc ON blind_index (doc_key);"
+  "INSERT INTO hb_meta (key, value) VALUES ('update_seq', 0), ('doc_count', 0),"
+  "  ('deleted_doc_count', 0), ('revs_limit', 1000);";
+
+/* Migrations, in order: entry i brings a file from version i to version i + 1. */
+static const char *const migrations[] = {
+  schema_v1,
+};
+
+G_STATIC_ASSERT (G_N_ELEMENTS (migrations) == SCHEMA_VERSION);
+
+static gint64
+meta_int (HbConn *c, const char *name, gint64 fallback)
+{
+  sqlite3_stmt *stmt = conn_stmt (c, "SELECT value FROM hb_meta WHERE key = ?", NULL);
+  gint64 v = fallback;
+
+  if (stmt == NULL)
+    return fallback;
+  sqlite3_bind_text (stmt, 1, name, -1, SQLITE_STATIC);
+  if (sqlite3_step (stmt) == SQLITE_ROW && sqlite3_column_type (stmt, 0) != SQLITE_NULL)
+    v = sqlite3_column_int64 (stmt, 0);
+  sqlite3_reset (stmt);
+  return v;
+}
+
+static char *
+meta_text (HbConn *c, const char *name)
+{
+  sqlite3_stmt *stmt = conn_stmt (c, "SELECT value FROM hb_meta WHERE key = ?", NULL);
+  char *v = NULL;
+
+  if (stmt == NULL)
+    return NULL;
+  sqlite3_bind_text (stmt, 1, name, -1, SQLITE_STATIC);
+  if (sqlite3_step (stmt) == SQLITE_ROW && sqlite3_column_type (stmt, 0) == SQLITE_TEXT)
+    v = g_strdup ((const char *) sqlite3_column_text (stmt, 0));
+  sqlite3_reset (stmt);
+  return v;
+}
+
+static gboolean
+set_meta_int (HbConn *c, const char *name, gint64 value, GError **error)
+{
+  sqlite3_stmt *stmt = conn_stmt (c, "INSERT OR REPLACE INTO hb_meta (key, value) VALUES (?, ?)",
+                                  error);
+
+  if (stmt == NULL)
+    return FALSE;
+  sqlite3_bind_text (stmt, 1, name, -1, SQLITE_STATIC);
+  sqlite3_bind_int64 (stmt, 2, value);
+  return stmt_done (c, stmt, error);
+}
+
+static gboolean
+migrate (HbConn *c, GError **error)
+{
+  gint64 version;
+
+  if (!conn_exec (c, "CREATE TABLE IF NOT EXISTS hb_meta (key TEXT PRIMARY KEY, value)", error))
+    return FALSE;
+  version = meta_int (c, "schema_version", 0);
+  if (version > SCHEMA_VERSION)
+    {
+      g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_VERSION,
+                   "The store was written by a newer version (schema %" G_GINT64_FORMAT
+                   ", this library knows %d)",
+                   version, SCHEMA_VERSION);
+      return FALSE;
+    }
+  for (; version < SCHEMA_VERSION; version++)
+    if (!conn_exec (c, migrations[version], error) ||
+        !set_meta_int (c, "schema_version", version + 1, error))
+      return FALSE;
+
+  if (meta_text (c, "uuid") == NULL)
+    {
+      g_autofree char *uuid = hb_random_uuid ();
+      sqlite3_stmt *stmt = conn_stmt (c, "INSERT INTO hb_meta (key, value) VALUES ('uuid', ?)",
+                                      error);
+      if (stmt == NULL)
+        return FALSE;
+      sqlite3_bind_text (stmt, 1, uuid, -1, SQLITE_TRANSIENT);
+      if (!stmt_done (c, stmt, error))
+        return FALSE;
+    }
+  return TRUE;
+}
+
+/* ---- object ---------------------------------------------------------------------------- */
+
+static void
+on_vault_locked (HbVault *vault, GParamSpec *pspec, HbStore *self)
+{
+  if (hb_vault_get_locked (vault))
+    wipe_keys (self);
+  else
+    (void) derive_keys (self, NULL);
+}
+
+static void
+hb_store_dispose (GObject *object)
+{
+  HbStore *self = HB_STORE (object);
+
+  if (self->vault != NULL && self->locked_handler != 0)
+    g_clear_signal_handler (&self->locked_handler, self->vault);
+  hb_store_close (self);
+  g_clear_object (&self->vault);
+  G_OBJECT_CLASS (hb_store_parent_class)->dispose (object);
+}
+
+static void
+hb_store_finalize (GObject *object)
+{
+  HbStore *self = HB_STORE (object);
+
+  g_clear_pointer (&self->readers, g_ptr_array_unref);
+  g_clear_pointer (&self->path, g_free);
+  g_clear_pointer (&self->uuid, g_free);
+  g_clear_pointer (&self->owner_context, g_main_context_unref);
+  g_rw_lock_clear (&self->key_lock);
+  g_mutex_clear (&self->write_lock);
+  g_mutex_clear (&self->pool_lock);
+  G_OBJECT_CLASS (hb_store_parent_class)->finalize (object);
+}
+
+static void
+hb_store_get_property (GObject *object, guint prop_id, GValue *value, GParamSpec *pspec)
+{
+  HbStore *self = HB_STORE (object);
+
+  switch (prop_id)
+    {
+    case PROP_VAULT:
+      g_value_set_object (value, self->vault);
+      break;
+    case PROP_UUID:
+      g_value_set_string (value, self->uuid);
+      break;
+    case PROP_REVS_LIMIT:
+      g_value_set_uint (value, hb_store_get_revs_limit (self));
+      break;
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+    }
+}
+
+static void
+hb_store_class_init (HbStoreClass *klass)
+{
+  GObjectClass *object_class = G_OBJECT_CLASS (klass);
+
+  object_class->dispose = hb_store_dispose;
+  object_class->finalize = hb_store_finalize;
+  object_class->get_property = hb_store_get_property;
+
+  /**
+   * HbStore:vault:
+   *
+   * The vault whose data key seals this store.
+   */
+  properties[PROP_VAULT] = g_param_spec_object ("vault", NULL, NULL, HB_TYPE_VAULT,
+                                                G_PARAM_READABLE | G_PARAM_STATIC_STRINGS);
+  /**
+   * HbStore:uuid:
+   *
+   * The store's random identity, part of every replication id.
+   */
+  properties[PROP_UUID] = g_param_spec_string ("uuid", NULL, NULL, NULL,
+                                               G_PARAM_READABLE | G_PARAM_STATIC_STRINGS);
+  /**
+   * HbStore:revs-limit:
+   *
+   * How many revisions of each branch are kept (CouchDB's `_revs_limit`).
+   */
+  properties[PROP_REVS_LIMIT] = g_param_spec_uint ("revs-limit", NULL, NULL, 1, G_MAXINT32,
+                                                   DEFAULT_REVS_LIMIT,
+                                                   G_PARAM_READABLE | G_PARAM_EXPLICIT_NOTIFY |
+                                                     G_PARAM_STATIC_STRINGS);
+  g_object_class_install_properties (object_class, N_PROPS, properties);
+
+  /**
+   * HbStore::changed:
+   * @self: the store
+   * @update_seq: the local update sequence after the commit
+   *
+   * Emitted on the context that opened the store, after a write transaction committed.
+   */
+  signals[CHANGED] = g_signal_new ("changed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0,
+                                   NULL, NULL, NULL, G_TYPE_NONE, 1, G_TYPE_UINT64);
+}
+
+static void
+hb_store_init (HbStore *self)
+{
+  g_rw_lock_init (&self->key_lock);
+  g_mutex_init (&self->write_lock);
+  g_mutex_init (&self->pool_lock);
+  self->readers = g_ptr_array_new_with_free_func ((GDestroyNotify) conn_free);
+  self->revs_limit = DEFAULT_REVS_LIMIT;
+}
+
+static gboolean
+store_setup (HbStore *self, GError **error)
+{
+  if (!hb_vault_exists (self->vault))
+    {
+      g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_FAILED, "%s holds no vault",
+                   self->path);
+      return FALSE;
+    }
+  if (hb_vault_get_locked (self->vault))
+    {
+      g_set_error_literal (error, HB_STORE_ERROR, HB_STORE_ERROR_LOCKED,
+                           "Unlock the vault before opening the store");
+      return FALSE;
+    }
+  self->writer = conn_open (self->path, error);
+  if (self->writer == NULL)
+    return FALSE;
+  if (!conn_exec (self->writer, "BEGIN IMMEDIATE", error))
+    return FALSE;
+  if (!migrate (self->writer, error) || !conn_exec (self->writer, "COMMIT", error))
+    {
+      (void) sqlite3_exec (self->writer->db, "ROLLBACK", NULL, NULL, NULL);
+      return FALSE;
+    }
+  self->uuid = meta_text (self->writer, "uuid");
+  self->update_seq = (guint64) meta_int (self->writer, "update_seq", 0);
+  self->revs_limit = (guint) meta_int (self->writer, "revs_limit", DEFAULT_REVS_LIMIT);
+  if (!derive_keys (self, error))
+    return FALSE;
+  self->locked_handler = g_signal_connect (self->vault, "notify::locked",
+                                           G_CALLBACK (on_vault_locked), self);
+  return TRUE;
+}
+
+/**
+ * hb_store_open_sync:
+ * @vault: an unlocked vault; the store lives in the vault's file
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Opens (creating or migrating as needed) the store in @vault's file. Blocks; the store's
+ * #HbStore::changed signal is emitted on the thread-default main context of the caller.
+ *
+ * Returns: (transfer full): the store, or %NULL with @error set
+ */
+HbStore *
+hb_store_open_sync (HbVault *vault, GCancellable *cancellable, GError **error)
+{
+  g_autoptr (HbStore) self = NULL;
+
+  g_return_val_if_fail (HB_IS_VAULT (vault), NULL);
+
+  self = g_object_new (HB_TYPE_STORE, NULL);
+  self->vault = g_object_ref (vault);
+  self->path = g_strdup (hb_vault_get_path (vault));
+  self->owner_context = g_main_context_ref_thread_default ();
+  if (!store_setup (self, error))
+    return NULL;
+  return g_steal_pointer (&self);
+}
+
+static void
+open_thread (GTask *task, gpointer source, gpointer task_data, GCancellable *cancellable)
+{
+  HbStore *self = task_data;
+  GError *error = NULL;
+
+  if (store_setup (self, &error))
+    g_task_return_pointer (task, g_object_ref (self), g_object_unref);
+  else
+    g_task_return_error (task, error);
+}
+
+/**
+ * hb_store_open_async:
+ * @vault: an unlocked vault
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called when the store is open
+ * @user_data: data for @callback
+ *
+ * Opens the store without blocking the caller's main loop.
+ */
+void
+hb_store_open_async (HbVault *vault,
+                     GCancellable *cancellable,
+                     GAsyncReadyCallback callback,
+                     gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  HbStore *self;
+
+  g_return_if_fail (HB_IS_VAULT (vault));
+
+  self = g_object_new (HB_TYPE_STORE, NULL);
+  self->vault = g_object_ref (vault);
+  self->path = g_strdup (hb_vault_get_path (vault));
+  self->owner_context = g_main_context_ref_thread_default ();
+  task = g_task_new (NULL, cancellable, callback, user_data);
+  g_task_set_source_tag (task, hb_store_open_async);
+  g_task_set_task_data (task, self, g_object_unref);
+  g_task_run_in_thread (task, open_thread);
+}
+
+/**
+ * hb_store_open_finish:
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full): the store, or %NULL with @error set
+ */
+HbStore *
+hb_store_open_finish (GAsyncResult *result, GError **error)
+{
+  return g_task_propagate_pointer (G_TASK (result), error);
+}
+
+/**
+ * hb_store_close:
+ * @self: a store
+ *
+ * Wipes the store's keys and closes its database connections. Every later call fails.
+ */
+void
+hb_store_close (HbStore *self)
+{
+  g_return_if_fail (HB_IS_STORE (self));
+
+  wipe_keys (self);
+  g_rw_lock_writer_lock (&self->key_lock);
+  self->closed = TRUE;
+  g_rw_lock_writer_unlock (&self->key_lock);
+  g_mutex_lock (&self->write_lock);
+  g_clear_pointer (&self->writer, conn_free);
+  g_mutex_unlock (&self->write_lock);
+  g_mutex_lock (&self->pool_lock);
+  g_ptr_array_set_size (self->readers, 0);
+  g_mutex_unlock (&self->pool_lock);
+}
+
+/* ---- public API ------------------------------------------------------------------------ */
+
+/**
+ * hb_store_get_vault:
+ * @self: a store
+ *
+ * Returns: (transfer none): the vault
+ */
+HbVault *
+hb_store_get_vault (HbStore *self)
+{
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  return self->vault;
+}
+
+/**
+ * hb_store_get_uuid:
+ * @self: a store
+ *
+ * Returns: the store's UUID
+ */
+const char *
+hb_store_get_uuid (HbStore *self)
+{
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  return self->uuid;
+}
+
+/**
+ * hb_store_get_update_seq:
+ * @self: a store
+ *
+ * Returns: the local update sequence: the number of committed document changes
+ */
+guint64
+hb_store_get_update_seq (HbStore *self)
+{
+  g_return_val_if_fail (HB_IS_STORE (self), 0);
+  return __atomic_load_n (&self->update_seq, __ATOMIC_ACQUIRE);
+}
+
+/**
+ * hb_store_get_revs_limit:
+ * @self: a store
+ *
+ * Returns: how many revisions of each branch are kept
+ */
+guint
+hb_store_get_revs_limit (HbStore *self)
+{
+  g_return_val_if_fail (HB_IS_STORE (self), 0);
+  return g_atomic_int_get (&self->revs_limit);
+}
+
+static gboolean
+set_revs_limit_func (HbStore *self, HbConn *c, Batch *batch, gpointer data,
+                     GCancellable *cancellable, GError **error)
+{
+  return set_meta_int (c, "revs_limit", GPOINTER_TO_UINT (data), error);
+}
+
+/**
+ * hb_store_set_revs_limit:
+ * @self: a store
+ * @revs_limit: at least 1
+ * @error: return location for an error
+ *
+ * Sets how many revisions of each branch later writes keep. Stored in the file.
+ *
+ * Returns: %TRUE on success
+ */
+gboolean
+hb_store_set_revs_limit (HbStore *self, guint revs_limit, GError **error)
+{
+  g_return_val_if_fail (HB_IS_STORE (self), FALSE);
+
+  if (revs_limit < 1 || revs_limit > G_MAXINT32)
+    return invalid (error, "%s", "revs_limit must be at least 1");
+  if (!run_write (self, set_revs_limit_func, GUINT_TO_POINTER (revs_limit), NULL, error))
+    return FALSE;
+  if ((guint) g_atomic_int_exchange (&self->revs_limit, revs_limit) != revs_limit)
+    g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_REVS_LIMIT]);
+  return TRUE;
+}
+
+static gboolean
+result_to_error (JsonNode *result, GError **error)
+{
+  JsonObject *obj = json_node_get_object (result);
+  const char *name = json_object_get_string_member_with_default (obj, "error", NULL);
+  const char *reason = json_object_get_string_member_with_default (obj, "reason", "");
+  HbStoreError code = HB_STORE_ERROR_FAILED;
+
+  if (name == NULL)
+    return TRUE;
+  if (strcmp (name, "conflict") == 0)
+    code = HB_STORE_ERROR_CONFLICT;
+  else if (strcmp (name, "bad_request") == 0)
+    code = HB_STORE_ERROR_INVALID;
+  else if (strcmp (name, "corrupt") == 0)
+    code = HB_STORE_ERROR_CORRUPT;
+  else if (strcmp (name, "not_found") == 0)
+    code = HB_STORE_ERROR_NOT_FOUND;
+  g_set_error_literal (error, HB_STORE_ERROR, code, reason);
+  return FALSE;
+}
+
+/**
+ * hb_store_bulk_docs_sync:
+ * @self: a store
+ * @docs: (element-type Json.Node): documents, as CouchDB's `_bulk_docs` takes them
+ * @new_edits: %TRUE for local edits; %FALSE to insert replicated revisions with their
+ *   `_revisions` history
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Writes @docs in one transaction. A document-level failure (conflict, invalid document,
+ * corrupt record) is reported in that document's result and does not stop the others; only a
+ * failure of the store itself fails the call, and then nothing is written.
+ *
+ * Returns: (transfer full) (element-type Json.Node): one result per document,
+ *   `{"ok": true, "id", "rev"}` or `{"id", "error", "reason"}`
+ */
+GPtrArray *
+hb_store_bulk_docs_sync (HbStore *self,
+                         GPtrArray *docs,
+                         gboolean new_edits,
+                         GCancellable *cancellable,
+                         GError **error)
+{
+  BulkArgs args = { docs, new_edits, NULL };
+
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  g_return_val_if_fail (docs != NULL, NULL);
+
+  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify) json_node_unref);
+  if (!run_write (self, write_docs, &args, cancellable, error))
+    {
+      g_ptr_array_unref (args.results);
+      return NULL;
+    }
+  return args.results;
+}
+
+/**
+ * hb_store_put_sync:
+ * @self: a store
+ * @doc: a document with `_id`, and `_rev` when it updates an existing one
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Writes a new revision of one document, as `PUT /db/id` does.
+ *
+ * Returns: (transfer full): the new revision, or %NULL with @error set
+ *   (%HB_STORE_ERROR_CONFLICT for a stale or missing `_rev`)
+ */
+char *
+hb_store_put_sync (HbStore *self, JsonNode *doc, GCancellable *cancellable, GError **error)
+{
+  g_autoptr (GPtrArray) docs = g_ptr_array_new ();
+  g_autoptr (GPtrArray) results = NULL;
+  JsonNode *result;
+
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  g_return_val_if_fail (doc != NULL, NULL);
+
+  if (!JSON_NODE_HOLDS_OBJECT (doc) ||
+      json_object_get_string_member_with_default (json_node_get_object (doc), "_id", NULL) == NULL)
+    {
+      invalid (error, "%s", "A document needs an _id");
+      return NULL;
+    }
+  g_ptr_array_add (docs, doc);
+  results = hb_store_bulk_docs_sync (self, docs, TRUE, cancellable, error);
+  if (results == NULL)
+    return NULL;
+  result = g_ptr_array_index (results, 0);
+  if (!result_to_error (result, error))
+    return NULL;
+  return g_strdup (json_object_get_string_member (json_node_get_object (result), "rev"));
+}
+
+/**
+ * hb_store_delete_sync:
+ * @self: a store
+ * @id: the document
+ * @rev: its current revision
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Deletes a document by writing a tombstone revision.
+ *
+ * Returns: (transfer full): the tombstone's revision, or %NULL with @error set
+ */
+char *
+hb_store_delete_sync (HbStore *self,
+                      const char *id,
+                      const char *rev,
+                      GCancellable *cancellable,
+                      GError **error)
+{
+  g_autoptr (JsonNode) node = NULL;
+  JsonObject *doc;
+
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  g_return_val_if_fail (id != NULL, NULL);
+
+  doc = json_object_new ();
+  json_object_set_string_member (doc, "_id", id);
+  if (rev != NULL)
+    json_object_set_string_member (doc, "_rev", rev);
+  json_object_set_boolean_member (doc, "_deleted", TRUE);
+  node = take_object (doc);
+  return hb_store_put_sync (self, node, cancellable, error);
+}
+
+/**
+ * hb_store_get_sync:
+ * @self: a store
+ * @id: the document
+ * @rev: (nullable): a revision, or %NULL for the winning one
+ * @flags: what to add to the document
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Reads one revision of a document.
+ *
+ * Returns: (transfer full): the document, or %NULL with @error set
+ */
+JsonNode *
+hb_store_get_sync (HbStore *self,
+                   const char *id,
+                   const char *rev,
+                   HbGetFlags flags,
+                   GCancellable *cancellable,
+                   GError **error)
+{
+  GetArgs args = { id, rev, flags, NULL };
+
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  g_return_val_if_fail (id != NULL, NULL);
+
+  if (!run_read (self, get_func, &args, cancellable, error))
+    return NULL;
+  return args.result;
+}
+
+/**
+ * hb_store_get_many_sync:
+ * @self: a store
+ * @ids: (array zero-terminated=1): document ids
+ * @flags: what to add to each document
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Reads the winning revision of several documents from one snapshot.
+ *
+ * Returns: (transfer full) (element-type Json.Node): one entry per id, in order: the document,
+ *   or `{"id", "error", "reason"}` when it is missing, deleted or corrupt
+ */
+GPtrArray *
+hb_store_get_many_sync (HbStore *self,
+                        const char *const *ids,
+                        HbGetFlags flags,
+                        GCancellable *cancellable,
+                        GError **error)
+{
+  ManyArgs args = { ids, flags, NULL };
+
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  g_return_val_if_fail (ids != NULL, NULL);
+
+  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify) json_node_unref);
+  if (!run_read (self, get_many_func, &args, cancellable, error))
+    {
+      g_ptr_array_unref (args.results);
+      return NULL;
+    }
+  return args.results;
+}
+
+/**
+ * hb_store_revs_diff_sync:
+ * @self: a store
+ * @request: `{id: [rev, ...]}`, as CouchDB's `_revs_diff` takes it
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Tells which of the given revisions the store lacks.
+ *
+ * Returns: (transfer full): `{id: {"missing": [...], "possible_ancestors": [...]}}` for the ids
+ *   with missing revisions
+ */
+JsonNode *
+hb_store_revs_diff_sync (HbStore *self,
+                         JsonNode *request,
+                         GCancellable *cancellable,
+                         GError **error)
+{
+  JsonNode *io[2] = { request, NULL };
+
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  g_return_val_if_fail (request != NULL, NULL);
+
+  if (!run_read (self, revs_diff_func, io, cancellable, error))
+    return NULL;
+  return io[1];
+}
+
+/**
+ * hb_store_changes_sync:
+ * @self: a store
+ * @since: the local sequence to start after (0 for all)
+ * @limit: at most this many rows, or 0 for no limit
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * The changes feed, in the form of CouchDB's `_changes?style=all_docs`: one row per changed
+ * document with every leaf revision, the winner first. A record that fails its integrity
+ * check appears as `{"seq", "error": "corrupt"}` rather than vanishing.
+ *
+ * Returns: (transfer full): `{"results": [...], "last_seq", "pending"}`
+ */
+JsonNode *
+hb_store_changes_sync (HbStore *self,
+                       guint64 since,
+                       guint limit,
+                       GCancellable *cancellable,
+                       GError **error)
+{
+  ChangesArgs args = { since, limit, NULL };
+
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+
+  if (!run_read (self, changes_func, &args, cancellable, error))
+    return NULL;
+  return args.result;
+}
+
+static GPtrArray *
+find_docs (HbStore *self, HbIndexField field, const char *value, GCancellable *cancellable,
+           GError **error)
+{
+  FindArgs args = { field, value, NULL };
+
+  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify) json_node_unref);
+  if (!run_read (self, find_func, &args, cancellable, error))
+    {
+      g_ptr_array_unref (args.results);
+      return NULL;
+    }
+  return args.results;
+}
+
+/**
+ * hb_store_find_sync:
+ * @self: a store
+ * @field: the indexed field
+ * @value: the value it must have
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Finds the documents whose winning revision has @field equal to @value, through the blind
+ * index: only matching documents are decrypted.
+ *
+ * Returns: (transfer full) (element-type Json.Node): the documents, sorted by id; a document
+ *   whose record is corrupt appears as `{"error": "corrupt", ...}`
+ */
+GPtrArray *
+hb_store_find_sync (HbStore *self,
+                    HbIndexField field,
+                    const char *value,
+                    GCancellable *cancellable,
+                    GError **error)
+{
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  g_return_val_if_fail (value != NULL, NULL);
+  g_return_val_if_fail (field <= HB_INDEX_FIELD_PATIENT_ID, NULL);
+
+  return find_docs (self, field, value, cancellable, error);
+}
+
+/**
+ * hb_store_all_docs_sync:
+ * @self: a store
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Every live document's winning revision, sorted by id. Decrypts the whole store.
+ *
+ * Returns: (transfer full) (element-type Json.Node): the documents
+ */
+GPtrArray *
+hb_store_all_docs_sync (HbStore *self, GCancellable *cancellable, GError **error)
+{
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  return find_docs (self, HB_INDEX_FIELD_TYPE, NULL, cancellable, error);
+}
+
+/**
+ * hb_store_get_local_sync:
+ * @self: a store
+ * @id: the local document's id, with or without the `_local/` prefix
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Reads a `_local` document: never replicated, no history, sealed like the rest.
+ *
+ * Returns: (transfer full): the document, or %NULL with @error set
+ */
+JsonNode *
+hb_store_get_local_sync (HbStore *self, const char *id, GCancellable *cancellable, GError **error)
+{
+  LocalArgs args = { id };
+
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  g_return_val_if_fail (id != NULL, NULL);
+
+  if (!run_read (self, get_local_func, &args, cancellable, error))
+    return NULL;
+  return args.doc;
+}
+
+/**
+ * hb_store_put_local_sync:
+ * @self: a store
+ * @doc: a document whose `_id` is `_local/...`, with the current `_rev` when it exists
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Writes a `_local` document. Its revision is `0-N`, N counting its writes.
+ *
+ * Returns: (transfer full): the new revision, or %NULL with @error set
+ */
+char *
+hb_store_put_local_sync (HbStore *self, JsonNode *doc, GCancellable *cancellable, GError **error)
+{
+  LocalArgs args = { NULL };
+  JsonObject *obj;
+
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  g_return_val_if_fail (doc != NULL, NULL);
+
+  obj = JSON_NODE_HOLDS_OBJECT (doc) ? json_node_get_object (doc) : NULL;
+  args.id = obj ? json_object_get_string_member_with_default (obj, "_id", NULL) : NULL;
+  if (args.id == NULL || !g_str_has_prefix (args.id, "_local/") || args.id[7] == '\0')
+    {
+      invalid (error, "%s", "A local document needs an _id starting with _local/");
+      return NULL;
+    }
+  args.rev = json_object_get_string_member_with_default (obj, "_rev", NULL);
+  args.doc = doc;
+  if (!run_write (self, write_local_func, &args, cancellable, error))
+    {
+      g_free (args.result);
+      return NULL;
+    }
+  return args.result;
+}
+
+/**
+ * hb_store_delete_local_sync:
+ * @self: a store
+ * @id: the local document's id
+ * @rev: its current revision
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Deletes a `_local` document; local documents leave no tombstone.
+ *
+ * Returns: %TRUE on success
+ */
+gboolean
+hb_store_delete_local_sync (HbStore *self,
+                            const char *id,
+                            const char *rev,
+                            GCancellable *cancellable,
+                            GError **error)
+{
+  LocalArgs args = { id, rev, NULL, TRUE, NULL };
+
+  g_return_val_if_fail (HB_IS_STORE (self), FALSE);
+  g_return_val_if_fail (id != NULL, FALSE);
+
+  return run_write (self, write_local_func, &args, cancellable, error);
+}
+
+/**
+ * hb_store_purge_sync:
+ * @self: a store
+ * @id: the document
+ * @revs: (array zero-terminated=1): leaf revisions to purge
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Removes leaf revisions and the history only they used, as if they had never been written;
+ * a document left with no revision is removed entirely. Unlike a deletion, a purge does not
+ * replicate.
+ *
+ * Returns: how many revisions were purged (0 with @error set on failure)
+ */
+guint
+hb_store_purge_sync (HbStore *self,
+                     const char *id,
+                     const char *const *revs,
+                     GCancellable *cancellable,
+                     GError **error)
+{
+  PurgeArgs args = { id, revs, 0 };
+
+  g_return_val_if_fail (HB_IS_STORE (self), 0);
+  g_return_val_if_fail (id != NULL, 0);
+
+  if (!run_write (self, purge_func, &args, cancellable, error))
+    return 0;
+  return args.purged;
+}
+
+/**
+ * hb_store_compact_sync:
+ * @self: a store
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Drops the bodies of revisions that are no longer leaves, then checkpoints and truncates the
+ * write-ahead log.
+ *
+ * Returns: how many bodies were dropped
+ */
+guint
+hb_store_compact_sync (HbStore *self, GCancellable *cancellable, GError **error)
+{
+  guint removed = 0;
+
+  g_return_val_if_fail (HB_IS_STORE (self), 0);
+
+  if (!run_write (self, compact_func, &removed, cancellable, error))
+    return 0;
+  g_mutex_lock (&self->write_lock);
+  if (self->writer != NULL)
+    (void) sqlite3_exec (self->writer->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+  g_mutex_unlock (&self->write_lock);
+  return removed;
+}
+
+static gint64
+count_rows (HbConn *c, const char *sql)
+{
+  sqlite3_stmt *stmt = conn_stmt (c, sql, NULL);
+  gint64 n = -1;
+
+  if (stmt != NULL && sqlite3_step (stmt) == SQLITE_ROW)
+    n = sqlite3_column_int64 (stmt, 0);
+  if (stmt != NULL)
+    sqlite3_reset (stmt);
+  return n;
+}
+
+static gint64
+file_size (const char *path)
+{
+  GStatBuf st;
+
+  return g_stat (path, &st) == 0 ? (gint64) st.st_size : 0;
+}
+
+static gboolean
+stats_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, GError **error)
+{
+  JsonNode **out = data;
+  JsonObject *obj = json_object_new ();
+  g_autofree char *wal = g_strconcat (self->path, "-wal", NULL);
+
+  json_object_set_string_member (obj, "store_uuid", self->uuid);
+  json_object_set_int_member (obj, "schema_version", meta_int (c, "schema_version", 0));
+  json_object_set_int_member (obj, "update_seq", meta_int (c, "update_seq", 0));
+  json_object_set_int_member (obj, "doc_count", meta_int (c, "doc_count", 0));
+  json_object_set_int_member (obj, "deleted_doc_count", meta_int (c, "deleted_doc_count", 0));
+  json_object_set_int_member (obj, "revs_limit", meta_int (c, "revs_limit", DEFAULT_REVS_LIMIT));
+  json_object_set_int_member (obj, "stored_bodies", count_rows (c, "SELECT count(*) FROM bodies"));
+  json_object_set_int_member (obj, "local_doc_count",
+                              count_rows (c, "SELECT count(*) FROM local_docs"));
+  json_object_set_int_member (obj, "file_size", file_size (self->path));
+  json_object_set_int_member (obj, "wal_size", file_size (wal));
+  *out = take_object (obj);
+  return TRUE;
+}
+
+/**
+ * hb_store_get_stats_sync:
+ * @self: a store
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Counts that reveal nothing clinical: documents, tombstones, stored bodies, local documents,
+ * file sizes, the update sequence.
+ *
+ * Returns: (transfer full): a JSON object
+ */
+JsonNode *
+hb_store_get_stats_sync (HbStore *self, GCancellable *cancellable, GError **error)
+{
+  JsonNode *out = NULL;
+
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+
+  if (!run_read (self, stats_func, &out, cancellable, error))
+    return NULL;
+  return out;
+}
+
+/* ---- asynchronous forms: the _sync call in a worker thread ----------------------------- */
+
+typedef enum
+{
+  OP_PUT,
+  OP_GET,
+  OP_BULK_DOCS,
+  OP_GET_MANY,
+  OP_CHANGES,
+  OP_FIND,
+} AsyncOp;
+
+typedef struct
+{
+  AsyncOp op;
+  JsonNode *doc;
+  GPtrArray *docs;
+  char *id;
+  char *rev;
+  GStrv ids;
+  HbGetFlags flags;
+  gboolean new_edits;
+  guint64 since;
+  guint limit;
+  HbIndexField field;
+  char *value;
+} AsyncArgs;
+
+static void
+async_args_free (gpointer data)
+{
+  AsyncArgs *a = data;
+
+  g_clear_pointer (&a->doc, json_node_unref);
+  g_clear_pointer (&a->docs, g_ptr_array_unref);
+  g_free (a->id);
+  g_free (a->rev);
+  g_strfreev (a->ids);
+  g_free (a->value);
+  g_free (a);
+}
+
+static void
+async_thread (GTask *task, gpointer source, gpointer task_data, GCancellable *cancellable)
+{
+  HbStore *self = source;
+  AsyncArgs *a = task_data;
+  GError *error = NULL;
+  gpointer result = NULL;
+  GDestroyNotify free_result = (GDestroyNotify) g_ptr_array_unref;
+
+  switch (a->op)
+    {
+    case OP_PUT:
+      result = hb_store_put_sync (self, a->doc, cancellable, &error);
+      free_result = g_free;
+      break;
+    case OP_GET:
+      result = hb_store_get_sync (self, a->id, a->rev, a->flags, cancellable, &error);
+      free_result = (GDestroyNotify) json_node_unref;
+      break;
+    case OP_BULK_DOCS:
+      result = hb_store_bulk_docs_sync (self, a->docs, a->new_edits, cancellable, &error);
+      break;
+    case OP_GET_MANY:
+      result = hb_store_get_many_sync (self, (const char *const *) a->ids, a->flags, cancellable,
+                                       &error);
+      break;
+    case OP_CHANGES:
+      result = hb_store_changes_sync (self, a->since, a->limit, cancellable, &error);
+      free_result = (GDestroyNotify) json_node_unref;
+      break;
+    case OP_FIND:
+      result = hb_store_find_sync (self, a->field, a->value, cancellable, &error);
+      break;
+    default:
+      g_assert_not_reached ();
+    }
+  if (error != NULL)
+    g_task_return_error (task, error);
+  else
+    g_task_return_pointer (task, result, free_result);
+}
+
+static void
+run_async (HbStore *self,
+           AsyncArgs *args,
+           gpointer source_tag,
+           GCancellable *cancellable,
+           GAsyncReadyCallback callback,
+           gpointer user_data)
+{
+  g_autoptr (GTask) task = g_task_new (self, cancellable, callback, user_data);
+
+  g_task_set_source_tag (task, source_tag);
+  g_task_set_task_data (task, args, async_args_free);
+  g_task_run_in_thread (task, async_thread);
+}
+
+static gpointer
+finish_async (HbStore *self, GAsyncResult *result, gpointer source_tag, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), NULL);
+  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == source_tag, NULL);
+  return g_task_propagate_pointer (G_TASK (result), error);
+}
+
+static AsyncArgs *
+async_args (AsyncOp op)
+{
+  AsyncArgs *a = g_new0 (AsyncArgs, 1);
+
+  a->op = op;
+  return a;
+}
+
+/**
+ * hb_store_put_async:
+ * @self: a store
+ * @doc: the document
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_put_sync().
+ */
+void
+hb_store_put_async (HbStore *self,
+                    JsonNode *doc,
+                    GCancellable *cancellable,
+                    GAsyncReadyCallback callback,
+                    gpointer user_data)
+{
+  AsyncArgs *a = async_args (OP_PUT);
+
+  g_return_if_fail (HB_IS_STORE (self));
+  /* A deep copy: the caller may change its document while the worker reads it. */
+  a->doc = json_node_copy (doc);
+  run_async (self, a, hb_store_put_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_put_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full): the new revision, or %NULL with @error set
+ */
+char *
+hb_store_put_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  return finish_async (self, result, hb_store_put_async, error);
+}
+
+/**
+ * hb_store_get_async:
+ * @self: a store
+ * @id: the document
+ * @rev: (nullable): a revision, or %NULL for the winner
+ * @flags: what to add
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_get_sync().
+ */
+void
+hb_store_get_async (HbStore *self,
+                    const char *id,
+                    const char *rev,
+                    HbGetFlags flags,
+                    GCancellable *cancellable,
+                    GAsyncReadyCallback callback,
+                    gpointer user_data)
+{
+  AsyncArgs *a = async_args (OP_GET);
+
+  g_return_if_fail (HB_IS_STORE (self));
+  a->id = g_strdup (id);
+  a->rev = g_strdup (rev);
+  a->flags = flags;
+  run_async (self, a, hb_store_get_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_get_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full): the document, or %NULL with @error set
+ */
+JsonNode *
+hb_store_get_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  return finish_async (self, result, hb_store_get_async, error);
+}
+
+/**
+ * hb_store_bulk_docs_async:
+ * @self: a store
+ * @docs: (element-type Json.Node): the documents
+ * @new_edits: whether these are local edits
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_bulk_docs_sync().
+ */
+void
+hb_store_bulk_docs_async (HbStore *self,
+                          GPtrArray *docs,
+                          gboolean new_edits,
+                          GCancellable *cancellable,
+                          GAsyncReadyCallback callback,
+                          gpointer user_data)
+{
+  AsyncArgs *a = async_args (OP_BULK_DOCS);
+
+  g_return_if_fail (HB_IS_STORE (self));
+  a->docs = g_ptr_array_new_with_free_func ((GDestroyNotify) json_node_unref);
+  for (guint i = 0; i < docs->len; i++)
+    g_ptr_array_add (a->docs, json_node_copy (g_ptr_array_index (docs, i)));
+  a->new_edits = new_edits;
+  run_async (self, a, hb_store_bulk_docs_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_bulk_docs_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full) (element-type Json.Node): one result per document
+ */
+GPtrArray *
+hb_store_bulk_docs_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  return finish_async (self, result, hb_store_bulk_docs_async, error);
+}
+
+/**
+ * hb_store_get_many_async:
+ * @self: a store
+ * @ids: (array zero-terminated=1): document ids
+ * @flags: what to add
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_get_many_sync().
+ */
+void
+hb_store_get_many_async (HbStore *self,
+                         const char *const *ids,
+                         HbGetFlags flags,
+                         GCancellable *cancellable,
+                         GAsyncReadyCallback callback,
+                         gpointer user_data)
+{
+  AsyncArgs *a = async_args (OP_GET_MANY);
+
+  g_return_if_fail (HB_IS_STORE (self));
+  a->ids = g_strdupv ((char **) ids);
+  a->flags = flags;
+  run_async (self, a, hb_store_get_many_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_get_many_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full) (element-type Json.Node): one entry per id
+ */
+GPtrArray *
+hb_store_get_many_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  return finish_async (self, result, hb_store_get_many_async, error);
+}
+
+/**
+ * hb_store_changes_async:
+ * @self: a store
+ * @since: the local sequence to start after
+ * @limit: at most this many rows, or 0
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_changes_sync().
+ */
+void
+hb_store_changes_async (HbStore *self,
+                        guint64 since,
+                        guint limit,
+                        GCancellable *cancellable,
+                        GAsyncReadyCallback callback,
+                        gpointer user_data)
+{
+  AsyncArgs *a = async_args (OP_CHANGES);
+
+  g_return_if_fail (HB_IS_STORE (self));
+  a->since = since;
+  a->limit = limit;
+  run_async (self, a, hb_store_changes_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_changes_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full): the changes feed
+ */
+JsonNode *
+hb_store_changes_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  return finish_async (self, result, hb_store_changes_async, error);
+}
+
+/**
+ * hb_store_find_async:
+ * @self: a store
+ * @field: the indexed field
+ * @value: the value
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_find_sync().
+ */
+void
+hb_store_find_async (HbStore *self,
+                     HbIndexField field,
+                     const char *value,
+                     GCancellable *cancellable,
+                     GAsyncReadyCallback callback,
+                     gpointer user_data)
+{
+  AsyncArgs *a = async_args (OP_FIND);
+
+  g_return_if_fail (HB_IS_STORE (self));
+  a->field = field;
+  a->value = g_strdup (value);
+  run_async (self, a, hb_store_find_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_find_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full) (element-type Json.Node): the documents
+ */
+GPtrArray *
+hb_store_find_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  return finish_async (self, result, hb_store_find_async, error);
+}

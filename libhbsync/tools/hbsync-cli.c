@@ -1,0 +1,1651 @@
+/* hbsync: drive an HbVault and its HbStore from the command line.
+ *
+ * JSON on stdout (one value per command; NDJSON for export), one line per error on stderr,
+ * documented exit codes. PINs and keys are read from --pin-fd or from the terminal without echo,
+ * wiped after use and never printed (the recovery key is printed once, by init).
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <locale.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <hbsync.h>
+
+/* Exit codes; the --help text lists them, keep both in step. */
+typedef enum
+{
+  HB_CLI_EXIT_OK = 0,
+  HB_CLI_EXIT_FAILED = 1,
+  HB_CLI_EXIT_USAGE = 2,
+  HB_CLI_EXIT_DENIED = 3,
+  HB_CLI_EXIT_NOT_FOUND = 4,
+  HB_CLI_EXIT_CONFLICT = 5,
+  HB_CLI_EXIT_CORRUPT = 6,
+} HbCliExit;
+
+typedef enum
+{
+  HB_CLI_ERROR_USAGE,
+  HB_CLI_ERROR_FAILED,
+} HbCliError;
+
+#define HB_CLI_ERROR (hb_cli_error_quark ())
+
+#define SECRET_MAX_LEN 1024
+#define MIN_KDF_MEMORY_KIB 8192
+#define MAX_KDF_MEMORY_KIB (4u * 1024 * 1024)
+#define MAX_KDF_ITERATIONS 100
+#define IMPORT_BATCH 256
+#define EXPORT_BATCH 256
+
+typedef struct _HbCli HbCli;
+typedef gboolean (*HbCliCommandFunc) (HbCli *cli, GError **error);
+
+typedef struct
+{
+  const char *name;
+  const char *params;
+  const char *summary;
+  HbCliCommandFunc run;
+} HbCliCommand;
+
+struct _HbCli
+{
+  char *store_path;
+  char *pin_fd_arg;
+  int pin_fd; /* -1: ask on the terminal */
+  int tty_fd;
+  gboolean show_version;
+  char **rest; /* the command name, then its arguments */
+  const HbCliCommand *command;
+  GOptionContext *global_context;
+  GOptionContext *command_context;
+  HbVault *vault;
+  HbStore *store;
+};
+
+/* A NUL-terminated secret (PIN, recovery key): wiped before it is freed. */
+typedef char HbCliSecret;
+
+static GQuark
+hb_cli_error_quark (void)
+{
+  return g_quark_from_static_string ("hb-cli-error-quark");
+}
+
+static void
+hb_cli_secret_free (HbCliSecret *secret)
+{
+  if (secret == NULL)
+    return;
+  explicit_bzero (secret, strlen (secret));
+  g_free (secret);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (HbCliSecret, hb_cli_secret_free)
+
+static void
+hb_cli_free (HbCli *cli)
+{
+  if (cli->store != NULL)
+    hb_store_close (cli->store);
+  g_clear_object (&cli->store);
+  if (cli->vault != NULL)
+    hb_vault_lock (cli->vault);
+  g_clear_object (&cli->vault);
+  g_clear_pointer (&cli->global_context, g_option_context_free);
+  g_clear_pointer (&cli->command_context, g_option_context_free);
+  g_clear_pointer (&cli->rest, g_strfreev);
+  g_clear_pointer (&cli->store_path, g_free);
+  g_clear_pointer (&cli->pin_fd_arg, g_free);
+  if (cli->tty_fd >= 0)
+    close (cli->tty_fd);
+  g_free (cli);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (HbCli, hb_cli_free)
+
+/* ---- errors and exit codes ------------------------------------------------------------ */
+
+static HbCliExit
+exit_code_for_error (const GError *error)
+{
+  if (error->domain == HB_VAULT_ERROR)
+    {
+      switch ((HbVaultError)error->code)
+        {
+          case HB_VAULT_ERROR_WRONG_PIN:
+          case HB_VAULT_ERROR_TOO_SOON:
+          case HB_VAULT_ERROR_LOCKED_OUT:
+          case HB_VAULT_ERROR_BAD_RECOVERY_KEY:
+            return HB_CLI_EXIT_DENIED;
+          case HB_VAULT_ERROR_NOT_FOUND:
+            return HB_CLI_EXIT_NOT_FOUND;
+          case HB_VAULT_ERROR_CORRUPT:
+            return HB_CLI_EXIT_CORRUPT;
+          case HB_VAULT_ERROR_FAILED:
+          case HB_VAULT_ERROR_EXISTS:
+          case HB_VAULT_ERROR_WEAK_PIN:
+          case HB_VAULT_ERROR_LOCKED:
+          case HB_VAULT_ERROR_NO_SECRET_SERVICE:
+          case HB_VAULT_ERROR_DEVICE_SECRET_MISSING:
+          default:
+            return HB_CLI_EXIT_FAILED;
+        }
+    }
+
+  if (error->domain == HB_STORE_ERROR)
+    {
+      switch ((HbStoreError)error->code)
+        {
+          case HB_STORE_ERROR_NOT_FOUND:
+            return HB_CLI_EXIT_NOT_FOUND;
+          case HB_STORE_ERROR_CONFLICT:
+            return HB_CLI_EXIT_CONFLICT;
+          case HB_STORE_ERROR_CORRUPT:
+            return HB_CLI_EXIT_CORRUPT;
+          case HB_STORE_ERROR_LOCKED:
+            return HB_CLI_EXIT_DENIED;
+          case HB_STORE_ERROR_FAILED:
+          case HB_STORE_ERROR_INVALID:
+          case HB_STORE_ERROR_VERSION:
+          default:
+            return HB_CLI_EXIT_FAILED;
+        }
+    }
+
+  if (error->domain == G_OPTION_ERROR
+      || (error->domain == HB_CLI_ERROR && error->code == HB_CLI_ERROR_USAGE))
+    return HB_CLI_EXIT_USAGE;
+
+  return HB_CLI_EXIT_FAILED;
+}
+
+/* The `error` strings of per-document results (as CouchDB's _bulk_docs names them) as errors
+ * of the store's domain, so that one mapping decides every exit code. */
+static HbStoreError
+store_error_for_result (const char *name)
+{
+  if (g_strcmp0 (name, "conflict") == 0)
+    return HB_STORE_ERROR_CONFLICT;
+  if (g_strcmp0 (name, "not_found") == 0)
+    return HB_STORE_ERROR_NOT_FOUND;
+  if (g_strcmp0 (name, "corrupt") == 0)
+    return HB_STORE_ERROR_CORRUPT;
+  return HB_STORE_ERROR_FAILED;
+}
+
+static void
+print_usage (GOptionContext *context)
+{
+  g_autofree char *help = g_option_context_get_help (context, TRUE, NULL);
+
+  fputs (help, stderr);
+}
+
+static int
+report_error (HbCli *cli, const GError *error)
+{
+  HbCliExit code = exit_code_for_error (error);
+  g_autofree char *line = g_strdup (error->message);
+
+  g_strdelimit (line, "\r\n", ' ');
+  fprintf (stderr, "hbsync: %s\n", line);
+
+  if (code == HB_CLI_EXIT_USAGE)
+    {
+      fputc ('\n', stderr);
+      print_usage (cli->command_context != NULL ? cli->command_context : cli->global_context);
+    }
+
+  return code;
+}
+
+/* ---- JSON in and out ------------------------------------------------------------------ */
+
+static const char *
+object_get_string (JsonObject *object, const char *member)
+{
+  JsonNode *node = json_object_get_member (object, member);
+
+  if (node == NULL || !JSON_NODE_HOLDS_VALUE (node)
+      || json_node_get_value_type (node) != G_TYPE_STRING)
+    return NULL;
+  return json_node_get_string (node);
+}
+
+static JsonNode *
+parse_json (const char *data, gssize len, GError **error)
+{
+  g_autoptr (JsonParser) parser = json_parser_new ();
+  JsonNode *root;
+
+  if (!json_parser_load_from_data (parser, data, len, error))
+    return NULL;
+  root = json_parser_steal_root (parser);
+  if (root == NULL)
+    g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "no JSON in the input");
+  return root;
+}
+
+static void
+print_json (JsonNode *node)
+{
+  g_autoptr (JsonGenerator) generator = json_generator_new ();
+  g_autofree char *text = NULL;
+
+  json_generator_set_pretty (generator, TRUE);
+  json_generator_set_indent (generator, 2);
+  json_generator_set_root (generator, node);
+  text = json_generator_to_data (generator, NULL);
+  fputs (text, stdout);
+  fputc ('\n', stdout);
+}
+
+static void
+print_json_line (JsonNode *node)
+{
+  g_autofree char *text = json_to_string (node, FALSE);
+
+  fputs (text, stdout);
+  fputc ('\n', stdout);
+}
+
+static JsonNode *
+node_for_object (JsonObject *object)
+{
+  JsonNode *node = json_node_new (JSON_NODE_OBJECT);
+
+  json_node_take_object (node, object);
+  return node;
+}
+
+static void
+print_ok (const char *id, const char *rev)
+{
+  JsonObject *object = json_object_new ();
+  g_autoptr (JsonNode) node = node_for_object (object);
+
+  json_object_set_boolean_member (object, "ok", TRUE);
+  if (id != NULL)
+    json_object_set_string_member (object, "id", id);
+  if (rev != NULL)
+    json_object_set_string_member (object, "rev", rev);
+  print_json (node);
+}
+
+/* The store reports a record it cannot read as a row `{"id"?, "error", "reason"}` in place of
+ * the document; the first such row becomes the command's error, counted in @n_failed. */
+static gboolean
+check_row (JsonNode *row, guint *n_failed, GError **first_error)
+{
+  JsonObject *object = JSON_NODE_HOLDS_OBJECT (row) ? json_node_get_object (row) : NULL;
+  const char *name = object != NULL ? object_get_string (object, "error") : NULL;
+
+  if (object != NULL && name == NULL)
+    return TRUE;
+  if (object != NULL && object_get_string (object, "_id") != NULL)
+    return TRUE;
+
+  (*n_failed)++;
+  if (*first_error == NULL)
+    {
+      const char *reason = object != NULL ? object_get_string (object, "reason") : NULL;
+
+      g_set_error_literal (first_error, HB_STORE_ERROR, store_error_for_result (name),
+                           reason != NULL ? reason : "unreadable record");
+    }
+  return FALSE;
+}
+
+static gboolean
+report_failed_rows (guint n_failed, GError *first_error, const char *what, GError **error)
+{
+  if (first_error == NULL)
+    return TRUE;
+  g_propagate_prefixed_error (error, first_error, "%u %s; the first: ", n_failed, what);
+  return FALSE;
+}
+
+static void
+print_doc_array (GPtrArray *docs, guint *n_failed, GError **first_error)
+{
+  JsonArray *array = json_array_sized_new (docs->len);
+  g_autoptr (JsonNode) node = json_node_new (JSON_NODE_ARRAY);
+
+  for (guint i = 0; i < docs->len; i++)
+    {
+      JsonNode *doc = g_ptr_array_index (docs, i);
+
+      if (check_row (doc, n_failed, first_error))
+        json_array_add_element (array, json_node_ref (doc));
+    }
+  json_node_take_array (node, array);
+  print_json (node);
+}
+
+/* ---- input ---------------------------------------------------------------------------- */
+
+static gboolean
+is_stdin (const char *path)
+{
+  return path == NULL || g_str_equal (path, "-");
+}
+
+static GBytes *
+read_fd_to_end (int fd, GError **error)
+{
+  g_autoptr (GByteArray) data = g_byte_array_new ();
+  guint8 buffer[65536];
+
+  for (;;)
+    {
+      ssize_t n = read (fd, buffer, sizeof buffer);
+
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0)
+        {
+          int saved_errno = errno;
+
+          g_set_error (error, G_IO_ERROR, g_io_error_from_errno (saved_errno),
+                       "cannot read standard input: %s", g_strerror (saved_errno));
+          return NULL;
+        }
+      if (n == 0)
+        break;
+      g_byte_array_append (data, buffer, n);
+    }
+
+  return g_byte_array_free_to_bytes (g_steal_pointer (&data));
+}
+
+static GBytes *
+read_input (const char *path, GError **error)
+{
+  g_autofree char *contents = NULL;
+  gsize len = 0;
+
+  if (is_stdin (path))
+    return read_fd_to_end (STDIN_FILENO, error);
+
+  if (!g_file_get_contents (path, &contents, &len, error))
+    return NULL;
+  return g_bytes_new_take (g_steal_pointer (&contents), len);
+}
+
+/* ---- PINs and keys -------------------------------------------------------------------- */
+
+static int signal_tty_fd = -1;
+static struct termios signal_tty_saved;
+static const int tty_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
+
+/* Echo must come back even when the user interrupts the prompt. */
+static void
+restore_tty_and_reraise (int signum)
+{
+  if (signal_tty_fd >= 0)
+    tcsetattr (signal_tty_fd, TCSAFLUSH, &signal_tty_saved);
+  signal (signum, SIG_DFL);
+  raise (signum);
+}
+
+/* Reads up to a newline or the end of input, one byte at a time so that nothing after the line
+ * is consumed: the same descriptor may carry a second secret, or a document. */
+static HbCliSecret *
+read_secret_line (int fd, const char *what, GError **error)
+{
+  g_autoptr (HbCliSecret) secret = g_malloc0 (SECRET_MAX_LEN + 1);
+  gsize len = 0;
+  gboolean got_newline = FALSE;
+
+  for (;;)
+    {
+      char c;
+      ssize_t n = read (fd, &c, 1);
+
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0)
+        {
+          int saved_errno = errno;
+
+          g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "cannot read the %s: %s", what,
+                       g_strerror (saved_errno));
+          return NULL;
+        }
+      if (n == 0)
+        break;
+      if (c == '\n')
+        {
+          got_newline = TRUE;
+          break;
+        }
+      if (len == SECRET_MAX_LEN)
+        {
+          explicit_bzero (&c, sizeof c);
+          g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "the %s is longer than %d bytes",
+                       what, SECRET_MAX_LEN);
+          return NULL;
+        }
+      secret[len++] = c;
+      explicit_bzero (&c, sizeof c);
+    }
+
+  if (len == 0 && !got_newline)
+    {
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "no %s given (end of input)", what);
+      return NULL;
+    }
+  if (len > 0 && secret[len - 1] == '\r')
+    secret[--len] = '\0';
+
+  return g_steal_pointer (&secret);
+}
+
+static gboolean
+write_all (int fd, const char *text, GError **error)
+{
+  gsize len = strlen (text);
+
+  while (len > 0)
+    {
+      ssize_t n = write (fd, text, len);
+
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0)
+        {
+          int saved_errno = errno;
+
+          g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "cannot write to the terminal: %s",
+                       g_strerror (saved_errno));
+          return FALSE;
+        }
+      text += n;
+      len -= n;
+    }
+  return TRUE;
+}
+
+static HbCliSecret *
+ask_on_tty (HbCli *cli, const char *prompt, const char *what, GError **error)
+{
+  struct termios saved, quiet;
+  struct sigaction action = { 0 }, previous[G_N_ELEMENTS (tty_signals)];
+  HbCliSecret *secret;
+
+  if (cli->tty_fd < 0)
+    cli->tty_fd = open ("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (cli->tty_fd < 0)
+    {
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE,
+                   "no terminal to ask for the %s on; pass it with --pin-fd N", what);
+      return NULL;
+    }
+  if (tcgetattr (cli->tty_fd, &saved) != 0)
+    {
+      int saved_errno = errno;
+
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "cannot set up the terminal: %s",
+                   g_strerror (saved_errno));
+      return NULL;
+    }
+  if (!write_all (cli->tty_fd, prompt, error))
+    return NULL;
+
+  quiet = saved;
+  quiet.c_lflag &= ~ECHO;
+  quiet.c_lflag |= ECHONL;
+
+  signal_tty_fd = cli->tty_fd;
+  signal_tty_saved = saved;
+  action.sa_handler = restore_tty_and_reraise;
+  sigemptyset (&action.sa_mask);
+  for (guint i = 0; i < G_N_ELEMENTS (tty_signals); i++)
+    sigaction (tty_signals[i], &action, &previous[i]);
+
+  tcsetattr (cli->tty_fd, TCSAFLUSH, &quiet);
+  secret = read_secret_line (cli->tty_fd, what, error);
+  tcsetattr (cli->tty_fd, TCSAFLUSH, &saved);
+
+  for (guint i = 0; i < G_N_ELEMENTS (tty_signals); i++)
+    sigaction (tty_signals[i], &previous[i], NULL);
+  signal_tty_fd = -1;
+
+  return secret;
+}
+
+/* One secret: the next line of --pin-fd, or asked on the terminal. */
+static HbCliSecret *
+read_secret (HbCli *cli, const char *prompt, const char *what, GError **error)
+{
+  g_autoptr (HbCliSecret) secret = NULL;
+
+  if (cli->pin_fd >= 0)
+    secret = read_secret_line (cli->pin_fd, what, error);
+  else
+    secret = ask_on_tty (cli, prompt, what, error);
+  if (secret == NULL)
+    return NULL;
+
+  if (secret[0] == '\0')
+    {
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "the %s is empty", what);
+      return NULL;
+    }
+  return g_steal_pointer (&secret);
+}
+
+/* A new PIN: asked twice on a terminal, since a typo there would lock the user out. */
+static HbCliSecret *
+read_new_pin (HbCli *cli, GError **error)
+{
+  g_autoptr (HbCliSecret) pin = read_secret (cli, "New PIN: ", "new PIN", error);
+  g_autoptr (HbCliSecret) again = NULL;
+
+  if (pin == NULL || cli->pin_fd >= 0)
+    return g_steal_pointer (&pin);
+
+  again = read_secret (cli, "Repeat the new PIN: ", "new PIN", error);
+  if (again == NULL)
+    return NULL;
+  if (!g_str_equal (pin, again))
+    {
+      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "the two new PINs differ");
+      return NULL;
+    }
+  return g_steal_pointer (&pin);
+}
+
+/* ---- vault and store ------------------------------------------------------------------ */
+
+static gboolean
+open_vault (HbCli *cli, GError **error)
+{
+  if (!g_file_test (cli->store_path, G_FILE_TEST_EXISTS))
+    {
+      g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_NOT_FOUND,
+                   "no store at %s; create one with 'hbsync --store FILE init'", cli->store_path);
+      return FALSE;
+    }
+
+  cli->vault = hb_vault_new (cli->store_path);
+  if (!hb_vault_exists (cli->vault))
+    {
+      g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_NOT_FOUND, "%s holds no hbsync store",
+                   cli->store_path);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* The vault's own wording, plus what the user can do next. */
+static void
+propagate_unlock_error (HbCli *cli, GError **error, GError *local_error)
+{
+  if (g_error_matches (local_error, HB_VAULT_ERROR, HB_VAULT_ERROR_WRONG_PIN)
+      && strstr (local_error->message, "attempt") == NULL)
+    g_set_error (error, local_error->domain, local_error->code, "%s (%u attempts left)",
+                 local_error->message, hb_vault_get_attempts_left (cli->vault));
+  else if (g_error_matches (local_error, HB_VAULT_ERROR, HB_VAULT_ERROR_LOCKED_OUT)
+           && strstr (local_error->message, "recover") == NULL)
+    g_set_error (error, local_error->domain, local_error->code,
+                 "%s; unlock with the recovery key: 'hbsync recover'", local_error->message);
+  else
+    {
+      g_propagate_error (error, local_error);
+      return;
+    }
+  g_error_free (local_error);
+}
+
+static gboolean
+unlock_vault (HbCli *cli, GError **error)
+{
+  g_autoptr (HbCliSecret) pin = NULL;
+  g_autoptr (GError) local_error = NULL;
+
+  if (!open_vault (cli, error))
+    return FALSE;
+
+  /* Asking for a PIN that cannot work would only mislead. */
+  if (hb_vault_get_attempts_left (cli->vault) == 0)
+    {
+      g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_LOCKED_OUT,
+                   "locked out after %d failed PIN attempts; only the recovery key unlocks: "
+                   "'hbsync recover'",
+                   HB_VAULT_MAX_FAILED_ATTEMPTS);
+      return FALSE;
+    }
+
+  pin = read_secret (cli, "PIN: ", "PIN", error);
+  if (pin == NULL)
+    return FALSE;
+
+  if (!hb_vault_unlock_sync (cli->vault, pin, NULL, &local_error))
+    {
+      propagate_unlock_error (cli, error, g_steal_pointer (&local_error));
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static gboolean
+open_store (HbCli *cli, GError **error)
+{
+  if (!unlock_vault (cli, error))
+    return FALSE;
+  cli->store = hb_store_open_sync (cli->vault, NULL, error);
+  return cli->store != NULL;
+}
+
+/* ---- command lines -------------------------------------------------------------------- */
+
+static gboolean
+parse_uint (
+    const char *option, const char *text, guint64 min, guint64 max, guint64 *out, GError **error)
+{
+  g_autoptr (GError) local_error = NULL;
+
+  if (!g_ascii_string_to_unsigned (text, 10, min, max, out, &local_error))
+    {
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "%s: %s", option, local_error->message);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static gboolean
+setup_pin_fd (HbCli *cli, GError **error)
+{
+  guint64 fd;
+
+  if (cli->pin_fd_arg == NULL)
+    return TRUE;
+  if (!parse_uint ("--pin-fd", cli->pin_fd_arg, 0, G_MAXINT, &fd, error))
+    return FALSE;
+  if (fcntl ((int)fd, F_GETFD) < 0)
+    {
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE,
+                   "--pin-fd %d: not an open file descriptor", (int)fd);
+      return FALSE;
+    }
+  cli->pin_fd = (int)fd;
+  return TRUE;
+}
+
+static void
+take_override (char **field, char *value)
+{
+  if (value == NULL)
+    return;
+  g_free (*field);
+  *field = value;
+}
+
+/* Parses the command's options (the global ones are accepted after the command too) and
+ * returns its positional arguments, between min_args and max_args of them. */
+static GStrv
+parse_command_line (
+    HbCli *cli, const GOptionEntry *entries, guint min_args, guint max_args, GError **error)
+{
+  g_autofree char *parameter = NULL;
+  g_autofree char *store_path = NULL;
+  g_autofree char *pin_fd = NULL;
+  g_auto (GStrv) args = NULL;
+  g_auto (GStrv) argv = g_strdupv (cli->rest);
+  const GOptionEntry global_entries[]
+      = { { "store", 's', 0, G_OPTION_ARG_FILENAME, &store_path, "The store file", "FILE" },
+          { "pin-fd", 0, 0, G_OPTION_ARG_STRING, &pin_fd, "Read the PIN from this file descriptor",
+            "N" },
+          { G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_STRING_ARRAY, &args, NULL, NULL },
+          G_OPTION_ENTRY_NULL };
+  guint n_args;
+
+  parameter = g_strdup_printf ("%s %s", cli->command->name, cli->command->params);
+  g_clear_pointer (&cli->command_context, g_option_context_free);
+  cli->command_context = g_option_context_new (parameter);
+  g_option_context_set_summary (cli->command_context, cli->command->summary);
+  g_option_context_add_main_entries (cli->command_context, global_entries, NULL);
+  if (entries != NULL)
+    g_option_context_add_main_entries (cli->command_context, entries, NULL);
+
+  if (!g_option_context_parse_strv (cli->command_context, &argv, error))
+    return NULL;
+
+  take_override (&cli->store_path, g_steal_pointer (&store_path));
+  take_override (&cli->pin_fd_arg, g_steal_pointer (&pin_fd));
+
+  n_args = args != NULL ? g_strv_length (args) : 0;
+  if (n_args < min_args)
+    {
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "%s: missing argument %s",
+                   cli->command->name, cli->command->params);
+      return NULL;
+    }
+  if (n_args > max_args)
+    {
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "%s: too many arguments",
+                   cli->command->name);
+      return NULL;
+    }
+  if (cli->store_path == NULL)
+    {
+      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE,
+                           "no store given; pass --store FILE");
+      return NULL;
+    }
+  if (!setup_pin_fd (cli, error))
+    return NULL;
+
+  if (args == NULL)
+    args = g_new0 (char *, 1);
+  return g_steal_pointer (&args);
+}
+
+/* ---- commands ------------------------------------------------------------------------- */
+
+static gboolean
+cmd_init (HbCli *cli, GError **error)
+{
+  gboolean no_device_secret = FALSE;
+  g_autofree char *kdf_memory = NULL;
+  g_autofree char *kdf_iterations = NULL;
+  const GOptionEntry entries[]
+      = { { "no-device-secret", 0, 0, G_OPTION_ARG_NONE, &no_device_secret,
+            "Do not keep a device secret in the Secret Service (the store file alone can then be "
+            "attacked offline)",
+            NULL },
+          { "kdf-memory", 0, 0, G_OPTION_ARG_STRING, &kdf_memory,
+            "Argon2id memory in KiB (at least 8192; default: the library's)", "KIB" },
+          { "kdf-iterations", 0, 0, G_OPTION_ARG_STRING, &kdf_iterations,
+            "Argon2id iterations (at least 1; default: the library's)", "N" },
+          G_OPTION_ENTRY_NULL };
+  g_auto (GStrv) args = parse_command_line (cli, entries, 0, 0, error);
+  g_autoptr (HbCliSecret) pin = NULL;
+  g_autoptr (HbCliSecret) recovery_key = NULL;
+  g_autoptr (GError) local_error = NULL;
+  g_autoptr (GError) store_error = NULL;
+  g_autofree char *output = NULL;
+  guint64 memory = 0, iterations = 0;
+  JsonObject *object;
+  g_autoptr (JsonNode) node = NULL;
+
+  if (args == NULL)
+    return FALSE;
+  if (kdf_memory != NULL
+      && !parse_uint ("--kdf-memory", kdf_memory, MIN_KDF_MEMORY_KIB, MAX_KDF_MEMORY_KIB, &memory,
+                      error))
+    return FALSE;
+  if (kdf_iterations != NULL
+      && !parse_uint ("--kdf-iterations", kdf_iterations, 1, MAX_KDF_ITERATIONS, &iterations,
+                      error))
+    return FALSE;
+
+  cli->vault = hb_vault_new (cli->store_path);
+  if (g_file_test (cli->store_path, G_FILE_TEST_EXISTS) && hb_vault_exists (cli->vault))
+    {
+      g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_EXISTS, "%s already holds a store",
+                   cli->store_path);
+      return FALSE;
+    }
+  if (memory != 0 || iterations != 0)
+    hb_vault_set_kdf_params (cli->vault, (guint)memory, (guint)iterations, 0);
+
+  pin = read_new_pin (cli, error);
+  if (pin == NULL)
+    return FALSE;
+
+  if (!hb_vault_create_sync (
+          cli->vault, pin, no_device_secret ? HB_VAULT_FLAGS_NO_DEVICE_SECRET : HB_VAULT_FLAGS_NONE,
+          &recovery_key, NULL, &local_error))
+    {
+      if (g_error_matches (local_error, HB_VAULT_ERROR, HB_VAULT_ERROR_NO_SECRET_SERVICE))
+        g_set_error (error, local_error->domain, local_error->code,
+                     "%s; --no-device-secret creates the store without a device secret, but the "
+                     "file alone can then be attacked offline",
+                     local_error->message);
+      else
+        g_propagate_error (error, g_steal_pointer (&local_error));
+      return FALSE;
+    }
+
+  /* The vault exists now: whatever happens to the store, the recovery key must be shown. */
+  cli->store = hb_store_open_sync (cli->vault, NULL, &store_error);
+
+  object = json_object_new ();
+  node = node_for_object (object);
+  if (cli->store != NULL)
+    json_object_set_string_member (object, "store_uuid", hb_store_get_uuid (cli->store));
+  else
+    json_object_set_null_member (object, "store_uuid");
+  json_object_set_string_member (object, "recovery_key", recovery_key);
+  output = json_to_string (node, TRUE);
+  fputs (output, stdout);
+  fputc ('\n', stdout);
+  fflush (stdout);
+  explicit_bzero (output, strlen (output));
+  fputs ("hbsync: write down the recovery key and keep it apart from this machine: it is shown "
+         "only this once, and after 10 wrong PINs only it unlocks the store\n",
+         stderr);
+
+  if (store_error != NULL)
+    {
+      g_propagate_error (error, g_steal_pointer (&store_error));
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* A document without an _id gets one, shaped like the clinic's ids: `<type>:<uuid>`. */
+static void
+ensure_doc_id (JsonObject *doc)
+{
+  const char *type = object_get_string (doc, "type");
+  g_autofree char *uuid = NULL;
+
+  if (json_object_has_member (doc, "_id"))
+    return;
+  uuid = g_uuid_string_random ();
+  if (type != NULL && type[0] != '\0')
+    {
+      g_autofree char *id = g_strdup_printf ("%s:%s", type, uuid);
+
+      json_object_set_string_member (doc, "_id", id);
+    }
+  else
+    json_object_set_string_member (doc, "_id", uuid);
+}
+
+static JsonNode *
+load_document (const char *path, GError **error)
+{
+  g_autoptr (GBytes) input = read_input (path, error);
+  g_autoptr (JsonNode) doc = NULL;
+  gsize len;
+  const char *data;
+
+  if (input == NULL)
+    return NULL;
+  data = g_bytes_get_data (input, &len);
+  doc = parse_json (data, len, error);
+  if (doc == NULL)
+    {
+      g_prefix_error (error, "%s: ", is_stdin (path) ? "standard input" : path);
+      return NULL;
+    }
+  if (!JSON_NODE_HOLDS_OBJECT (doc))
+    {
+      g_set_error_literal (error, HB_STORE_ERROR, HB_STORE_ERROR_INVALID,
+                           "a document must be a JSON object");
+      return NULL;
+    }
+  return g_steal_pointer (&doc);
+}
+
+static gboolean
+cmd_put (HbCli *cli, GError **error)
+{
+  g_auto (GStrv) args = parse_command_line (cli, NULL, 0, 1, error);
+  g_autoptr (JsonNode) doc = NULL;
+  g_autofree char *id = NULL;
+  g_autofree char *rev = NULL;
+  const char *path;
+
+  if (args == NULL)
+    return FALSE;
+  path = args[0];
+
+  /* A file is checked before the PIN is asked; standard input may carry the PIN first. */
+  if (!is_stdin (path) && (doc = load_document (path, error)) == NULL)
+    return FALSE;
+  if (!open_store (cli, error))
+    return FALSE;
+  if (doc == NULL && (doc = load_document (path, error)) == NULL)
+    return FALSE;
+
+  ensure_doc_id (json_node_get_object (doc));
+  id = g_strdup (object_get_string (json_node_get_object (doc), "_id"));
+  rev = hb_store_put_sync (cli->store, doc, NULL, error);
+  if (rev == NULL)
+    return FALSE;
+
+  print_ok (id, rev);
+  return TRUE;
+}
+
+static gboolean
+cmd_get (HbCli *cli, GError **error)
+{
+  g_autofree char *rev = NULL;
+  gboolean conflicts = FALSE, revs = FALSE;
+  const GOptionEntry entries[]
+      = { { "rev", 0, 0, G_OPTION_ARG_STRING, &rev, "This revision instead of the winning one",
+            "REV" },
+          { "conflicts", 0, 0, G_OPTION_ARG_NONE, &conflicts,
+            "Add _conflicts and _deleted_conflicts", NULL },
+          { "revs", 0, 0, G_OPTION_ARG_NONE, &revs, "Add _revisions", NULL },
+          G_OPTION_ENTRY_NULL };
+  g_auto (GStrv) args = parse_command_line (cli, entries, 1, 1, error);
+  g_autoptr (JsonNode) doc = NULL;
+  HbGetFlags flags = HB_GET_FLAGS_NONE;
+
+  if (args == NULL)
+    return FALSE;
+  if (conflicts)
+    flags |= HB_GET_FLAGS_CONFLICTS;
+  if (revs)
+    flags |= HB_GET_FLAGS_REVISIONS;
+
+  if (!open_store (cli, error))
+    return FALSE;
+  doc = hb_store_get_sync (cli->store, args[0], rev, flags, NULL, error);
+  if (doc == NULL)
+    return FALSE;
+
+  print_json (doc);
+  return TRUE;
+}
+
+static gboolean
+cmd_delete (HbCli *cli, GError **error)
+{
+  g_autofree char *rev = NULL;
+  const GOptionEntry entries[] = { { "rev", 0, 0, G_OPTION_ARG_STRING, &rev,
+                                     "The revision being deleted (required)", "REV" },
+                                   G_OPTION_ENTRY_NULL };
+  g_auto (GStrv) args = parse_command_line (cli, entries, 1, 1, error);
+  g_autofree char *new_rev = NULL;
+
+  if (args == NULL)
+    return FALSE;
+  if (rev == NULL)
+    {
+      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE,
+                           "delete: --rev REV is required");
+      return FALSE;
+    }
+
+  if (!open_store (cli, error))
+    return FALSE;
+  new_rev = hb_store_delete_sync (cli->store, args[0], rev, NULL, error);
+  if (new_rev == NULL)
+    return FALSE;
+
+  print_ok (args[0], new_rev);
+  return TRUE;
+}
+
+static gboolean
+cmd_list (HbCli *cli, GError **error)
+{
+  g_autofree char *type = NULL;
+  g_autofree char *session_id = NULL;
+  g_autofree char *patient_id = NULL;
+  const GOptionEntry entries[]
+      = { { "type", 0, 0, G_OPTION_ARG_STRING, &type, "Only documents of this type", "T" },
+          { "session-id", 0, 0, G_OPTION_ARG_STRING, &session_id,
+            "Only documents whose session_id is this", "ID" },
+          { "patient-id", 0, 0, G_OPTION_ARG_STRING, &patient_id,
+            "Only documents whose patient_id is this", "ID" },
+          G_OPTION_ENTRY_NULL };
+  g_auto (GStrv) args = parse_command_line (cli, entries, 0, 0, error);
+  g_autoptr (GPtrArray) docs = NULL;
+  g_autoptr (GError) first_error = NULL;
+  guint n_failed = 0;
+
+  if (args == NULL)
+    return FALSE;
+  if ((type != NULL) + (session_id != NULL) + (patient_id != NULL) > 1)
+    {
+      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE,
+                           "list: give at most one of --type, --session-id, --patient-id");
+      return FALSE;
+    }
+
+  if (!open_store (cli, error))
+    return FALSE;
+  if (type != NULL)
+    docs = hb_store_find_sync (cli->store, HB_INDEX_FIELD_TYPE, type, NULL, error);
+  else if (session_id != NULL)
+    docs = hb_store_find_sync (cli->store, HB_INDEX_FIELD_SESSION_ID, session_id, NULL, error);
+  else if (patient_id != NULL)
+    docs = hb_store_find_sync (cli->store, HB_INDEX_FIELD_PATIENT_ID, patient_id, NULL, error);
+  else
+    docs = hb_store_all_docs_sync (cli->store, NULL, error);
+  if (docs == NULL)
+    return FALSE;
+
+  /* The readable documents are listed even when some are not. */
+  print_doc_array (docs, &n_failed, &first_error);
+  return report_failed_rows (n_failed, g_steal_pointer (&first_error),
+                             "documents could not be read", error);
+}
+
+static gboolean
+cmd_changes (HbCli *cli, GError **error)
+{
+  g_autofree char *since_arg = NULL;
+  g_autofree char *limit_arg = NULL;
+  const GOptionEntry entries[] = { { "since", 0, 0, G_OPTION_ARG_STRING, &since_arg,
+                                     "Changes after this sequence (default 0)", "N" },
+                                   { "limit", 0, 0, G_OPTION_ARG_STRING, &limit_arg,
+                                     "At most N changes (default: all)", "N" },
+                                   G_OPTION_ENTRY_NULL };
+  g_auto (GStrv) args = parse_command_line (cli, entries, 0, 0, error);
+  g_autoptr (JsonNode) changes = NULL;
+  guint64 since = 0, limit = 0;
+
+  if (args == NULL)
+    return FALSE;
+  if (since_arg != NULL && !parse_uint ("--since", since_arg, 0, G_MAXINT64, &since, error))
+    return FALSE;
+  if (limit_arg != NULL && !parse_uint ("--limit", limit_arg, 1, G_MAXUINT, &limit, error))
+    return FALSE;
+
+  if (!open_store (cli, error))
+    return FALSE;
+  changes = hb_store_changes_sync (cli->store, since, (guint)limit, NULL, error);
+  if (changes == NULL)
+    return FALSE;
+
+  print_json (changes);
+  return TRUE;
+}
+
+/* ---- import --------------------------------------------------------------------------- */
+
+typedef struct
+{
+  GPtrArray *docs; /* JsonNode, all of one kind of edit */
+  GArray *lines;   /* input line of each document, 0 where the input has no lines */
+  gboolean new_edits;
+  guint imported;
+  JsonArray *errors;
+  HbStoreError error_kind; /* one kind for every error, or FAILED when they differ */
+} Import;
+
+static void
+import_clear (Import *import)
+{
+  g_clear_pointer (&import->docs, g_ptr_array_unref);
+  g_clear_pointer (&import->lines, g_array_unref);
+  g_clear_pointer (&import->errors, json_array_unref);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (Import, import_clear)
+
+static void
+import_add_error (Import *import, const char *id, guint line, const char *name, const char *reason)
+{
+  JsonObject *entry = json_object_new ();
+  HbStoreError kind = store_error_for_result (name);
+
+  if (id != NULL)
+    json_object_set_string_member (entry, "id", id);
+  if (line > 0)
+    json_object_set_int_member (entry, "line", line);
+  json_object_set_string_member (entry, "error", name);
+  json_object_set_string_member (entry, "reason", reason != NULL ? reason : name);
+
+  if (json_array_get_length (import->errors) == 0)
+    import->error_kind = kind;
+  else if (import->error_kind != kind)
+    import->error_kind = HB_STORE_ERROR_FAILED;
+  json_array_add_object_element (import->errors, entry);
+}
+
+static gboolean
+import_flush (HbCli *cli, Import *import, GError **error)
+{
+  g_autoptr (GPtrArray) results = NULL;
+
+  if (import->docs->len == 0)
+    return TRUE;
+
+  results = hb_store_bulk_docs_sync (cli->store, import->docs, import->new_edits, NULL, error);
+  if (results == NULL)
+    return FALSE;
+
+  for (guint i = 0; i < results->len; i++)
+    {
+      JsonObject *result = json_node_get_object (g_ptr_array_index (results, i));
+      const char *name = object_get_string (result, "error");
+      guint line = i < import->lines->len ? g_array_index (import->lines, guint, i) : 0;
+
+      if (name == NULL)
+        import->imported++;
+      else
+        import_add_error (import, object_get_string (result, "id"), line, name,
+                          object_get_string (result, "reason"));
+    }
+
+  g_ptr_array_set_size (import->docs, 0);
+  g_array_set_size (import->lines, 0);
+  return TRUE;
+}
+
+/* A revision without its history is kept as it is: its history is itself. */
+static gboolean
+add_revisions_from_rev (JsonObject *doc, const char *rev)
+{
+  const char *dash = strchr (rev, '-');
+  g_autofree char *position = NULL;
+  JsonObject *revisions;
+  JsonArray *ids;
+  guint64 start;
+
+  if (dash == NULL || dash[1] == '\0')
+    return FALSE;
+  position = g_strndup (rev, dash - rev);
+  if (!g_ascii_string_to_unsigned (position, 10, 1, G_MAXINT, &start, NULL))
+    return FALSE;
+
+  revisions = json_object_new ();
+  ids = json_array_new ();
+  json_array_add_string_element (ids, dash + 1);
+  json_object_set_int_member (revisions, "start", (gint64)start);
+  json_object_set_array_member (revisions, "ids", ids);
+  json_object_set_object_member (doc, "_revisions", revisions);
+  return TRUE;
+}
+
+static gboolean
+import_add (HbCli *cli, Import *import, JsonNode *node, guint line, GError **error)
+{
+  g_autoptr (JsonNode) doc = NULL;
+  JsonObject *object;
+  const char *rev;
+  gboolean new_edits;
+
+  if (!JSON_NODE_HOLDS_OBJECT (node))
+    {
+      import_add_error (import, NULL, line, "bad_request", "a document must be a JSON object");
+      return TRUE;
+    }
+
+  doc = json_node_copy (node);
+  object = json_node_get_object (doc);
+  /* What a CouchDB read adds, not part of the document. */
+  json_object_remove_member (object, "_conflicts");
+  json_object_remove_member (object, "_deleted_conflicts");
+  json_object_remove_member (object, "_revs_info");
+  json_object_remove_member (object, "_local_seq");
+
+  rev = object_get_string (object, "_rev");
+  new_edits = (rev == NULL);
+  if (rev != NULL && !json_object_has_member (object, "_revisions")
+      && !add_revisions_from_rev (object, rev))
+    {
+      import_add_error (import, object_get_string (object, "_id"), line, "bad_request",
+                        "invalid _rev");
+      return TRUE;
+    }
+
+  if (import->docs->len > 0
+      && (new_edits != import->new_edits || import->docs->len >= IMPORT_BATCH))
+    {
+      if (!import_flush (cli, import, error))
+        return FALSE;
+    }
+  import->new_edits = new_edits;
+  g_ptr_array_add (import->docs, g_steal_pointer (&doc));
+  g_array_append_val (import->lines, line);
+  return TRUE;
+}
+
+static gboolean
+import_ndjson (HbCli *cli, Import *import, const char *text, GError **error)
+{
+  g_auto (GStrv) lines = g_strsplit (text, "\n", -1);
+
+  for (guint i = 0; lines[i] != NULL; i++)
+    {
+      g_autoptr (GError) parse_error = NULL;
+      g_autoptr (JsonNode) node = NULL;
+
+      g_strstrip (lines[i]);
+      if (lines[i][0] == '\0')
+        continue;
+      node = parse_json (lines[i], -1, &parse_error);
+      if (node == NULL)
+        import_add_error (import, NULL, i + 1, "bad_request", parse_error->message);
+      else if (!import_add (cli, import, node, i + 1, error))
+        return FALSE;
+    }
+  return TRUE;
+}
+
+/* A whole JSON value: a CouchDB `_all_docs?include_docs=true` dump, a `_bulk_docs` body, an
+ * array of documents, or one document. */
+static gboolean
+import_value (HbCli *cli, Import *import, JsonNode *root, GError **error)
+{
+  JsonObject *object = JSON_NODE_HOLDS_OBJECT (root) ? json_node_get_object (root) : NULL;
+  JsonArray *array = NULL;
+  gboolean rows = FALSE;
+
+  if (JSON_NODE_HOLDS_ARRAY (root))
+    array = json_node_get_array (root);
+  else if (object != NULL && !json_object_has_member (object, "_id"))
+    {
+      JsonNode *member = json_object_get_member (object, "rows");
+
+      rows = (member != NULL && JSON_NODE_HOLDS_ARRAY (member));
+      if (!rows)
+        member = json_object_get_member (object, "docs");
+      if (member != NULL && JSON_NODE_HOLDS_ARRAY (member))
+        array = json_node_get_array (member);
+    }
+
+  if (array == NULL)
+    return import_add (cli, import, root, 0, error);
+
+  for (guint i = 0; i < json_array_get_length (array); i++)
+    {
+      JsonNode *element = json_array_get_element (array, i);
+      JsonObject *row;
+      JsonNode *doc;
+
+      if (!rows)
+        {
+          if (!import_add (cli, import, element, 0, error))
+            return FALSE;
+          continue;
+        }
+
+      /* Rows for keys that were not found carry an error; deleted ones carry no doc. */
+      row = JSON_NODE_HOLDS_OBJECT (element) ? json_node_get_object (element) : NULL;
+      doc = row != NULL ? json_object_get_member (row, "doc") : NULL;
+      if (row != NULL && object_get_string (row, "error") != NULL)
+        import_add_error (import, object_get_string (row, "key"), 0,
+                          object_get_string (row, "error"), object_get_string (row, "reason"));
+      else if (row == NULL)
+        import_add_error (import, NULL, 0, "bad_request", "a row must be a JSON object");
+      else if (doc != NULL && JSON_NODE_HOLDS_OBJECT (doc)
+               && !import_add (cli, import, doc, 0, error))
+        return FALSE;
+    }
+  return TRUE;
+}
+
+/* NDJSON when the first line is a JSON value by itself and more lines follow; otherwise one
+ * value (CouchDB writes one row per line inside its dumps, so their first line alone does not
+ * parse). */
+static gboolean
+looks_like_ndjson (const char *text)
+{
+  g_autofree char *first = NULL;
+  g_autoptr (JsonNode) node = NULL;
+  const char *end;
+
+  while (g_ascii_isspace (*text))
+    text++;
+  end = strchr (text, '\n');
+  if (end == NULL)
+    return FALSE;
+  for (const char *p = end; *p != '\0'; p++)
+    if (!g_ascii_isspace (*p))
+      {
+        first = g_strndup (text, end - text);
+        node = parse_json (first, -1, NULL);
+        return node != NULL;
+      }
+  return FALSE;
+}
+
+static void
+print_import_summary (Import *import)
+{
+  JsonObject *object = json_object_new ();
+  g_autoptr (JsonNode) node = node_for_object (object);
+
+  json_object_set_int_member (object, "imported", import->imported);
+  json_object_set_array_member (object, "errors", json_array_ref (import->errors));
+  print_json (node);
+}
+
+static gboolean
+cmd_import (HbCli *cli, GError **error)
+{
+  g_auto (GStrv) args = parse_command_line (cli, NULL, 1, 1, error);
+  g_auto (Import) import = { 0 };
+  g_autoptr (GBytes) input = NULL;
+  g_autoptr (JsonNode) root = NULL;
+  g_autofree char *text = NULL;
+  guint n_errors;
+  gboolean ok;
+
+  if (args == NULL)
+    return FALSE;
+  if (!is_stdin (args[0]) && (input = read_input (args[0], error)) == NULL)
+    return FALSE;
+  if (!open_store (cli, error))
+    return FALSE;
+  if (input == NULL && (input = read_input (args[0], error)) == NULL)
+    return FALSE;
+
+  text = g_strndup (g_bytes_get_data (input, NULL), g_bytes_get_size (input));
+  if (!looks_like_ndjson (text) && (root = parse_json (text, -1, error)) == NULL)
+    {
+      g_prefix_error (error, "%s: ", is_stdin (args[0]) ? "standard input" : args[0]);
+      return FALSE;
+    }
+
+  import.docs = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
+  import.lines = g_array_new (FALSE, FALSE, sizeof (guint));
+  import.errors = json_array_new ();
+  ok = (root != NULL ? import_value (cli, &import, root, error)
+                     : import_ndjson (cli, &import, text, error))
+       && import_flush (cli, &import, error);
+
+  /* Whatever was written is reported, even when a batch failed as a whole. */
+  print_import_summary (&import);
+  if (!ok)
+    return FALSE;
+
+  n_errors = json_array_get_length (import.errors);
+  if (n_errors > 0)
+    {
+      g_set_error (error, HB_STORE_ERROR, import.error_kind,
+                   "%u of %u documents were not imported; see \"errors\" in the output", n_errors,
+                   n_errors + import.imported);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* ---- export --------------------------------------------------------------------------- */
+
+static gboolean
+export_page (HbCli *cli, JsonArray *changes, guint *n_failed, GError **first_error, GError **error)
+{
+  g_autoptr (GPtrArray) ids = g_ptr_array_new ();
+  g_autoptr (GPtrArray) docs = NULL;
+
+  for (guint i = 0; i < json_array_get_length (changes); i++)
+    {
+      JsonNode *row = json_array_get_element (changes, i);
+      const char *id = object_get_string (json_node_get_object (row), "id");
+
+      if (id != NULL)
+        g_ptr_array_add (ids, (gpointer)id);
+      else
+        check_row (row, n_failed, first_error);
+    }
+  g_ptr_array_add (ids, NULL);
+
+  docs = hb_store_get_many_sync (cli->store, (const char *const *)ids->pdata,
+                                 HB_GET_FLAGS_REVISIONS | HB_GET_FLAGS_DELETED, NULL, error);
+  if (docs == NULL)
+    return FALSE;
+
+  for (guint i = 0; i < docs->len; i++)
+    {
+      JsonNode *doc = g_ptr_array_index (docs, i);
+
+      if (check_row (doc, n_failed, first_error))
+        print_json_line (doc);
+    }
+  return TRUE;
+}
+
+static gboolean
+cmd_export (HbCli *cli, GError **error)
+{
+  g_auto (GStrv) args = parse_command_line (cli, NULL, 0, 0, error);
+  g_autoptr (GError) first_error = NULL;
+  guint64 since = 0;
+  guint n_failed = 0;
+
+  if (args == NULL)
+    return FALSE;
+  if (!open_store (cli, error))
+    return FALSE;
+
+  /* The changes feed names every document once, deleted ones too, so tombstones travel; one
+   * unreadable record does not keep the others from being exported. */
+  for (;;)
+    {
+      g_autoptr (JsonNode) changes = NULL;
+      JsonObject *object;
+      JsonArray *results;
+
+      changes = hb_store_changes_sync (cli->store, since, EXPORT_BATCH, NULL, error);
+      if (changes == NULL)
+        return FALSE;
+      object = json_node_get_object (changes);
+      results = json_object_get_array_member (object, "results");
+      if (json_array_get_length (results) == 0)
+        break;
+      if (!export_page (cli, results, &n_failed, &first_error, error))
+        return FALSE;
+      since = (guint64)json_object_get_int_member (object, "last_seq");
+    }
+
+  return report_failed_rows (n_failed, g_steal_pointer (&first_error),
+                             "documents could not be exported", error);
+}
+
+/* ---- the rest ------------------------------------------------------------------------- */
+
+static gboolean
+cmd_stats (HbCli *cli, GError **error)
+{
+  g_auto (GStrv) args = parse_command_line (cli, NULL, 0, 0, error);
+  g_autoptr (JsonNode) stats = NULL;
+
+  if (args == NULL)
+    return FALSE;
+  if (!open_store (cli, error))
+    return FALSE;
+  stats = hb_store_get_stats_sync (cli->store, NULL, error);
+  if (stats == NULL)
+    return FALSE;
+
+  print_json (stats);
+  return TRUE;
+}
+
+static gboolean
+cmd_change_pin (HbCli *cli, GError **error)
+{
+  g_auto (GStrv) args = parse_command_line (cli, NULL, 0, 0, error);
+  g_autoptr (HbCliSecret) old_pin = NULL;
+  g_autoptr (HbCliSecret) new_pin = NULL;
+  g_autoptr (GError) local_error = NULL;
+
+  if (args == NULL)
+    return FALSE;
+  if (!open_vault (cli, error))
+    return FALSE;
+
+  old_pin = read_secret (cli, "Current PIN: ", "current PIN", error);
+  if (old_pin == NULL)
+    return FALSE;
+  new_pin = read_new_pin (cli, error);
+  if (new_pin == NULL)
+    return FALSE;
+
+  if (!hb_vault_change_pin_sync (cli->vault, old_pin, new_pin, NULL, &local_error))
+    {
+      propagate_unlock_error (cli, error, g_steal_pointer (&local_error));
+      return FALSE;
+    }
+
+  print_ok (NULL, NULL);
+  return TRUE;
+}
+
+static gboolean
+cmd_recover (HbCli *cli, GError **error)
+{
+  g_auto (GStrv) args = parse_command_line (cli, NULL, 0, 0, error);
+  g_autoptr (HbCliSecret) recovery_key = NULL;
+  g_autoptr (HbCliSecret) new_pin = NULL;
+
+  if (args == NULL)
+    return FALSE;
+  if (!open_vault (cli, error))
+    return FALSE;
+
+  recovery_key = read_secret (cli, "Recovery key: ", "recovery key", error);
+  if (recovery_key == NULL)
+    return FALSE;
+  new_pin = read_new_pin (cli, error);
+  if (new_pin == NULL)
+    return FALSE;
+
+  if (!hb_vault_recover_sync (cli->vault, recovery_key, new_pin, NULL, error))
+    return FALSE;
+
+  print_ok (NULL, NULL);
+  return TRUE;
+}
+
+static const HbCliCommand commands[] = {
+  { "init", "", "Create the vault and the store; print the store UUID and, once, the recovery key",
+    cmd_init },
+  { "put", "[FILE|-]", "Write one JSON document as a new edit (an _id is made if missing)",
+    cmd_put },
+  { "get", "ID", "Print a document: the winning revision, or --rev", cmd_get },
+  { "delete", "ID", "Delete a document (--rev REV required)", cmd_delete },
+  { "list", "", "Print every document, or those of one --type, as an array", cmd_list },
+  { "changes", "", "Print the changes feed (--since N, --limit N)", cmd_changes },
+  { "import", "FILE|-", "Import NDJSON or a CouchDB _all_docs?include_docs=true dump", cmd_import },
+  { "export", "", "Print each document's winning revision with _revisions, as NDJSON", cmd_export },
+  { "stats", "", "Print the store's statistics", cmd_stats },
+  { "change-pin", "", "Change the PIN (reads the current PIN, then the new one)", cmd_change_pin },
+  { "recover", "", "Set a new PIN with the recovery key (reads the key, then the new PIN)",
+    cmd_recover },
+};
+
+static char *
+describe_commands (void)
+{
+  GString *text = g_string_new ("Commands:\n");
+
+  for (guint i = 0; i < G_N_ELEMENTS (commands); i++)
+    {
+      g_autofree char *usage = g_strdup_printf ("%s %s", commands[i].name, commands[i].params);
+
+      g_string_append_printf (text, "  %-20s %s\n", usage, commands[i].summary);
+    }
+
+  g_string_append (
+      text,
+      "\n"
+      "The PIN is read from --pin-fd N when given, one line per secret (init: the new PIN;\n"
+      "change-pin: the current PIN, then the new one; recover: the recovery key, then the new "
+      "PIN),\n"
+      "otherwise it is asked on the terminal without echo. 'hbsync COMMAND --help' shows the\n"
+      "options of a command.\n"
+      "\n"
+      "Exit status:\n"
+      "  0  success\n"
+      "  1  any other failure\n"
+      "  2  usage error\n"
+      "  3  wrong PIN, locked out, or too soon after failed attempts\n"
+      "  4  not found (document, revision or store)\n"
+      "  5  conflict (a stale or missing revision)\n"
+      "  6  corrupt record\n");
+  return g_string_free (text, FALSE);
+}
+
+static const HbCliCommand *
+find_command (const char *name)
+{
+  for (guint i = 0; i < G_N_ELEMENTS (commands); i++)
+    if (g_str_equal (commands[i].name, name))
+      return &commands[i];
+  return NULL;
+}
+
+static gboolean
+parse_global_options (HbCli *cli, int argc, char **argv, GError **error)
+{
+  g_autofree char *description = describe_commands ();
+  g_auto (GStrv) args = g_new0 (char *, argc + 1);
+  const GOptionEntry entries[]
+      = { { "store", 's', 0, G_OPTION_ARG_FILENAME, &cli->store_path, "The store file", "FILE" },
+          { "pin-fd", 0, 0, G_OPTION_ARG_STRING, &cli->pin_fd_arg,
+            "Read the PIN (and any further secret) from this file descriptor, one per line", "N" },
+          { "version", 0, 0, G_OPTION_ARG_NONE, &cli->show_version, "Print the version and exit",
+            NULL },
+          { G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_STRING_ARRAY, &cli->rest, NULL, NULL },
+          G_OPTION_ENTRY_NULL };
+
+  for (int i = 0; i < argc; i++)
+    args[i] = g_strdup (argv[i]);
+
+  cli->global_context = g_option_context_new ("COMMAND [ARGS…]");
+  g_option_context_set_summary (cli->global_context,
+                                "Drive an encrypted HealthBridge Sync store: JSON on standard "
+                                "output, errors on standard error.");
+  g_option_context_set_description (cli->global_context, description);
+  g_option_context_add_main_entries (cli->global_context, entries, NULL);
+  /* Options after the command belong to the command. */
+  g_option_context_set_strict_posix (cli->global_context, TRUE);
+
+  return g_option_context_parse_strv (cli->global_context, &args, error);
+}
+
+static int
+run (HbCli *cli, int argc, char **argv)
+{
+  g_autoptr (GError) error = NULL;
+
+  if (!parse_global_options (cli, argc, argv, &error))
+    return report_error (cli, error);
+
+  if (cli->show_version)
+    {
+      printf ("hbsync %d.%d.%d\n", HB_MAJOR_VERSION, HB_MINOR_VERSION, HB_MICRO_VERSION);
+      return HB_CLI_EXIT_OK;
+    }
+
+  if (cli->rest == NULL || cli->rest[0] == NULL)
+    {
+      g_set_error_literal (&error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "no command given");
+      return report_error (cli, error);
+    }
+
+  cli->command = find_command (cli->rest[0]);
+  if (cli->command == NULL)
+    {
+      g_set_error (&error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "unknown command '%s'", cli->rest[0]);
+      return report_error (cli, error);
+    }
+
+  if (!cli->command->run (cli, &error))
+    return report_error (cli, error);
+
+  if (fflush (stdout) != 0 || ferror (stdout))
+    {
+      int saved_errno = errno;
+
+      g_set_error (&error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "cannot write the output: %s",
+                   g_strerror (saved_errno));
+      return report_error (cli, error);
+    }
+  return HB_CLI_EXIT_OK;
+}
+
+int
+main (int argc, char **argv)
+{
+  g_autoptr (HbCli) cli = g_new0 (HbCli, 1);
+
+  setlocale (LC_ALL, "");
+  g_set_prgname ("hbsync");
+  cli->pin_fd = -1;
+  cli->tty_fd = -1;
+
+  return run (cli, argc, argv);
+}
