@@ -867,8 +867,8 @@ count_winner (HbRevTree *tree, gint64 sign, Batch *batch)
 
 /* After the tree changed: stem, save, re-index if the winner moved, count. */
 static gboolean
-finish_doc_update (HbStore *self, HbConn *c, DocState *st, char *old_winner, gint new_index,
-                   JsonObject *new_body, Batch *batch, GError **error)
+finish_doc_update (HbStore *self, HbConn *c, DocState *st, const char *old_winner,
+                   const char *new_rev, JsonObject *new_body, Batch *batch, GError **error)
 {
   g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint));
   g_autofree char *winner_rev = NULL;
@@ -891,7 +891,7 @@ finish_doc_update (HbStore *self, HbConn *c, DocState *st, char *old_winner, gin
 
       if (!hb_rev_tree_node (st->tree, winner)->deleted)
         {
-          if (winner == new_index && new_body != NULL)
+          if (new_body != NULL && g_strcmp0 (winner_rev, new_rev) == 0)
             body = json_object_ref (new_body);
           else if ((body = load_body (self, c, st, winner, error)) == NULL)
             return FALSE;
@@ -954,6 +954,7 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
 {
   g_auto (DocState) st = { 0 };
   g_autofree char *old_winner = NULL;
+  g_autofree char *new_rev = NULL;
   gint index;
 
   doc_key_for (self, in->id, &st.dk);
@@ -984,11 +985,12 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
   if (index < 0)
     return NULL;
 
-  if (!store_body (self, c, &st, index, in->canonical, error))
+  new_rev = hb_rev_tree_rev_string (st.tree, index);
+  /* Stemming renumbers the tree: from here on the revision is known by its name. */
+  if (!store_body (self, c, &st, index, in->canonical, error) ||
+      !finish_doc_update (self, c, &st, old_winner, new_rev, in->body, batch, error))
     return NULL;
-  if (!finish_doc_update (self, c, &st, old_winner, index, in->body, batch, error))
-    return NULL;
-  return hb_rev_tree_rev_string (st.tree, index);
+  return g_steal_pointer (&new_rev);
 }
 
 static const char *
@@ -1749,7 +1751,7 @@ purge_func (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellable 
       batch->seq++;
       return delete_doc_rows (c, &st, error);
     }
-  return finish_doc_update (self, c, &st, old_winner, -1, NULL, batch, error);
+  return finish_doc_update (self, c, &st, old_winner, NULL, NULL, batch, error);
 }
 
 static gboolean

@@ -1,0 +1,1107 @@
+/* HbStore against CouchDB's document rules, and against the disk: nothing readable, nothing
+ * forgeable, and damage confined to the record that was damaged. */
+
+#include <glib/gstdio.h>
+#include <sqlite3.h>
+#include <string.h>
+
+#include "hb-test-utils.h"
+
+typedef struct
+{
+  char *dir;
+  char *path;
+  HbStore *store;
+} Fixture;
+
+static void
+fixture_setup (Fixture *f, gconstpointer data)
+{
+  f->store = hb_test_store_new (&f->dir);
+  f->path = g_build_filename (f->dir, "store.db", NULL);
+}
+
+static void
+fixture_teardown (Fixture *f, gconstpointer data)
+{
+  hb_store_close (f->store);
+  g_clear_object (&f->store);
+  hb_test_rmdir (f->dir);
+  g_free (f->dir);
+  g_free (f->path);
+}
+
+static char *
+put_json (HbStore *store, const char *json, GError **error)
+{
+  g_autoptr (JsonNode) doc = hb_test_json (json);
+
+  return hb_store_put_sync (store, doc, NULL, error);
+}
+
+static char *
+put_ok (HbStore *store, const char *json)
+{
+  g_autoptr (GError) error = NULL;
+  char *rev = put_json (store, json, &error);
+
+  g_assert_no_error (error);
+  g_assert_nonnull (rev);
+  return rev;
+}
+
+/* Inserts a replicated revision with its history: "rev hist1 hist2 ..." newest first. */
+static void
+insert_history (HbStore *store, const char *id, const char *history, gboolean deleted,
+                const char *body)
+{
+  g_auto (GStrv) revs = g_strsplit (history, " ", -1);
+  g_autoptr (JsonNode) doc = hb_test_json (body ? body : "{}");
+  JsonObject *obj = json_node_get_object (doc);
+  JsonObject *revisions = json_object_new ();
+  JsonArray *ids = json_array_new ();
+  g_autoptr (GPtrArray) docs = g_ptr_array_new ();
+  g_autoptr (GPtrArray) results = NULL;
+  g_autoptr (GError) error = NULL;
+
+  for (guint i = 0; revs[i] != NULL; i++)
+    json_array_add_string_element (ids, strchr (revs[i], '-') + 1);
+  json_object_set_int_member (revisions, "start", g_ascii_strtoll (revs[0], NULL, 10));
+  json_object_set_array_member (revisions, "ids", ids);
+  json_object_set_string_member (obj, "_id", id);
+  json_object_set_string_member (obj, "_rev", revs[0]);
+  json_object_set_object_member (obj, "_revisions", revisions);
+  if (deleted)
+    json_object_set_boolean_member (obj, "_deleted", TRUE);
+  g_ptr_array_add (docs, doc);
+  results = hb_store_bulk_docs_sync (store, docs, FALSE, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (results->len, ==, 1);
+  g_assert_true (json_object_get_boolean_member_with_default (
+    json_node_get_object (g_ptr_array_index (results, 0)), "ok", FALSE));
+}
+
+static JsonObject *
+get_obj (HbStore *store, const char *id, const char *rev, HbGetFlags flags, JsonNode **keep)
+{
+  g_autoptr (GError) error = NULL;
+
+  *keep = hb_store_get_sync (store, id, rev, flags, NULL, &error);
+  g_assert_no_error (error);
+  return json_node_get_object (*keep);
+}
+
+static char *
+joined_array (JsonObject *obj, const char *member)
+{
+  GString *s = g_string_new (NULL);
+  JsonArray *arr;
+
+  if (!json_object_has_member (obj, member))
+    return g_string_free (s, FALSE);
+  arr = json_object_get_array_member (obj, member);
+  for (guint i = 0; i < json_array_get_length (arr); i++)
+    {
+      if (i > 0)
+        g_string_append_c (s, ' ');
+      g_string_append (s, json_array_get_string_element (arr, i));
+    }
+  return g_string_free (s, FALSE);
+}
+
+/* ---- edits ------------------------------------------------------------------------------ */
+
+static void
+test_edit_cycle (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *rev1 = NULL;
+  g_autofree char *rev2 = NULL;
+  g_autofree char *rev3 = NULL;
+  g_autofree char *rev4 = NULL;
+  g_autofree char *stale = NULL;
+  g_autofree char *json = NULL;
+  g_autoptr (JsonNode) keep = NULL;
+  g_autoptr (GRegex) re = g_regex_new ("^[0-9]+-[0-9a-f]{32}$", 0, 0, NULL);
+  JsonObject *doc;
+
+  rev1 = put_ok (f->store, "{\"_id\":\"patient:1\",\"type\":\"patient\",\"given_name\":\"Amina\"}");
+  g_assert_true (g_regex_match (re, rev1, 0, NULL));
+  g_assert_true (g_str_has_prefix (rev1, "1-"));
+
+  /* No _rev on an existing document: conflict. A wrong one: conflict. */
+  stale = put_json (f->store, "{\"_id\":\"patient:1\",\"type\":\"patient\"}", &error);
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CONFLICT);
+  g_clear_error (&error);
+  g_assert_null (put_json (f->store,
+                           "{\"_id\":\"patient:1\",\"_rev\":\"1-00000000000000000000000000000000\"}",
+                           &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CONFLICT);
+  g_clear_error (&error);
+
+  json = g_strdup_printf ("{\"_id\":\"patient:1\",\"_rev\":\"%s\",\"type\":\"patient\","
+                          "\"given_name\":\"Amina\",\"family_name\":\"Otieno\"}",
+                          rev1);
+  rev2 = put_ok (f->store, json);
+  g_assert_true (g_str_has_prefix (rev2, "2-"));
+  /* Reusing the now-stale rev1 conflicts. */
+  g_assert_null (put_json (f->store, json, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CONFLICT);
+  g_clear_error (&error);
+
+  doc = get_obj (f->store, "patient:1", NULL, HB_GET_FLAGS_REVISIONS, &keep);
+  g_assert_cmpstr (json_object_get_string_member (doc, "_rev"), ==, rev2);
+  g_assert_cmpstr (json_object_get_string_member (doc, "family_name"), ==, "Otieno");
+  g_assert_cmpint (json_object_get_int_member (json_object_get_object_member (doc, "_revisions"),
+                                               "start"),
+                   ==, 2);
+  g_clear_pointer (&keep, json_node_unref);
+
+  /* The old revision's body is still there until compaction. */
+  doc = get_obj (f->store, "patient:1", rev1, HB_GET_FLAGS_NONE, &keep);
+  g_assert_false (json_object_has_member (doc, "family_name"));
+  g_clear_pointer (&keep, json_node_unref);
+
+  rev3 = hb_store_delete_sync (f->store, "patient:1", rev2, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_true (g_str_has_prefix (rev3, "3-"));
+  g_assert_null (hb_store_get_sync (f->store, "patient:1", NULL, 0, NULL, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND);
+  g_clear_error (&error);
+  doc = get_obj (f->store, "patient:1", NULL, HB_GET_FLAGS_DELETED, &keep);
+  g_assert_true (json_object_get_boolean_member (doc, "_deleted"));
+  g_clear_pointer (&keep, json_node_unref);
+
+  /* Writing a deleted document again without _rev continues its branch. */
+  rev4 = put_ok (f->store, "{\"_id\":\"patient:1\",\"type\":\"patient\",\"given_name\":\"A.\"}");
+  g_assert_true (g_str_has_prefix (rev4, "4-"));
+
+  g_assert_null (hb_store_get_sync (f->store, "patient:none", NULL, 0, NULL, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND);
+}
+
+static void
+test_rev_is_deterministic (Fixture *f, gconstpointer data)
+{
+  g_autofree char *dir = NULL;
+  g_autoptr (HbStore) other = hb_test_store_new (&dir);
+  g_autofree char *a = put_ok (f->store, "{\"_id\":\"n:1\",\"text\":\"x\",\"n\":1.5,\"k\":[1,2]}");
+  /* Same content, members in another order, in another store. */
+  g_autofree char *b = put_ok (other, "{\"k\":[1,2],\"n\":1.5,\"text\":\"x\",\"_id\":\"n:1\"}");
+  g_autofree char *c = put_ok (other, "{\"_id\":\"n:2\",\"text\":\"y\"}");
+
+  g_assert_cmpstr (a, ==, b);
+  g_assert_cmpstr (a, !=, c);
+  hb_store_close (other);
+  hb_test_rmdir (dir);
+}
+
+static void
+test_invalid_documents (Fixture *f, gconstpointer data)
+{
+  static const char *const bad[] = {
+    "[1,2]",
+    "{\"type\":\"patient\"}",
+    "{\"_id\":\"\"}",
+    "{\"_id\":5}",
+    "{\"_id\":\"a\",\"_rev\":\"abc\"}",
+    "{\"_id\":\"a\",\"_bogus\":1}",
+    "{\"_id\":\"_private\"}",
+    "{\"_id\":\"a\",\"_attachments\":{}}",
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (bad); i++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autofree char *rev = put_json (f->store, bad[i], &error);
+
+      g_assert_null (rev);
+      g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_INVALID);
+    }
+}
+
+static void
+test_bulk_docs_per_document_results (Fixture *f, gconstpointer data)
+{
+  g_autofree char *rev = put_ok (f->store, "{\"_id\":\"x\"}");
+  g_autoptr (GPtrArray) docs = g_ptr_array_new_with_free_func ((GDestroyNotify) json_node_unref);
+  g_autoptr (GPtrArray) results = NULL;
+  g_autoptr (GError) error = NULL;
+
+  g_ptr_array_add (docs, hb_test_json ("{\"_id\":\"a\",\"v\":1}"));
+  g_ptr_array_add (docs, hb_test_json ("{\"_id\":\"x\",\"v\":2}"));
+  g_ptr_array_add (docs, hb_test_json ("{\"v\":3}"));
+  g_ptr_array_add (docs, hb_test_json ("{\"_id\":\"a\",\"v\":4}"));
+  results = hb_store_bulk_docs_sync (f->store, docs, TRUE, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (results->len, ==, 4);
+  g_assert_true (json_object_get_boolean_member_with_default (
+    json_node_get_object (results->pdata[0]), "ok", FALSE));
+  g_assert_cmpstr (json_object_get_string_member (json_node_get_object (results->pdata[1]), "error"),
+                   ==, "conflict");
+  /* A generated id, as POST /db gives. */
+  g_assert_nonnull (json_object_get_string_member (json_node_get_object (results->pdata[2]), "id"));
+  g_assert_cmpstr (json_object_get_string_member (json_node_get_object (results->pdata[3]), "error"),
+                   ==, "conflict");
+  g_assert_cmpuint (hb_store_get_update_seq (f->store), ==, 3);
+}
+
+/* ---- conflicts, table-driven ---------------------------------------------------------- */
+
+typedef struct
+{
+  const char *name;
+  const char *histories[4]; /* "!" prefix: the newest revision is a tombstone */
+  const char *winner;
+  const char *conflicts;
+  const char *deleted_conflicts;
+} ConflictCase;
+
+static const ConflictCase conflict_cases[] = {
+  { "two branches, higher hash wins", { "2-bbbb 1-aaaa", "2-cccc 1-aaaa" }, "2-cccc", "2-bbbb", "" },
+  { "longer branch wins", { "3-1111 2-bbbb 1-aaaa", "2-ffff 1-aaaa" }, "3-1111", "2-ffff", "" },
+  { "tombstone loses to a live leaf",
+    { "!3-ffff 2-bbbb 1-aaaa", "2-cccc 1-aaaa" },
+    "2-cccc",
+    "",
+    "3-ffff" },
+  { "three leaves, ordered",
+    { "2-bbbb 1-aaaa", "2-dddd 1-aaaa", "2-cccc 1-aaaa" },
+    "2-dddd",
+    "2-cccc 2-bbbb",
+    "" },
+  { "all tombstones: deepest wins",
+    { "!2-bbbb 1-aaaa", "!3-0000 2-cccc 1-aaaa" },
+    "3-0000",
+    "",
+    "2-bbbb" },
+};
+
+static void
+test_conflicts (Fixture *f, gconstpointer data)
+{
+  const ConflictCase *c = data;
+  g_autoptr (JsonNode) keep = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree char *conflicts = NULL;
+  g_autofree char *deleted = NULL;
+  g_autoptr (JsonNode) changes = NULL;
+  JsonObject *doc;
+  JsonArray *leaves;
+
+  for (guint i = 0; i < G_N_ELEMENTS (c->histories) && c->histories[i]; i++)
+    {
+      gboolean del = c->histories[i][0] == '!';
+      insert_history (f->store, "obs:1", c->histories[i] + (del ? 1 : 0), del,
+                      "{\"type\":\"observation\"}");
+    }
+  doc = get_obj (f->store, "obs:1", NULL, HB_GET_FLAGS_CONFLICTS | HB_GET_FLAGS_DELETED, &keep);
+  g_assert_cmpstr (json_object_get_string_member (doc, "_rev"), ==, c->winner);
+  conflicts = joined_array (doc, "_conflicts");
+  deleted = joined_array (doc, "_deleted_conflicts");
+  g_assert_cmpstr (conflicts, ==, c->conflicts);
+  g_assert_cmpstr (deleted, ==, c->deleted_conflicts);
+
+  /* The changes feed names every leaf, the winner first. */
+  changes = hb_store_changes_sync (f->store, 0, 0, NULL, &error);
+  g_assert_no_error (error);
+  leaves = json_object_get_array_member (
+    json_array_get_object_element (
+      json_object_get_array_member (json_node_get_object (changes), "results"), 0),
+    "changes");
+  g_assert_cmpstr (json_object_get_string_member (json_array_get_object_element (leaves, 0), "rev"),
+                   ==, c->winner);
+}
+
+static void
+test_edit_conflicting_branch (Fixture *f, gconstpointer data)
+{
+  g_autoptr (JsonNode) keep = NULL;
+  g_autofree char *rev = NULL;
+  g_autofree char *gone = NULL;
+  g_autoptr (GError) error = NULL;
+  JsonObject *doc;
+
+  insert_history (f->store, "s:1", "2-bbbb 1-aaaa", FALSE, "{\"v\":\"b\"}");
+  insert_history (f->store, "s:1", "2-cccc 1-aaaa", FALSE, "{\"v\":\"c\"}");
+  /* Resolving: delete the losing leaf; the winner stands alone. */
+  gone = hb_store_delete_sync (f->store, "s:1", "2-bbbb", NULL, &error);
+  g_assert_no_error (error);
+  doc = get_obj (f->store, "s:1", NULL, HB_GET_FLAGS_CONFLICTS, &keep);
+  g_assert_cmpstr (json_object_get_string_member (doc, "_rev"), ==, "2-cccc");
+  g_assert_false (json_object_has_member (doc, "_conflicts"));
+  g_clear_pointer (&keep, json_node_unref);
+  /* Editing a non-winning leaf by its _rev is allowed (it is a leaf). */
+  rev = put_ok (f->store, "{\"_id\":\"s:1\",\"_rev\":\"2-cccc\",\"v\":\"d\"}");
+  g_assert_true (g_str_has_prefix (rev, "3-"));
+}
+
+/* ---- history: stemming, revs_diff, changes, purge, compaction ------------------------- */
+
+static void
+test_stemming (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *first = NULL;
+  g_autofree char *rev = NULL;
+  g_autoptr (JsonNode) keep = NULL;
+  JsonObject *revisions;
+
+  g_assert_cmpuint (hb_store_get_revs_limit (f->store), ==, 1000);
+  g_assert_true (hb_store_set_revs_limit (f->store, 3, &error));
+  g_assert_no_error (error);
+  first = put_ok (f->store, "{\"_id\":\"n:1\",\"i\":0}");
+  rev = g_strdup (first);
+  for (int i = 1; i < 10; i++)
+    {
+      g_autofree char *json = g_strdup_printf ("{\"_id\":\"n:1\",\"_rev\":\"%s\",\"i\":%d}", rev, i);
+      g_free (rev);
+      rev = put_ok (f->store, json);
+    }
+  g_assert_true (g_str_has_prefix (rev, "10-"));
+  revisions = json_object_get_object_member (
+    get_obj (f->store, "n:1", NULL, HB_GET_FLAGS_REVISIONS, &keep), "_revisions");
+  g_assert_cmpint (json_object_get_int_member (revisions, "start"), ==, 10);
+  g_assert_cmpuint (json_array_get_length (json_object_get_array_member (revisions, "ids")), ==, 3);
+  g_assert_null (hb_store_get_sync (f->store, "n:1", first, 0, NULL, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND);
+}
+
+static void
+test_revs_diff (Fixture *f, gconstpointer data)
+{
+  g_autoptr (JsonNode) req = NULL;
+  g_autoptr (JsonNode) res = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree char *json = NULL;
+  JsonObject *o;
+
+  insert_history (f->store, "a", "2-bbbb 1-aaaa", FALSE, NULL);
+  req = hb_test_json ("{\"a\":[\"2-bbbb\",\"3-cccc\",\"1-aaaa\"],"
+                      "\"b\":[\"1-zzzz\"],\"a2\":[]}");
+  res = hb_store_revs_diff_sync (f->store, req, NULL, &error);
+  g_assert_no_error (error);
+  json = hb_test_to_string (res);
+  o = json_node_get_object (res);
+  g_assert_cmpuint (json_object_get_size (o), ==, 2);
+  g_assert_cmpstr (json_array_get_string_element (
+                     json_object_get_array_member (json_object_get_object_member (o, "a"), "missing"),
+                     0),
+                   ==, "3-cccc");
+  g_assert_cmpstr (json_array_get_string_element (
+                     json_object_get_array_member (json_object_get_object_member (o, "a"),
+                                                   "possible_ancestors"),
+                     0),
+                   ==, "2-bbbb");
+  g_assert_false (json_object_has_member (json_object_get_object_member (o, "b"),
+                                          "possible_ancestors"));
+}
+
+static void
+test_changes (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *ra = put_ok (f->store, "{\"_id\":\"a\"}");
+  g_autofree char *rb = put_ok (f->store, "{\"_id\":\"b\"}");
+  g_autofree char *rc = put_ok (f->store, "{\"_id\":\"c\"}");
+  g_autofree char *ra2 = NULL;
+  g_autofree char *json = g_strdup_printf ("{\"_id\":\"a\",\"_rev\":\"%s\",\"x\":1}", ra);
+  g_autoptr (JsonNode) all = NULL;
+  g_autoptr (JsonNode) page = NULL;
+  g_autofree char *rbd = NULL;
+  JsonArray *results;
+
+  ra2 = put_ok (f->store, json);
+  rbd = hb_store_delete_sync (f->store, "b", rb, NULL, &error);
+  g_assert_no_error (error);
+
+  all = hb_store_changes_sync (f->store, 0, 0, NULL, &error);
+  g_assert_no_error (error);
+  results = json_object_get_array_member (json_node_get_object (all), "results");
+  /* One row per document, at its latest change, in sequence order. */
+  g_assert_cmpuint (json_array_get_length (results), ==, 3);
+  g_assert_cmpstr (json_object_get_string_member (json_array_get_object_element (results, 0), "id"),
+                   ==, "c");
+  g_assert_cmpstr (json_object_get_string_member (json_array_get_object_element (results, 1), "id"),
+                   ==, "a");
+  g_assert_cmpint (json_object_get_int_member (json_array_get_object_element (results, 1), "seq"),
+                   ==, 4);
+  g_assert_cmpstr (json_object_get_string_member (json_array_get_object_element (results, 2), "id"),
+                   ==, "b");
+  g_assert_true (json_object_get_boolean_member (json_array_get_object_element (results, 2),
+                                                 "deleted"));
+  g_assert_cmpint (json_object_get_int_member (json_node_get_object (all), "last_seq"), ==, 5);
+
+  page = hb_store_changes_sync (f->store, 3, 1, NULL, &error);
+  g_assert_no_error (error);
+  results = json_object_get_array_member (json_node_get_object (page), "results");
+  g_assert_cmpuint (json_array_get_length (results), ==, 1);
+  g_assert_cmpint (json_object_get_int_member (json_node_get_object (page), "last_seq"), ==, 4);
+  g_assert_cmpint (json_object_get_int_member (json_node_get_object (page), "pending"), ==, 1);
+}
+
+static void
+test_local_documents (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) doc = hb_test_json ("{\"_id\":\"_local/ckpt\",\"last_seq\":\"12-abc\"}");
+  g_autoptr (JsonNode) again = NULL;
+  g_autoptr (JsonNode) got = NULL;
+  g_autoptr (JsonNode) changes = NULL;
+  g_autofree char *rev = NULL;
+  g_autofree char *rev2 = NULL;
+  g_autofree char *stale = NULL;
+
+  rev = hb_store_put_local_sync (f->store, doc, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (rev, ==, "0-1");
+  /* A second write without the current _rev conflicts. */
+  stale = hb_store_put_local_sync (f->store, doc, NULL, &error);
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CONFLICT);
+  g_clear_error (&error);
+  again = hb_test_json ("{\"_id\":\"_local/ckpt\",\"_rev\":\"0-1\",\"last_seq\":\"13-def\"}");
+  rev2 = hb_store_put_local_sync (f->store, again, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (rev2, ==, "0-2");
+  got = hb_store_get_local_sync (f->store, "ckpt", NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (json_object_get_string_member (json_node_get_object (got), "last_seq"), ==,
+                   "13-def");
+  /* Local documents never show in the changes feed. */
+  changes = hb_store_changes_sync (f->store, 0, 0, NULL, &error);
+  g_assert_cmpuint (json_array_get_length (json_object_get_array_member (
+                      json_node_get_object (changes), "results")),
+                    ==, 0);
+  g_assert_false (hb_store_delete_local_sync (f->store, "_local/ckpt", "0-1", NULL, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CONFLICT);
+  g_clear_error (&error);
+  g_assert_true (hb_store_delete_local_sync (f->store, "_local/ckpt", "0-2", NULL, &error));
+  g_assert_null (hb_store_get_local_sync (f->store, "_local/ckpt", NULL, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND);
+}
+
+static void
+test_purge_and_compact (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) keep = NULL;
+  g_autoptr (JsonNode) stats = NULL;
+  g_autoptr (GPtrArray) found = NULL;
+  const char *const purge_c[] = { "2-cccc", NULL };
+  const char *const purge_all[] = { "2-bbbb", NULL };
+  JsonObject *doc;
+
+  insert_history (f->store, "p", "2-bbbb 1-aaaa", FALSE, "{\"type\":\"note\",\"v\":\"b\"}");
+  insert_history (f->store, "p", "2-cccc 1-aaaa", FALSE, "{\"type\":\"note\",\"v\":\"c\"}");
+  g_assert_cmpuint (hb_store_purge_sync (f->store, "p", purge_c, NULL, &error), ==, 1);
+  g_assert_no_error (error);
+  doc = get_obj (f->store, "p", NULL, HB_GET_FLAGS_CONFLICTS, &keep);
+  g_assert_cmpstr (json_object_get_string_member (doc, "_rev"), ==, "2-bbbb");
+  g_assert_false (json_object_has_member (doc, "_conflicts"));
+  g_assert_cmpint (hb_store_get_sync (f->store, "p", "2-cccc", 0, NULL, &error) == NULL, ==, TRUE);
+  g_clear_error (&error);
+
+  {
+    g_autofree char *r1 = put_ok (f->store, "{\"_id\":\"q\",\"v\":1}");
+    g_autofree char *json = g_strdup_printf ("{\"_id\":\"q\",\"_rev\":\"%s\",\"v\":2}", r1);
+    g_autofree char *r2 = put_ok (f->store, json);
+    g_autoptr (JsonNode) old = NULL;
+
+    /* Compaction drops non-leaf bodies: r1's body here, none of the leaves'. */
+    g_assert_cmpuint (hb_store_compact_sync (f->store, NULL, &error), ==, 1);
+    g_assert_no_error (error);
+    old = hb_store_get_sync (f->store, "q", r1, 0, NULL, &error);
+    g_assert_null (old);
+    g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND);
+    g_clear_error (&error);
+    g_clear_pointer (&keep, json_node_unref);
+    get_obj (f->store, "q", r2, 0, &keep);
+  }
+
+  g_assert_cmpuint (hb_store_purge_sync (f->store, "p", purge_all, NULL, &error), ==, 1);
+  g_assert_null (hb_store_get_sync (f->store, "p", NULL, HB_GET_FLAGS_DELETED, NULL, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND);
+  g_clear_error (&error);
+  found = hb_store_find_sync (f->store, HB_INDEX_FIELD_TYPE, "note", NULL, &error);
+  g_assert_cmpuint (found->len, ==, 0);
+  stats = hb_store_get_stats_sync (f->store, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpint (json_object_get_int_member (json_node_get_object (stats), "doc_count"), ==, 1);
+  g_assert_cmpint (json_object_get_int_member (json_node_get_object (stats), "stored_bodies"), ==, 1);
+}
+
+static void
+test_find (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) sessions = NULL;
+  g_autoptr (GPtrArray) by_session = NULL;
+  g_autoptr (GPtrArray) moved = NULL;
+  g_autoptr (GPtrArray) all = NULL;
+  g_autofree char *r1 = NULL;
+  g_autofree char *r2 = NULL;
+  g_autofree char *json = NULL;
+  g_autofree char *d = NULL;
+
+  g_free (put_ok (f->store, "{\"_id\":\"session:1\",\"type\":\"session\",\"patient_id\":\"patient:1\"}"));
+  g_free (put_ok (f->store, "{\"_id\":\"session:2\",\"type\":\"session\",\"patient_id\":\"patient:2\"}"));
+  r1 = put_ok (f->store, "{\"_id\":\"note:1\",\"type\":\"note\",\"session_id\":\"session:1\","
+                         "\"patient_id\":\"patient:1\"}");
+  g_free (put_ok (f->store, "{\"_id\":\"observation:1\",\"type\":\"observation\","
+                            "\"session_id\":\"session:1\",\"value\":37.5}"));
+
+  sessions = hb_store_find_sync (f->store, HB_INDEX_FIELD_TYPE, "session", NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (sessions->len, ==, 2);
+  by_session = hb_store_find_sync (f->store, HB_INDEX_FIELD_SESSION_ID, "session:1", NULL, &error);
+  g_assert_cmpuint (by_session->len, ==, 2);
+  g_assert_cmpstr (json_object_get_string_member (json_node_get_object (by_session->pdata[0]), "_id"),
+                   ==, "note:1");
+
+  /* The index follows the winning revision. */
+  json = g_strdup_printf ("{\"_id\":\"note:1\",\"_rev\":\"%s\",\"type\":\"note\","
+                          "\"session_id\":\"session:2\"}",
+                          r1);
+  r2 = put_ok (f->store, json);
+  moved = hb_store_find_sync (f->store, HB_INDEX_FIELD_SESSION_ID, "session:2", NULL, &error);
+  g_assert_cmpuint (moved->len, ==, 1);
+  g_clear_pointer (&by_session, g_ptr_array_unref);
+  by_session = hb_store_find_sync (f->store, HB_INDEX_FIELD_SESSION_ID, "session:1", NULL, &error);
+  g_assert_cmpuint (by_session->len, ==, 1);
+  d = hb_store_delete_sync (f->store, "note:1", r2, NULL, &error);
+  g_assert_no_error (error);
+  g_clear_pointer (&moved, g_ptr_array_unref);
+  moved = hb_store_find_sync (f->store, HB_INDEX_FIELD_SESSION_ID, "session:2", NULL, &error);
+  g_assert_cmpuint (moved->len, ==, 0);
+  all = hb_store_all_docs_sync (f->store, NULL, &error);
+  g_assert_cmpuint (all->len, ==, 3);
+}
+
+/* ---- on disk ---------------------------------------------------------------------------- */
+
+static const char *const secrets[] = {
+  "patient:7d0c2b8e-secret-id",
+  "Wanjiru",
+  "Kamau-Odhiambo",
+  "session:ae11f0-secret",
+  "Complains of chest pain since Tuesday",
+  "NID-88431907",
+  "_local/replication-secret",
+  "rev-history-secret",
+};
+
+static gboolean
+file_contains (const char *path, const char *needle)
+{
+  g_autofree char *data = NULL;
+  gsize len = 0;
+  gsize n = strlen (needle);
+
+  if (!g_file_get_contents (path, &data, &len, NULL))
+    return FALSE;
+  for (gsize i = 0; i + n <= len; i++)
+    if (memcmp (data + i, needle, n) == 0)
+      return TRUE;
+  return FALSE;
+}
+
+static void
+assert_tree_clean (const char *dir)
+{
+  g_autoptr (GDir) d = g_dir_open (dir, 0, NULL);
+  const char *name;
+
+  if (d == NULL)
+    return;
+  while ((name = g_dir_read_name (d)) != NULL)
+    {
+      g_autofree char *path = g_build_filename (dir, name, NULL);
+
+      if (g_file_test (path, G_FILE_TEST_IS_DIR))
+        {
+          assert_tree_clean (path);
+          continue;
+        }
+      for (guint i = 0; i < G_N_ELEMENTS (secrets); i++)
+        if (file_contains (path, secrets[i]))
+          g_error ("plaintext \"%s\" found in %s", secrets[i], path);
+    }
+}
+
+static void
+test_no_plaintext_on_disk (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *json = NULL;
+  g_autofree char *wal = g_strconcat (f->path, "-wal", NULL);
+  g_autoptr (JsonNode) local = NULL;
+  g_autofree char *lrev = NULL;
+
+  json = g_strdup_printf (
+    "{\"_id\":\"%s\",\"type\":\"patient\",\"given_name\":\"%s\",\"family_name\":\"%s\","
+    "\"national_id\":\"%s\"}",
+    secrets[0], secrets[1], secrets[2], secrets[5]);
+  g_free (put_ok (f->store, json));
+  g_free (json);
+  json = g_strdup_printf ("{\"_id\":\"note:1\",\"type\":\"note\",\"session_id\":\"%s\","
+                          "\"patient_id\":\"%s\",\"text\":\"%s\"}",
+                          secrets[3], secrets[0], secrets[4]);
+  g_free (put_ok (f->store, json));
+  insert_history (f->store, "note:2", "2-rev-history-secret 1-aaaa", FALSE, "{\"text\":\"x\"}");
+  local = hb_test_json ("{\"_id\":\"_local/replication-secret\",\"last_seq\":1}");
+  lrev = hb_store_put_local_sync (f->store, local, NULL, &error);
+  g_assert_no_error (error);
+
+  /* While open: the WAL holds the recent writes. */
+  g_assert_true (g_file_test (wal, G_FILE_TEST_EXISTS));
+  assert_tree_clean (f->dir);
+  assert_tree_clean (g_get_tmp_dir ());
+  hb_store_close (f->store);
+  assert_tree_clean (f->dir);
+}
+
+static GPtrArray *
+row_keys (const char *path, const char *table)
+{
+  sqlite3 *db;
+  sqlite3_stmt *stmt;
+  g_autofree char *sql = g_strdup_printf ("SELECT doc_key FROM %s ORDER BY doc_key", table);
+  GPtrArray *keys = g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref);
+
+  g_assert_cmpint (sqlite3_open (path, &db), ==, SQLITE_OK);
+  g_assert_cmpint (sqlite3_prepare_v2 (db, sql, -1, &stmt, NULL), ==, SQLITE_OK);
+  while (sqlite3_step (stmt) == SQLITE_ROW)
+    g_ptr_array_add (keys, g_bytes_new (sqlite3_column_blob (stmt, 0),
+                                        sqlite3_column_bytes (stmt, 0)));
+  sqlite3_finalize (stmt);
+  sqlite3_close (db);
+  return keys;
+}
+
+/* Rewrites one sealed column of the row with this doc_key: flips one bit at offset (negative:
+ * from the end), or, with replacement, puts another row's bytes there. */
+static void
+tamper (const char *path, const char *table, const char *column, GBytes *doc_key, int offset,
+        GBytes *replacement)
+{
+  sqlite3 *db;
+  sqlite3_stmt *stmt;
+  g_autofree char *select = g_strdup_printf ("SELECT %s FROM %s WHERE doc_key = ?", column, table);
+  g_autofree char *update = g_strdup_printf ("UPDATE %s SET %s = ? WHERE doc_key = ?", table,
+                                             column);
+  g_autofree guint8 *blob = NULL;
+  gsize len;
+
+  g_assert_cmpint (sqlite3_open (path, &db), ==, SQLITE_OK);
+  g_assert_cmpint (sqlite3_prepare_v2 (db, select, -1, &stmt, NULL), ==, SQLITE_OK);
+  sqlite3_bind_blob (stmt, 1, g_bytes_get_data (doc_key, NULL), g_bytes_get_size (doc_key),
+                     SQLITE_STATIC);
+  g_assert_cmpint (sqlite3_step (stmt), ==, SQLITE_ROW);
+  if (replacement != NULL)
+    blob = g_bytes_unref_to_data (g_bytes_ref (replacement), &len);
+  else
+    {
+      len = sqlite3_column_bytes (stmt, 0);
+      blob = g_memdup2 (sqlite3_column_blob (stmt, 0), len);
+      blob[offset >= 0 ? (gsize) offset : len + offset] ^= 0x01;
+    }
+  sqlite3_finalize (stmt);
+  g_assert_cmpint (sqlite3_prepare_v2 (db, update, -1, &stmt, NULL), ==, SQLITE_OK);
+  sqlite3_bind_blob (stmt, 1, blob, len, SQLITE_STATIC);
+  sqlite3_bind_blob (stmt, 2, g_bytes_get_data (doc_key, NULL), g_bytes_get_size (doc_key),
+                     SQLITE_STATIC);
+  g_assert_cmpint (sqlite3_step (stmt), ==, SQLITE_DONE);
+  g_assert_cmpint (sqlite3_changes (db), >=, 1);
+  sqlite3_finalize (stmt);
+  sqlite3_close (db);
+}
+
+static GBytes *
+column_of (const char *path, const char *table, const char *column, GBytes *doc_key)
+{
+  sqlite3 *db;
+  sqlite3_stmt *stmt;
+  g_autofree char *select = g_strdup_printf ("SELECT %s FROM %s WHERE doc_key = ?", column, table);
+  GBytes *out;
+
+  g_assert_cmpint (sqlite3_open (path, &db), ==, SQLITE_OK);
+  g_assert_cmpint (sqlite3_prepare_v2 (db, select, -1, &stmt, NULL), ==, SQLITE_OK);
+  sqlite3_bind_blob (stmt, 1, g_bytes_get_data (doc_key, NULL), g_bytes_get_size (doc_key),
+                     SQLITE_STATIC);
+  g_assert_cmpint (sqlite3_step (stmt), ==, SQLITE_ROW);
+  out = g_bytes_new (sqlite3_column_blob (stmt, 0), sqlite3_column_bytes (stmt, 0));
+  sqlite3_finalize (stmt);
+  sqlite3_close (db);
+  return out;
+}
+
+#define N_TAMPER_DOCS 20
+
+static void
+test_tamper (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) body_keys = NULL;
+  g_autoptr (GPtrArray) results = NULL;
+  g_autoptr (GPtrArray) all = NULL;
+  g_autoptr (JsonNode) changes = NULL;
+  g_autoptr (JsonNode) local = hb_test_json ("{\"_id\":\"_local/x\",\"v\":1}");
+  g_autoptr (GBytes) moved = NULL;
+  g_autofree char *lrev = NULL;
+  const char *ids[N_TAMPER_DOCS + 1] = { NULL };
+  guint corrupt = 0, intact = 0, corrupt_changes = 0;
+  JsonArray *rows;
+
+  for (guint i = 0; i < N_TAMPER_DOCS; i++)
+    {
+      g_autofree char *id = g_strdup_printf ("doc:%02u", i);
+      g_autofree char *json = g_strdup_printf ("{\"_id\":\"%s\",\"n\":%u}", id, i);
+      g_free (put_ok (f->store, json));
+      ids[i] = g_intern_string (id);
+    }
+  lrev = hb_store_put_local_sync (f->store, local, NULL, &error);
+  g_assert_no_error (error);
+  hb_store_close (f->store);
+
+  /* Three bodies flipped (first byte of the nonce, one in the middle, the tag's last byte),
+   * two other documents' records flipped, one body replaced by another document's body, and
+   * the local document flipped: six documents and one local document damaged. */
+  body_keys = row_keys (f->path, "bodies");
+  g_assert_cmpuint (body_keys->len, ==, N_TAMPER_DOCS);
+  tamper (f->path, "bodies", "body", body_keys->pdata[0], 0, NULL);
+  tamper (f->path, "bodies", "body", body_keys->pdata[1], 20, NULL);
+  tamper (f->path, "bodies", "body", body_keys->pdata[2], -1, NULL);
+  tamper (f->path, "docs", "meta", body_keys->pdata[3], 14, NULL);
+  tamper (f->path, "docs", "meta", body_keys->pdata[4], -3, NULL);
+  moved = column_of (f->path, "bodies", "body", body_keys->pdata[6]);
+  tamper (f->path, "bodies", "body", body_keys->pdata[5], 0, moved);
+  {
+    g_autoptr (GPtrArray) local_keys = row_keys (f->path, "local_docs");
+    tamper (f->path, "local_docs", "body", local_keys->pdata[0], 30, NULL);
+  }
+
+  {
+    g_autoptr (HbVault) vault = hb_vault_new (f->path);
+    g_clear_object (&f->store);
+    g_assert_true (hb_vault_unlock_sync (vault, HB_TEST_PIN, NULL, &error));
+    f->store = hb_store_open_sync (vault, NULL, &error);
+    g_assert_no_error (error);
+  }
+
+  results = hb_store_get_many_sync (f->store, ids, 0, NULL, &error);
+  g_assert_no_error (error);
+  for (guint i = 0; i < results->len; i++)
+    {
+      JsonObject *o = json_node_get_object (results->pdata[i]);
+      const char *err = json_object_get_string_member_with_default (o, "error", NULL);
+
+      if (err != NULL)
+        {
+          g_assert_cmpstr (err, ==, "corrupt");
+          corrupt++;
+        }
+      else
+        {
+          /* What is readable is exactly what was written. */
+          g_assert_cmpint (json_object_get_int_member (o, "n"), ==, i);
+          intact++;
+        }
+    }
+  g_assert_cmpuint (corrupt, ==, 6);
+  g_assert_cmpuint (intact, ==, N_TAMPER_DOCS - 6);
+
+  /* Individually, too, with the right error code. */
+  for (guint i = 0; i < N_TAMPER_DOCS; i++)
+    {
+      g_autoptr (GError) e = NULL;
+      g_autoptr (JsonNode) doc = hb_store_get_sync (f->store, ids[i], NULL, 0, NULL, &e);
+      if (doc == NULL)
+        g_assert_error (e, HB_STORE_ERROR, HB_STORE_ERROR_CORRUPT);
+    }
+
+  g_assert_null (hb_store_get_local_sync (f->store, "_local/x", NULL, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CORRUPT);
+  g_clear_error (&error);
+
+  /* The changes feed reports the two unreadable records instead of dropping them. */
+  changes = hb_store_changes_sync (f->store, 0, 0, NULL, &error);
+  g_assert_no_error (error);
+  rows = json_object_get_array_member (json_node_get_object (changes), "results");
+  g_assert_cmpuint (json_array_get_length (rows), ==, N_TAMPER_DOCS);
+  for (guint i = 0; i < json_array_get_length (rows); i++)
+    if (json_object_has_member (json_array_get_object_element (rows, i), "error"))
+      corrupt_changes++;
+  g_assert_cmpuint (corrupt_changes, ==, 2);
+
+  all = hb_store_all_docs_sync (f->store, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (all->len, ==, N_TAMPER_DOCS);
+}
+
+static GPtrArray *
+sealed_rows (const char *path)
+{
+  static const char *const queries[] = {
+    "SELECT doc_key, meta FROM docs ORDER BY doc_key",
+    "SELECT doc_key || slot, body FROM bodies ORDER BY doc_key, slot",
+    "SELECT doc_key, body FROM local_docs ORDER BY doc_key",
+    "SELECT doc_key || field, mac FROM blind_index ORDER BY doc_key, field",
+  };
+  GPtrArray *rows = g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref);
+  sqlite3 *db;
+
+  g_assert_cmpint (sqlite3_open (path, &db), ==, SQLITE_OK);
+  for (guint q = 0; q < G_N_ELEMENTS (queries); q++)
+    {
+      sqlite3_stmt *stmt;
+      g_assert_cmpint (sqlite3_prepare_v2 (db, queries[q], -1, &stmt, NULL), ==, SQLITE_OK);
+      while (sqlite3_step (stmt) == SQLITE_ROW)
+        for (int col = 0; col < 2; col++)
+          g_ptr_array_add (rows, g_bytes_new (sqlite3_column_blob (stmt, col),
+                                              sqlite3_column_bytes (stmt, col)));
+      sqlite3_finalize (stmt);
+    }
+  sqlite3_close (db);
+  return rows;
+}
+
+static void
+test_change_pin_keeps_records (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) before = NULL;
+  g_autoptr (GPtrArray) after = NULL;
+  g_autoptr (JsonNode) local = hb_test_json ("{\"_id\":\"_local/c\",\"v\":1}");
+  g_autoptr (JsonNode) doc = NULL;
+  g_autofree char *lrev = NULL;
+  HbVault *vault = hb_store_get_vault (f->store);
+
+  for (guint i = 0; i < 10; i++)
+    {
+      g_autofree char *json = g_strdup_printf ("{\"_id\":\"note:%u\",\"type\":\"note\","
+                                               "\"session_id\":\"s:%u\"}",
+                                               i, i % 3);
+      g_free (put_ok (f->store, json));
+    }
+  lrev = hb_store_put_local_sync (f->store, local, NULL, &error);
+  before = sealed_rows (f->path);
+  g_assert_true (hb_vault_change_pin_sync (vault, HB_TEST_PIN, "7654321", NULL, &error));
+  g_assert_no_error (error);
+  after = sealed_rows (f->path);
+  g_assert_cmpuint (before->len, ==, after->len);
+  g_assert_cmpuint (before->len, >, 40);
+  for (guint i = 0; i < before->len; i++)
+    g_assert_true (g_bytes_equal (before->pdata[i], after->pdata[i]));
+
+  /* The new PIN opens everything; the old one no longer does. */
+  hb_vault_lock (vault);
+  g_assert_false (hb_vault_unlock_sync (vault, HB_TEST_PIN, NULL, &error));
+  g_assert_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_WRONG_PIN);
+  g_clear_error (&error);
+  g_assert_true (hb_vault_unlock_sync (vault, "7654321", NULL, &error));
+  doc = hb_store_get_sync (f->store, "note:3", NULL, 0, NULL, &error);
+  g_assert_no_error (error);
+}
+
+static void
+test_locked_vault (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *rev = put_ok (f->store, "{\"_id\":\"a\"}");
+  HbVault *vault = hb_store_get_vault (f->store);
+  g_autoptr (JsonNode) doc = NULL;
+
+  hb_vault_lock (vault);
+  g_assert_null (hb_store_get_sync (f->store, "a", NULL, 0, NULL, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_LOCKED);
+  g_clear_error (&error);
+  g_assert_null (put_json (f->store, "{\"_id\":\"b\"}", &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_LOCKED);
+  g_clear_error (&error);
+  g_assert_true (hb_vault_unlock_sync (vault, HB_TEST_PIN, NULL, &error));
+  doc = hb_store_get_sync (f->store, "a", NULL, 0, NULL, &error);
+  g_assert_no_error (error);
+}
+
+static void
+test_newer_schema_refused (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbStore) again = NULL;
+  HbVault *vault = hb_store_get_vault (f->store);
+  sqlite3 *db;
+
+  g_assert_cmpint (sqlite3_open (f->path, &db), ==, SQLITE_OK);
+  g_assert_cmpint (sqlite3_exec (db, "UPDATE hb_meta SET value = 99 WHERE key = 'schema_version'",
+                                 NULL, NULL, NULL),
+                   ==, SQLITE_OK);
+  sqlite3_close (db);
+  again = hb_store_open_sync (vault, NULL, &error);
+  g_assert_null (again);
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_VERSION);
+}
+
+/* ---- threads and the main loop ----------------------------------------------------------- */
+
+typedef struct
+{
+  gboolean done;
+  guint changed;
+  GThread *signal_thread;
+  char *rev;
+  JsonNode *doc;
+  GError *error;
+} AsyncState;
+
+static void
+on_changed (HbStore *store, guint64 seq, AsyncState *st)
+{
+  st->changed++;
+  st->signal_thread = g_thread_self ();
+}
+
+static void
+on_put (GObject *source, GAsyncResult *result, gpointer data)
+{
+  AsyncState *st = data;
+
+  st->rev = hb_store_put_finish (HB_STORE (source), result, &st->error);
+  st->done = TRUE;
+}
+
+static void
+on_get (GObject *source, GAsyncResult *result, gpointer data)
+{
+  AsyncState *st = data;
+
+  st->doc = hb_store_get_finish (HB_STORE (source), result, &st->error);
+  st->done = TRUE;
+}
+
+static void
+test_async_and_signal (Fixture *f, gconstpointer data)
+{
+  AsyncState st = { 0 };
+  g_autoptr (JsonNode) doc = hb_test_json ("{\"_id\":\"async:1\",\"type\":\"note\"}");
+
+  g_signal_connect (f->store, "changed", G_CALLBACK (on_changed), &st);
+  hb_store_put_async (f->store, doc, NULL, on_put, &st);
+  hb_test_wait_for (&st.done);
+  g_assert_no_error (st.error);
+  g_assert_true (g_str_has_prefix (st.rev, "1-"));
+  while (st.changed == 0)
+    g_main_context_iteration (NULL, TRUE);
+  /* Emitted on the thread that owns the store, not the worker. */
+  g_assert_true (st.signal_thread == g_thread_self ());
+
+  st.done = FALSE;
+  hb_store_get_async (f->store, "async:1", NULL, 0, NULL, on_get, &st);
+  hb_test_wait_for (&st.done);
+  g_assert_no_error (st.error);
+  g_assert_cmpstr (json_object_get_string_member (json_node_get_object (st.doc), "_rev"), ==,
+                   st.rev);
+  g_free (st.rev);
+  json_node_unref (st.doc);
+  g_signal_handlers_disconnect_by_data (f->store, &st);
+}
+
+typedef struct
+{
+  HbStore *store;
+  gint stop;
+  guint reads;
+} Reader;
+
+static gpointer
+reader_thread (gpointer data)
+{
+  Reader *r = data;
+
+  while (!g_atomic_int_get (&r->stop))
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (JsonNode) changes = hb_store_changes_sync (r->store, 0, 50, NULL, &error);
+      JsonArray *rows;
+
+      g_assert_no_error (error);
+      rows = json_object_get_array_member (json_node_get_object (changes), "results");
+      for (guint i = 0; i < json_array_get_length (rows); i++)
+        {
+          const char *id = json_object_get_string_member (json_array_get_object_element (rows, i),
+                                                          "id");
+          g_autoptr (JsonNode) doc = hb_store_get_sync (r->store, id, NULL, 0, NULL, &error);
+          g_assert_no_error (error);
+          g_atomic_int_inc (&r->reads);
+        }
+    }
+  return NULL;
+}
+
+static void
+test_concurrent_readers (Fixture *f, gconstpointer data)
+{
+  Reader r = { f->store, 0, 0 };
+  GThread *threads[3];
+  g_autofree char *rev = put_ok (f->store, "{\"_id\":\"hot\",\"i\":0}");
+
+  for (guint t = 0; t < G_N_ELEMENTS (threads); t++)
+    threads[t] = g_thread_new ("reader", reader_thread, &r);
+  /* The writer keeps rewriting one document (and stemming nothing away under the readers'
+   * feet: a reader's snapshot must never see a record without its body). */
+  for (guint i = 1; i <= 200; i++)
+    {
+      g_autofree char *json = g_strdup_printf ("{\"_id\":\"hot\",\"_rev\":\"%s\",\"i\":%u}", rev, i);
+      g_autofree char *other = g_strdup_printf ("{\"_id\":\"cold:%u\"}", i);
+      g_free (rev);
+      rev = put_ok (f->store, json);
+      g_free (put_ok (f->store, other));
+    }
+  g_atomic_int_set (&r.stop, 1);
+  for (guint t = 0; t < G_N_ELEMENTS (threads); t++)
+    g_thread_join (threads[t]);
+  g_assert_cmpuint (r.reads, >, 0);
+}
+
+int
+main (int argc, char *argv[])
+{
+  g_autofree char *tmp = NULL;
+
+  /* A private temp dir, so the plaintext scan sees only what this process wrote there. */
+  tmp = g_dir_make_tmp ("hbsync-tmp-XXXXXX", NULL);
+  g_setenv ("TMPDIR", tmp, TRUE);
+  g_test_init (&argc, &argv, NULL);
+
+#define ADD(path, func) g_test_add (path, Fixture, NULL, fixture_setup, func, fixture_teardown)
+  ADD ("/store/edit/cycle", test_edit_cycle);
+  ADD ("/store/edit/deterministic-rev", test_rev_is_deterministic);
+  ADD ("/store/edit/invalid", test_invalid_documents);
+  ADD ("/store/edit/bulk-results", test_bulk_docs_per_document_results);
+  ADD ("/store/edit/conflicting-branch", test_edit_conflicting_branch);
+  for (guint i = 0; i < G_N_ELEMENTS (conflict_cases); i++)
+    {
+      g_autofree char *path = g_strdup_printf ("/store/conflicts/%s", conflict_cases[i].name);
+      g_test_add (path, Fixture, &conflict_cases[i], fixture_setup, test_conflicts,
+                  fixture_teardown);
+    }
+  ADD ("/store/history/stemming", test_stemming);
+  ADD ("/store/history/revs-diff", test_revs_diff);
+  ADD ("/store/history/changes", test_changes);
+  ADD ("/store/history/purge-compact", test_purge_and_compact);
+  ADD ("/store/local", test_local_documents);
+  ADD ("/store/find", test_find);
+  ADD ("/store/disk/no-plaintext", test_no_plaintext_on_disk);
+  ADD ("/store/disk/tamper", test_tamper);
+  ADD ("/store/disk/change-pin-keeps-records", test_change_pin_keeps_records);
+  ADD ("/store/disk/newer-schema", test_newer_schema_refused);
+  ADD ("/store/vault-locked", test_locked_vault);
+  ADD ("/store/async", test_async_and_signal);
+  ADD ("/store/concurrent-readers", test_concurrent_readers);
+#undef ADD
+
+  {
+    int rc = g_test_run ();
+    hb_test_rmdir (tmp);
+    return rc;
+  }
+}
