@@ -13,13 +13,12 @@ typedef struct
   char *hash;
   gint parent;  /* index into the tree, or -1 for a root */
   gboolean deleted;
-  gint slot;    /* which stored body belongs to this revision, or -1 when none is kept */
+  gint64 body;  /* the row of this revision's stored body, or -1 when none is kept */
 } HbRevNode;
 
 typedef struct
 {
   GArray *nodes; /* HbRevNode */
-  gint next_slot;
 } HbRevTree;
 
 HbRevTree *hb_rev_tree_new (void);
@@ -56,12 +55,12 @@ gint hb_rev_tree_merge_path (HbRevTree *tree,
 /* Ancestry of a revision, newest first, for `_revisions`. */
 GPtrArray *hb_rev_tree_path (HbRevTree *tree, gint index);
 
-/* Keep only the newest `limit` revisions of every branch. Slots of bodies that belonged to
- * removed revisions are appended to removed_slots. */
-void hb_rev_tree_stem (HbRevTree *tree, guint limit, GArray *removed_slots);
+/* Keep only the newest `limit` revisions of every branch. The body rows (gint64) of removed
+ * revisions are appended to removed_bodies. */
+void hb_rev_tree_stem (HbRevTree *tree, guint limit, GArray *removed_bodies);
 
 /* Remove a leaf and every ancestor no other leaf shares. */
-void hb_rev_tree_remove_leaf (HbRevTree *tree, gint index, GArray *removed_slots);
+void hb_rev_tree_remove_leaf (HbRevTree *tree, gint index, GArray *removed_bodies);
 
 /* Serialization for sealing. */
 GBytes *hb_rev_tree_serialize (HbRevTree *tree, const char *id);

@@ -2,8 +2,8 @@
 
 #include "hb-revtree-private.h"
 
-#define TREE_VARIANT_TYPE "(suua(usibi))"
-#define TREE_FORMAT 1
+#define TREE_VARIANT_TYPE "(sua(usibx))"
+#define TREE_FORMAT 2
 
 static void
 node_clear (gpointer data)
@@ -199,7 +199,7 @@ hb_rev_tree_path (HbRevTree *tree, gint index)
 }
 
 static void
-remove_marked (HbRevTree *tree, const gboolean *remove, GArray *removed_slots)
+remove_marked (HbRevTree *tree, const gboolean *remove, GArray *removed_bodies)
 {
   guint n = tree->nodes->len;
   g_autofree gint *new_index = g_new (gint, n);
@@ -216,8 +216,8 @@ remove_marked (HbRevTree *tree, const gboolean *remove, GArray *removed_slots)
 
       if (remove[i])
         {
-          if (node->slot >= 0 && removed_slots != NULL)
-            g_array_append_val (removed_slots, node->slot);
+          if (node->body >= 0 && removed_bodies != NULL)
+            g_array_append_val (removed_bodies, node->body);
           continue;
         }
       {
@@ -232,7 +232,7 @@ remove_marked (HbRevTree *tree, const gboolean *remove, GArray *removed_slots)
 }
 
 void
-hb_rev_tree_stem (HbRevTree *tree, guint limit, GArray *removed_slots)
+hb_rev_tree_stem (HbRevTree *tree, guint limit, GArray *removed_bodies)
 {
   guint n = tree->nodes->len;
   g_autofree gboolean *remove = NULL;
@@ -258,11 +258,11 @@ hb_rev_tree_stem (HbRevTree *tree, guint limit, GArray *removed_slots)
   for (guint i = 0; i < n; i++)
     any |= remove[i];
   if (any)
-    remove_marked (tree, remove, removed_slots);
+    remove_marked (tree, remove, removed_bodies);
 }
 
 void
-hb_rev_tree_remove_leaf (HbRevTree *tree, gint index, GArray *removed_slots)
+hb_rev_tree_remove_leaf (HbRevTree *tree, gint index, GArray *removed_bodies)
 {
   guint n = tree->nodes->len;
   g_autofree gboolean *remove = g_new0 (gboolean, n);
@@ -283,7 +283,7 @@ hb_rev_tree_remove_leaf (HbRevTree *tree, gint index, GArray *removed_slots)
         break;
       i = parent;
     }
-  remove_marked (tree, remove, removed_slots);
+  remove_marked (tree, remove, removed_bodies);
 }
 
 GBytes *
@@ -292,15 +292,14 @@ hb_rev_tree_serialize (HbRevTree *tree, const char *id)
   GVariantBuilder nodes;
   g_autoptr (GVariant) v = NULL;
 
-  g_variant_builder_init (&nodes, G_VARIANT_TYPE ("a(usibi)"));
+  g_variant_builder_init (&nodes, G_VARIANT_TYPE ("a(usibx)"));
   for (guint i = 0; i < tree->nodes->len; i++)
     {
       HbRevNode *node = hb_rev_tree_node (tree, i);
-      g_variant_builder_add (&nodes, "(usibi)", node->pos, node->hash, node->parent,
-                             node->deleted, node->slot);
+      g_variant_builder_add (&nodes, "(usibx)", node->pos, node->hash, node->parent,
+                             node->deleted, node->body);
     }
-  v = g_variant_ref_sink (g_variant_new ("(suu@a(usibi))", id, (guint32) TREE_FORMAT,
-                                         (guint32) tree->next_slot,
+  v = g_variant_ref_sink (g_variant_new ("(su@a(usibx))", id, (guint32) TREE_FORMAT,
                                          g_variant_builder_end (&nodes)));
   return g_variant_get_data_as_bytes (v);
 }
@@ -313,7 +312,7 @@ hb_rev_tree_deserialize (const guint8 *data, gsize len, char **out_id)
   g_autoptr (GVariant) nodes = NULL;
   g_autoptr (HbRevTree) tree = NULL;
   const char *id;
-  guint32 format, next_slot;
+  guint32 format;
   GVariantIter iter;
   HbRevNode node;
   const char *hash;
@@ -323,15 +322,14 @@ hb_rev_tree_deserialize (const guint8 *data, gsize len, char **out_id)
   /* Authenticated data, but a bug elsewhere must not turn into a crash here. */
   if (!g_variant_is_normal_form (v))
     return NULL;
-  g_variant_get (v, "(&suu@a(usibi))", &id, &format, &next_slot, &nodes);
+  g_variant_get (v, "(&su@a(usibx))", &id, &format, &nodes);
   if (format != TREE_FORMAT)
     return NULL;
 
   tree = hb_rev_tree_new ();
-  tree->next_slot = (gint) next_slot;
   g_variant_iter_init (&iter, nodes);
-  while (g_variant_iter_next (&iter, "(u&sibi)", &node.pos, &hash, &node.parent, &node.deleted,
-                              &node.slot))
+  while (g_variant_iter_next (&iter, "(u&sibx)", &node.pos, &hash, &node.parent, &node.deleted,
+                              &node.body))
     {
       if (node.parent < -1 || node.parent >= (gint) tree->nodes->len)
         return NULL;

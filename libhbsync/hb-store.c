@@ -1,12 +1,16 @@
 /* HbStore: the CouchDB document model in one SQLite file, every identifying byte sealed.
  *
- * Tables (all keyed by HMAC-SHA256(id-key, _id), never by the id):
- *   docs        doc_key, seq, meta = seal(id + revision tree)
- *   bodies      doc_key, slot, body = seal(canonical JSON body), bound to its revision
+ * Tables (documents are found by HMAC-SHA256(id-key, _id), never by the id):
+ *   docs        seq (rowid), doc_key, meta = seal(id + revision tree), and the blind index:
+ *               type_mac, session_mac, patient_mac = HMAC(index-key, field || value)
+ *   bodies      id (named by the revision tree), doc_key, body = seal(canonical JSON body),
+ *               bound to its document and revision
  *   local_docs  doc_key, body = seal(whole _local document)
- *   blind_index field, mac = HMAC(index-key, field || value), doc_key
  *   hb_meta     schema version, store UUID, counters (no clinical data)
- */
+ *
+ * A document's row is replaced on every change and takes the next sequence as its rowid, so
+ * writes append to the table and to the per-field index segments instead of dirtying random
+ * pages; only the doc_key index is random, as an id index is in any store. */
 
 #include <glib/gstdio.h>
 #include <sqlite3.h>
@@ -136,7 +140,7 @@ conn_open (const char *path, GError **error)
    * needless writes; FULL: an acknowledged write survives power loss, not just a crash. */
   if (!conn_exec (c,
                   "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY;"
-                  "PRAGMA foreign_keys=OFF;",
+                  "PRAGMA cache_size=-16384; PRAGMA mmap_size=268435456;",
                   error))
     {
       conn_free (c);
@@ -366,6 +370,9 @@ typedef struct
   gboolean exists;
   char *id;
   HbRevTree *tree;
+  /* The blind index of the winning revision, as stored in the row. */
+  guint8 macs[G_N_ELEMENTS (index_fields)][INDEX_MAC_LEN];
+  gboolean has_mac[G_N_ELEMENTS (index_fields)];
 } DocState;
 
 static void
@@ -397,7 +404,10 @@ open_meta (HbStore *self, DocState *st, const void *sealed, gsize len, GError **
 static gboolean
 load_doc (HbStore *self, HbConn *c, DocState *st, GError **error)
 {
-  sqlite3_stmt *stmt = conn_stmt (c, "SELECT meta FROM docs WHERE doc_key = ?", error);
+  sqlite3_stmt *stmt = conn_stmt (c,
+                                  "SELECT meta, type_mac, session_mac, patient_mac FROM docs"
+                                  " WHERE doc_key = ?",
+                                  error);
   int rc;
   gboolean ok = TRUE;
 
@@ -406,7 +416,16 @@ load_doc (HbStore *self, HbConn *c, DocState *st, GError **error)
   sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
-    ok = open_meta (self, st, sqlite3_column_blob (stmt, 0), sqlite3_column_bytes (stmt, 0), error);
+    {
+      ok = open_meta (self, st, sqlite3_column_blob (stmt, 0), sqlite3_column_bytes (stmt, 0),
+                      error);
+      for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
+        {
+          st->has_mac[f] = sqlite3_column_bytes (stmt, 1 + f) == INDEX_MAC_LEN;
+          if (st->has_mac[f])
+            memcpy (st->macs[f], sqlite3_column_blob (stmt, 1 + f), INDEX_MAC_LEN);
+        }
+    }
   else if (rc != SQLITE_DONE)
     ok = sql_error (c->db, rc, "Reading a document", error);
   else
@@ -440,17 +459,16 @@ load_body (HbStore *self, HbConn *c, DocState *st, gint index, GError **error)
   JsonObject *body = NULL;
   int rc;
 
-  if (node->slot < 0)
+  if (node->body < 0)
     {
       g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND,
                    "Revision %s has no body (compacted or never received)", rev);
       return NULL;
     }
-  stmt = conn_stmt (c, "SELECT body FROM bodies WHERE doc_key = ? AND slot = ?", error);
+  stmt = conn_stmt (c, "SELECT body FROM bodies WHERE id = ?", error);
   if (stmt == NULL)
     return NULL;
-  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
-  sqlite3_bind_int (stmt, 2, node->slot);
+  sqlite3_bind_int64 (stmt, 1, node->body);
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
     {
@@ -516,7 +534,7 @@ build_doc (DocState *st, gint index, JsonObject *body, HbGetFlags flags)
   json_object_set_string_member (doc, "_rev", rev_string_tmp (st->tree, index));
   json_object_iter_init (&iter, body);
   while (json_object_iter_next (&iter, &name, &member))
-    json_object_set_member (doc, name, json_node_copy (member));
+    json_object_set_member (doc, name, json_node_ref (member));
   if (node->deleted)
     json_object_set_boolean_member (doc, "_deleted", TRUE);
 
@@ -741,39 +759,50 @@ store_body (HbStore *self, HbConn *c, DocState *st, gint index, const GString *c
   g_autoptr (GBytes) sealed = NULL;
   sqlite3_stmt *stmt;
 
-  node->slot = st->tree->next_slot++;
   sealed = seal (self, 'B', &st->dk, rev, canonical->str, canonical->len, error);
   if (sealed == NULL)
     return FALSE;
-  stmt = conn_stmt (c, "INSERT OR REPLACE INTO bodies (doc_key, slot, body) VALUES (?, ?, ?)",
-                    error);
+  /* Bodies are appended to a rowid table and found by the row the tree records, so a write
+   * touches the end of one B-tree instead of a random page of a keyed one. */
+  stmt = conn_stmt (c, "INSERT INTO bodies (doc_key, body) VALUES (?, ?)", error);
   if (stmt == NULL)
     return FALSE;
   sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
-  sqlite3_bind_int (stmt, 2, node->slot);
-  sqlite3_bind_blob (stmt, 3, g_bytes_get_data (sealed, NULL), g_bytes_get_size (sealed),
+  sqlite3_bind_blob (stmt, 2, g_bytes_get_data (sealed, NULL), g_bytes_get_size (sealed),
                      SQLITE_STATIC);
-  return stmt_done (c, stmt, error);
+  if (!stmt_done (c, stmt, error))
+    return FALSE;
+  node->body = sqlite3_last_insert_rowid (c->db);
+  return TRUE;
 }
 
 static gboolean
-delete_bodies (HbConn *c, DocState *st, GArray *slots, GError **error)
+delete_bodies (HbConn *c, GArray *bodies, GError **error)
 {
-  for (guint i = 0; i < slots->len; i++)
+  for (guint i = 0; i < bodies->len; i++)
     {
-      sqlite3_stmt *stmt = conn_stmt (c, "DELETE FROM bodies WHERE doc_key = ? AND slot = ?", error);
+      sqlite3_stmt *stmt = conn_stmt (c, "DELETE FROM bodies WHERE id = ?", error);
       if (stmt == NULL)
         return FALSE;
-      sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
-      sqlite3_bind_int (stmt, 2, g_array_index (slots, gint, i));
+      sqlite3_bind_int64 (stmt, 1, g_array_index (bodies, gint64, i));
       if (!stmt_done (c, stmt, error))
         return FALSE;
     }
   return TRUE;
 }
 
+static void
+bind_mac (sqlite3_stmt *stmt, int col, DocState *st, guint f)
+{
+  if (st->has_mac[f])
+    sqlite3_bind_blob (stmt, col, st->macs[f], INDEX_MAC_LEN, SQLITE_STATIC);
+  else
+    sqlite3_bind_null (stmt, col);
+}
+
+/* Writes the document's row under sequence seq, replacing its previous row. */
 static gboolean
-save_meta (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
+save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
 {
   g_autoptr (GBytes) plain = hb_rev_tree_serialize (st->tree, st->id);
   g_autoptr (GBytes) sealed = NULL;
@@ -785,71 +814,44 @@ save_meta (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
   hb_wipe ((gpointer) data, len);
   if (sealed == NULL)
     return FALSE;
-  stmt = conn_stmt (c, "INSERT OR REPLACE INTO docs (doc_key, seq, meta) VALUES (?, ?, ?)", error);
+  stmt = conn_stmt (c,
+                    "INSERT OR REPLACE INTO docs (seq, doc_key, meta, type_mac, session_mac,"
+                    " patient_mac) VALUES (?, ?, ?, ?, ?, ?)",
+                    error);
   if (stmt == NULL)
     return FALSE;
-  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
-  sqlite3_bind_int64 (stmt, 2, (sqlite3_int64) seq);
+  sqlite3_bind_int64 (stmt, 1, (sqlite3_int64) seq);
+  sqlite3_bind_blob (stmt, 2, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
   sqlite3_bind_blob (stmt, 3, g_bytes_get_data (sealed, NULL), g_bytes_get_size (sealed),
                      SQLITE_STATIC);
+  for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
+    bind_mac (stmt, 4 + f, st, f);
   return stmt_done (c, stmt, error);
 }
 
 static gboolean
-delete_doc_rows (HbConn *c, DocState *st, GError **error)
+delete_doc_row (HbConn *c, DocState *st, GError **error)
 {
-  static const char *const sql[] = {
-    "DELETE FROM docs WHERE doc_key = ?",
-    "DELETE FROM bodies WHERE doc_key = ?",
-    "DELETE FROM blind_index WHERE doc_key = ?",
-  };
-
-  for (guint i = 0; i < G_N_ELEMENTS (sql); i++)
-    {
-      sqlite3_stmt *stmt = conn_stmt (c, sql[i], error);
-      if (stmt == NULL)
-        return FALSE;
-      sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
-      if (!stmt_done (c, stmt, error))
-        return FALSE;
-    }
-  return TRUE;
-}
-
-/* The blind index follows the winning revision. */
-static gboolean
-reindex (HbStore *self, HbConn *c, DocState *st, JsonObject *winner_body, GError **error)
-{
-  sqlite3_stmt *stmt = conn_stmt (c, "DELETE FROM blind_index WHERE doc_key = ?", error);
+  sqlite3_stmt *stmt = conn_stmt (c, "DELETE FROM docs WHERE doc_key = ?", error);
 
   if (stmt == NULL)
     return FALSE;
   sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
-  if (!stmt_done (c, stmt, error))
-    return FALSE;
-  if (winner_body == NULL)
-    return TRUE;
+  return stmt_done (c, stmt, error);
+}
 
+/* The blind index follows the winning revision. */
+static void
+index_winner (HbStore *self, DocState *st, JsonObject *winner_body)
+{
   for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
     {
-      JsonNode *v = json_object_get_member (winner_body, index_fields[f]);
-      guint8 mac[INDEX_MAC_LEN];
+      JsonNode *v = winner_body ? json_object_get_member (winner_body, index_fields[f]) : NULL;
 
-      if (v == NULL || json_node_get_value_type (v) != G_TYPE_STRING)
-        continue;
-      index_mac (self, f, json_node_get_string (v), mac);
-      stmt = conn_stmt (c,
-                        "INSERT OR IGNORE INTO blind_index (field, mac, doc_key) VALUES (?, ?, ?)",
-                        error);
-      if (stmt == NULL)
-        return FALSE;
-      sqlite3_bind_int (stmt, 1, f);
-      sqlite3_bind_blob (stmt, 2, mac, INDEX_MAC_LEN, SQLITE_TRANSIENT);
-      sqlite3_bind_blob (stmt, 3, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
-      if (!stmt_done (c, stmt, error))
-        return FALSE;
+      st->has_mac[f] = v != NULL && json_node_get_value_type (v) == G_TYPE_STRING;
+      if (st->has_mac[f])
+        index_mac (self, f, json_node_get_string (v), st->macs[f]);
     }
-  return TRUE;
 }
 
 static void
@@ -870,18 +872,15 @@ static gboolean
 finish_doc_update (HbStore *self, HbConn *c, DocState *st, const char *old_winner,
                    const char *new_rev, JsonObject *new_body, Batch *batch, GError **error)
 {
-  g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint));
+  g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint64));
   g_autofree char *winner_rev = NULL;
   gint winner;
 
   hb_rev_tree_stem (st->tree, g_atomic_int_get (&self->revs_limit), removed);
-  if (!delete_bodies (c, st, removed, error))
+  if (!delete_bodies (c, removed, error))
     return FALSE;
   if (st->tree->nodes->len == 0)
-    return delete_doc_rows (c, st, error);
-  if (!save_meta (self, c, st, ++batch->seq, error))
-    return FALSE;
-  batch->changed = TRUE;
+    return delete_doc_row (c, st, error);
 
   winner = hb_rev_tree_winner (st->tree);
   winner_rev = hb_rev_tree_rev_string (st->tree, winner);
@@ -896,9 +895,11 @@ finish_doc_update (HbStore *self, HbConn *c, DocState *st, const char *old_winne
           else if ((body = load_body (self, c, st, winner, error)) == NULL)
             return FALSE;
         }
-      if (!reindex (self, c, st, body, error))
-        return FALSE;
+      index_winner (self, st, body);
     }
+  if (!save_row (self, c, st, ++batch->seq, error))
+    return FALSE;
+  batch->changed = TRUE;
   count_winner (st->tree, 1, batch);
   return TRUE;
 }
@@ -1491,7 +1492,8 @@ find_rows (HbStore *self, HbConn *c, sqlite3_stmt *stmt, FindArgs *args,
       if (sqlite3_column_bytes (stmt, 0) != HB_MAC_LEN)
         continue;
       memcpy (st.dk.b, sqlite3_column_blob (stmt, 0), HB_MAC_LEN);
-      if (!load_doc (self, c, &st, &doc_error))
+      if (!open_meta (self, &st, sqlite3_column_blob (stmt, 1), sqlite3_column_bytes (stmt, 1),
+                      &doc_error))
         {
           if (is_fatal (doc_error))
             {
@@ -1529,18 +1531,24 @@ find_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, G
   FindArgs *args = data;
   sqlite3_stmt *stmt;
 
+  static const char *const by_field[] = {
+    "SELECT doc_key, meta FROM docs WHERE type_mac = ?",
+    "SELECT doc_key, meta FROM docs WHERE session_mac = ?",
+    "SELECT doc_key, meta FROM docs WHERE patient_mac = ?",
+  };
+  G_STATIC_ASSERT (G_N_ELEMENTS (by_field) == G_N_ELEMENTS (index_fields));
+
   if (args->value == NULL)
-    stmt = conn_stmt (c, "SELECT doc_key FROM docs", error);
+    stmt = conn_stmt (c, "SELECT doc_key, meta FROM docs", error);
   else
     {
       guint8 mac[INDEX_MAC_LEN];
 
-      stmt = conn_stmt (c, "SELECT doc_key FROM blind_index WHERE field = ? AND mac = ?", error);
+      stmt = conn_stmt (c, by_field[args->field], error);
       if (stmt == NULL)
         return FALSE;
       index_mac (self, args->field, args->value, mac);
-      sqlite3_bind_int (stmt, 1, args->field);
-      sqlite3_bind_blob (stmt, 2, mac, INDEX_MAC_LEN, SQLITE_TRANSIENT);
+      sqlite3_bind_blob (stmt, 1, mac, INDEX_MAC_LEN, SQLITE_TRANSIENT);
     }
   if (stmt == NULL || !find_rows (self, c, stmt, args, cancellable, error))
     return FALSE;
@@ -1715,7 +1723,7 @@ purge_func (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellable 
 {
   PurgeArgs *args = data;
   g_auto (DocState) st = { 0 };
-  g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint));
+  g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint64));
   g_autofree char *old_winner = NULL;
 
   doc_key_for (self, args->id, &st.dk);
@@ -1743,13 +1751,13 @@ purge_func (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellable 
       count_winner (st.tree, 1, batch);
       return TRUE;
     }
-  if (!delete_bodies (c, &st, removed, error))
+  if (!delete_bodies (c, removed, error))
     return FALSE;
   if (st.tree->nodes->len == 0)
     {
       batch->changed = TRUE;
       batch->seq++;
-      return delete_doc_rows (c, &st, error);
+      return delete_doc_row (c, &st, error);
     }
   return finish_doc_update (self, c, &st, old_winner, NULL, NULL, batch, error);
 }
@@ -1781,7 +1789,7 @@ compact_func (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellabl
   for (guint i = 0; i < keys->len; i++)
     {
       g_auto (DocState) st = { 0 };
-      g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint));
+      g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint64));
       g_autoptr (GError) doc_error = NULL;
       const guint8 *row = g_ptr_array_index (keys, i);
       gint64 seq;
@@ -1802,16 +1810,16 @@ compact_func (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellabl
       for (guint n = 0; n < st.tree->nodes->len; n++)
         {
           HbRevNode *node = hb_rev_tree_node (st.tree, n);
-          if (node->slot >= 0 && !hb_rev_tree_is_leaf (st.tree, n))
+          if (node->body >= 0 && !hb_rev_tree_is_leaf (st.tree, n))
             {
-              g_array_append_val (removed, node->slot);
-              node->slot = -1;
+              g_array_append_val (removed, node->body);
+              node->body = -1;
             }
         }
       if (removed->len == 0)
         continue;
       /* Compaction changes no revision, so the document keeps its sequence. */
-      if (!delete_bodies (c, &st, removed, error) || !save_meta (self, c, &st, seq, error))
+      if (!delete_bodies (c, removed, error) || !save_row (self, c, &st, seq, error))
         return FALSE;
       *removed_total += removed->len;
     }
@@ -1821,14 +1829,13 @@ compact_func (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellabl
 /* ---- schema ---------------------------------------------------------------------------- */
 
 static const char schema_v1[] =
-  "CREATE TABLE docs (doc_key BLOB PRIMARY KEY, seq INTEGER NOT NULL UNIQUE,"
-  "  meta BLOB NOT NULL) WITHOUT ROWID;"
-  "CREATE TABLE bodies (doc_key BLOB NOT NULL, slot INTEGER NOT NULL, body BLOB NOT NULL,"
-  "  PRIMARY KEY (doc_key, slot)) WITHOUT ROWID;"
+  "CREATE TABLE docs (seq INTEGER PRIMARY KEY, doc_key BLOB NOT NULL UNIQUE, meta BLOB NOT NULL,"
+  "  type_mac BLOB, session_mac BLOB, patient_mac BLOB);"
+  "CREATE INDEX docs_type ON docs (type_mac) WHERE type_mac IS NOT NULL;"
+  "CREATE INDEX docs_session ON docs (session_mac) WHERE session_mac IS NOT NULL;"
+  "CREATE INDEX docs_patient ON docs (patient_mac) WHERE patient_mac IS NOT NULL;"
+  "CREATE TABLE bodies (id INTEGER PRIMARY KEY, doc_key BLOB NOT NULL, body BLOB NOT NULL);"
   "CREATE TABLE local_docs (doc_key BLOB PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;"
-  "CREATE TABLE blind_index (field INTEGER NOT NULL, mac BLOB NOT NULL, doc_key BLOB NOT NULL,"
-  "  PRIMARY KEY (field, mac, doc_key)) WITHOUT ROWID;"
-  "CREATE INDEX blind_index_doc ON blind_index (doc_key);"
   "INSERT INTO hb_meta (key, value) VALUES ('update_seq', 0), ('doc_count', 0),"
   "  ('deleted_doc_count', 0), ('revs_limit', 1000);";
 

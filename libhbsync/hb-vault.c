@@ -63,9 +63,9 @@
 #define SUBKEY_INFO_PREFIX "hbsync-1 "
 
 #define NO_SECRET_SERVICE_HINT                                                                     \
-  "Start a Secret Service (such as gnome-keyring) in this session, or opt out by creating the "    \
-  "vault with HB_VAULT_FLAGS_NO_DEVICE_SECRET, which lets the store file alone be attacked "       \
-  "offline"
+  "Make sure a Secret Service (such as gnome-keyring) runs in this session with its default "      \
+  "keyring unlocked, or opt out by creating the vault with HB_VAULT_FLAGS_NO_DEVICE_SECRET, "      \
+  "which lets the store file alone be attacked offline"
 
 struct _HbVault
 {
@@ -444,7 +444,7 @@ device_secret_store (const char *uuid,
     g_propagate_error (error, g_steal_pointer (&local_error));
   else
     g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_NO_SECRET_SERVICE,
-                 "No Secret Service could keep the vault's device secret (%s). "
+                 "The Secret Service could not keep the vault's device secret (%s). "
                  NO_SECRET_SERVICE_HINT,
                  local_error->message);
   return FALSE;
@@ -471,8 +471,8 @@ device_secret_lookup (const char *uuid,
         g_propagate_error (error, g_steal_pointer (&local_error));
       else
         g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_NO_SECRET_SERVICE,
-                     "The Secret Service holding the vault's device secret does not answer (%s); "
-                     "the recovery key still unlocks the vault",
+                     "The Secret Service holding the vault's device secret does not answer (%s), "
+                     "and the PIN cannot be checked without it",
                      local_error->message);
       return FALSE;
     }
@@ -1193,17 +1193,22 @@ verify_pin (VaultOp *op,
   if (!db_exec (db, op->path, "BEGIN IMMEDIATE", error))
     return NULL;
   /* Read again under the write lock: another process may have counted an attempt meanwhile. */
-  if (!vault_read_row (db, op->path, row, error) || !check_attempt_allowed (row, now, error)
-      || !db_set_counter (db, op->path, row->failed_attempts + 1, now, error)
-      || !db_exec (db, op->path, "COMMIT", error))
+  if (!vault_read_row (db, op->path, row, error) || !check_attempt_allowed (row, now, error))
     {
       db_rollback (db);
       return NULL;
     }
   if (strcmp (uuid, row->uuid) != 0)
     {
+      db_rollback (db);
       g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_FAILED,
                    "The vault in %s was replaced during the attempt", op->path);
+      return NULL;
+    }
+  if (!db_set_counter (db, op->path, row->failed_attempts + 1, now, error)
+      || !db_exec (db, op->path, "COMMIT", error))
+    {
+      db_rollback (db);
       return NULL;
     }
   op->failed_attempts = row->failed_attempts + 1;
@@ -1248,8 +1253,10 @@ op_unlock (VaultOp *op, GCancellable *cancellable, GError **error)
   if (db == NULL)
     return FALSE;
   op->dek = verify_pin (op, db, op->secret, &row, s, cancellable, error);
+  if (op->dek == NULL)
+    return FALSE;
   op->key_id = row.key_id;
-  return op->dek != NULL;
+  return TRUE;
 }
 
 /* Wraps dek under new_pin with a fresh salt and the configured parameters, writing only the PIN
@@ -1414,7 +1421,7 @@ op_run (VaultOp *op, GCancellable *cancellable, GError **error)
 static void
 vault_apply (HbVault *self, VaultOp *op)
 {
-  gboolean was_locked, counter_changed = FALSE;
+  gboolean was_locked, now_locked, counter_changed = FALSE;
 
   g_mutex_lock (&self->mutex);
   was_locked = self->dek == NULL;
@@ -1424,6 +1431,7 @@ vault_apply (HbVault *self, VaultOp *op)
       self->dek = g_steal_pointer (&op->dek);
       self->key_id = op->key_id;
     }
+  now_locked = self->dek == NULL;
   g_mutex_unlock (&self->mutex);
 
   if (op->counter_known && op->failed_attempts != self->failed_attempts)
@@ -1434,7 +1442,7 @@ vault_apply (HbVault *self, VaultOp *op)
   if (op->derived)
     self->last_unlock_seconds = op->derive_seconds;
 
-  if (was_locked && self->dek != NULL)
+  if (was_locked != now_locked)
     g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_LOCKED]);
   if (counter_changed)
     g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_FAILED_ATTEMPTS]);
@@ -1508,7 +1516,12 @@ vault_run_async (HbVault *self,
 static void
 hb_vault_dispose (GObject *object)
 {
-  hb_vault_lock (HB_VAULT (object));
+  HbVault *self = HB_VAULT (object);
+
+  /* Wiped as early as possible, without a notification nobody should still be listening to. */
+  g_mutex_lock (&self->mutex);
+  g_clear_pointer (&self->dek, dek_free);
+  g_mutex_unlock (&self->mutex);
 
   G_OBJECT_CLASS (hb_vault_parent_class)->dispose (object);
 }

@@ -842,10 +842,11 @@ static GPtrArray *
 sealed_rows (const char *path)
 {
   static const char *const queries[] = {
-    "SELECT doc_key, meta FROM docs ORDER BY doc_key",
-    "SELECT doc_key || slot, body FROM bodies ORDER BY doc_key, slot",
+    "SELECT doc_key, meta FROM docs ORDER BY seq",
+    "SELECT doc_key || id, body FROM bodies ORDER BY id",
     "SELECT doc_key, body FROM local_docs ORDER BY doc_key",
-    "SELECT doc_key || field, mac FROM blind_index ORDER BY doc_key, field",
+    "SELECT seq, coalesce (type_mac, x'') || coalesce (session_mac, x'')"
+    " || coalesce (patient_mac, x'') FROM docs ORDER BY seq",
   };
   GPtrArray *rows = g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref);
   sqlite3 *db;

@@ -37,9 +37,14 @@ typedef enum
 #define HB_CLI_ERROR (hb_cli_error_quark ())
 
 #define SECRET_MAX_LEN 1024
+/* Argon2id bounds and defaults as hb_vault_set_kdf_params() documents them; the minimum memory
+ * is the lowest worth allowing at all, meant for tests. */
 #define MIN_KDF_MEMORY_KIB 8192
 #define MAX_KDF_MEMORY_KIB (4u * 1024 * 1024)
-#define MAX_KDF_ITERATIONS 100
+#define DEFAULT_KDF_MEMORY_KIB 65536
+#define MAX_KDF_ITERATIONS 64
+#define DEFAULT_KDF_ITERATIONS 3
+#define KDF_PARALLELISM 1
 #define IMPORT_BATCH 256
 #define EXPORT_BATCH 256
 
@@ -63,8 +68,6 @@ struct _HbCli
   gboolean show_version;
   char **rest; /* the command name, then its arguments */
   const HbCliCommand *command;
-  GOptionContext *global_context;
-  GOptionContext *command_context;
   HbVault *vault;
   HbStore *store;
 };
@@ -98,8 +101,6 @@ hb_cli_free (HbCli *cli)
   if (cli->vault != NULL)
     hb_vault_lock (cli->vault);
   g_clear_object (&cli->vault);
-  g_clear_pointer (&cli->global_context, g_option_context_free);
-  g_clear_pointer (&cli->command_context, g_option_context_free);
   g_clear_pointer (&cli->rest, g_strfreev);
   g_clear_pointer (&cli->store_path, g_free);
   g_clear_pointer (&cli->pin_fd_arg, g_free);
@@ -181,11 +182,17 @@ store_error_for_result (const char *name)
 }
 
 static void
-print_usage (GOptionContext *context)
+print_usage (const HbCliCommand *command)
 {
-  g_autofree char *help = g_option_context_get_help (context, TRUE, NULL);
-
-  fputs (help, stderr);
+  if (command == NULL)
+    fputs ("Usage: hbsync --store FILE [--pin-fd N] COMMAND [ARGS…]\n"
+           "Run 'hbsync --help' for the commands, their arguments and the exit codes.\n",
+           stderr);
+  else
+    fprintf (stderr,
+             "Usage: hbsync --store FILE [--pin-fd N] %s [OPTION…]%s%s\n"
+             "Run 'hbsync %s --help' for its options.\n",
+             command->name, command->params[0] != '\0' ? " " : "", command->params, command->name);
 }
 
 static int
@@ -198,10 +205,7 @@ report_error (HbCli *cli, const GError *error)
   fprintf (stderr, "hbsync: %s\n", line);
 
   if (code == HB_CLI_EXIT_USAGE)
-    {
-      fputc ('\n', stderr);
-      print_usage (cli->command_context != NULL ? cli->command_context : cli->global_context);
-    }
+    print_usage (cli->command);
 
   return code;
 }
@@ -225,6 +229,9 @@ parse_json (const char *data, gssize len, GError **error)
   g_autoptr (JsonParser) parser = json_parser_new ();
   JsonNode *root;
 
+  /* An empty GBytes has no data pointer at all. */
+  if (data == NULL)
+    data = "";
   if (!json_parser_load_from_data (parser, data, len, error))
     return NULL;
   root = json_parser_steal_root (parser);
@@ -496,9 +503,6 @@ ask_on_tty (HbCli *cli, const char *prompt, const char *what, GError **error)
                    g_strerror (saved_errno));
       return NULL;
     }
-  if (!write_all (cli->tty_fd, prompt, error))
-    return NULL;
-
   quiet = saved;
   quiet.c_lflag &= ~ECHO;
   quiet.c_lflag |= ECHONL;
@@ -510,8 +514,12 @@ ask_on_tty (HbCli *cli, const char *prompt, const char *what, GError **error)
   for (guint i = 0; i < G_N_ELEMENTS (tty_signals); i++)
     sigaction (tty_signals[i], &action, &previous[i]);
 
+  /* Echo goes off before the prompt shows, so nothing typed after it can be echoed. */
   tcsetattr (cli->tty_fd, TCSAFLUSH, &quiet);
-  secret = read_secret_line (cli->tty_fd, what, error);
+  if (write_all (cli->tty_fd, prompt, error))
+    secret = read_secret_line (cli->tty_fd, what, error);
+  else
+    secret = NULL;
   tcsetattr (cli->tty_fd, TCSAFLUSH, &saved);
 
   for (guint i = 0; i < G_N_ELEMENTS (tty_signals); i++)
@@ -594,9 +602,9 @@ propagate_unlock_error (HbCli *cli, GError **error, GError *local_error)
     g_set_error (error, local_error->domain, local_error->code, "%s (%u attempts left)",
                  local_error->message, hb_vault_get_attempts_left (cli->vault));
   else if (g_error_matches (local_error, HB_VAULT_ERROR, HB_VAULT_ERROR_LOCKED_OUT)
-           && strstr (local_error->message, "recover") == NULL)
-    g_set_error (error, local_error->domain, local_error->code,
-                 "%s; unlock with the recovery key: 'hbsync recover'", local_error->message);
+           && strstr (local_error->message, "hbsync recover") == NULL)
+    g_set_error (error, local_error->domain, local_error->code, "%s ('hbsync recover')",
+                 local_error->message);
   else
     {
       g_propagate_error (error, local_error);
@@ -605,24 +613,38 @@ propagate_unlock_error (HbCli *cli, GError **error, GError *local_error)
   g_error_free (local_error);
 }
 
+/* Asking for a PIN that the vault would refuse to try only misleads. */
+static gboolean
+check_attempt_allowed (HbCli *cli, GError **error)
+{
+  gint64 retry_after = hb_vault_get_retry_after (cli->vault);
+  gint64 seconds;
+
+  if (retry_after == 0)
+    return TRUE;
+  if (retry_after == G_MAXINT64)
+    {
+      g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_LOCKED_OUT,
+                   "The PIN is blocked after %d wrong attempts; unlock with the recovery key: "
+                   "'hbsync recover'",
+                   HB_VAULT_MAX_FAILED_ATTEMPTS);
+      return FALSE;
+    }
+  seconds = MAX (1, (retry_after - g_get_real_time () + G_USEC_PER_SEC - 1) / G_USEC_PER_SEC);
+  g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_TOO_SOON,
+               "Too many wrong PINs; try again in %" G_GINT64_FORMAT " second%s", seconds,
+               seconds == 1 ? "" : "s");
+  return FALSE;
+}
+
 static gboolean
 unlock_vault (HbCli *cli, GError **error)
 {
   g_autoptr (HbCliSecret) pin = NULL;
   g_autoptr (GError) local_error = NULL;
 
-  if (!open_vault (cli, error))
+  if (!open_vault (cli, error) || !check_attempt_allowed (cli, error))
     return FALSE;
-
-  /* Asking for a PIN that cannot work would only mislead. */
-  if (hb_vault_get_attempts_left (cli->vault) == 0)
-    {
-      g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_LOCKED_OUT,
-                   "locked out after %d failed PIN attempts; only the recovery key unlocks: "
-                   "'hbsync recover'",
-                   HB_VAULT_MAX_FAILED_ATTEMPTS);
-      return FALSE;
-    }
 
   pin = read_secret (cli, "PIN: ", "PIN", error);
   if (pin == NULL)
@@ -680,6 +702,22 @@ setup_pin_fd (HbCli *cli, GError **error)
   return TRUE;
 }
 
+/* Argon2id parameters for a PIN slot about to be written (init, change-pin, recover). */
+typedef struct
+{
+  char *memory;
+  char *iterations;
+} KdfOptions;
+
+static void
+kdf_options_clear (KdfOptions *kdf)
+{
+  g_clear_pointer (&kdf->memory, g_free);
+  g_clear_pointer (&kdf->iterations, g_free);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (KdfOptions, kdf_options_clear)
+
 static void
 take_override (char **field, char *value)
 {
@@ -692,8 +730,12 @@ take_override (char **field, char *value)
 /* Parses the command's options (the global ones are accepted after the command too) and
  * returns its positional arguments, between min_args and max_args of them. */
 static GStrv
-parse_command_line (
-    HbCli *cli, const GOptionEntry *entries, guint min_args, guint max_args, GError **error)
+parse_command_line (HbCli *cli,
+                    const GOptionEntry *entries,
+                    KdfOptions *kdf,
+                    guint min_args,
+                    guint max_args,
+                    GError **error)
 {
   g_autofree char *parameter = NULL;
   g_autofree char *store_path = NULL;
@@ -706,17 +748,27 @@ parse_command_line (
             "N" },
           { G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_STRING_ARRAY, &args, NULL, NULL },
           G_OPTION_ENTRY_NULL };
+  const GOptionEntry kdf_entries[] = {
+    { "kdf-memory", 0, 0, G_OPTION_ARG_STRING, kdf != NULL ? &kdf->memory : NULL,
+      "Argon2id memory for the new PIN, in KiB (at least 8192; default 65536)", "KIB" },
+    { "kdf-iterations", 0, 0, G_OPTION_ARG_STRING, kdf != NULL ? &kdf->iterations : NULL,
+      "Argon2id iterations for the new PIN (at least 1; default 3)", "N" },
+    G_OPTION_ENTRY_NULL,
+  };
+  g_autoptr (GOptionContext) context = NULL;
   guint n_args;
 
-  parameter = g_strdup_printf ("%s %s", cli->command->name, cli->command->params);
-  g_clear_pointer (&cli->command_context, g_option_context_free);
-  cli->command_context = g_option_context_new (parameter);
-  g_option_context_set_summary (cli->command_context, cli->command->summary);
-  g_option_context_add_main_entries (cli->command_context, global_entries, NULL);
+  parameter = g_strstrip (g_strdup_printf ("%s %s", cli->command->name, cli->command->params));
+  context = g_option_context_new (parameter);
+  g_option_context_set_summary (context, cli->command->summary);
+  g_option_context_add_main_entries (context, global_entries, NULL);
   if (entries != NULL)
-    g_option_context_add_main_entries (cli->command_context, entries, NULL);
+    g_option_context_add_main_entries (context, entries, NULL);
+  /* Every command that writes a PIN slot takes the key derivation parameters. */
+  if (kdf != NULL)
+    g_option_context_add_main_entries (context, kdf_entries, NULL);
 
-  if (!g_option_context_parse_strv (cli->command_context, &argv, error))
+  if (!g_option_context_parse_strv (context, &argv, error))
     return NULL;
 
   take_override (&cli->store_path, g_steal_pointer (&store_path));
@@ -749,54 +801,61 @@ parse_command_line (
   return g_steal_pointer (&args);
 }
 
+static gboolean
+apply_kdf_options (HbCli *cli, const KdfOptions *kdf, GError **error)
+{
+  guint64 memory = DEFAULT_KDF_MEMORY_KIB, iterations = DEFAULT_KDF_ITERATIONS;
+
+  if (kdf->memory == NULL && kdf->iterations == NULL)
+    return TRUE;
+  if (kdf->memory != NULL
+      && !parse_uint ("--kdf-memory", kdf->memory, MIN_KDF_MEMORY_KIB, MAX_KDF_MEMORY_KIB, &memory,
+                      error))
+    return FALSE;
+  if (kdf->iterations != NULL
+      && !parse_uint ("--kdf-iterations", kdf->iterations, 1, MAX_KDF_ITERATIONS, &iterations,
+                      error))
+    return FALSE;
+
+  hb_vault_set_kdf_params (cli->vault, (guint)memory, (guint)iterations, KDF_PARALLELISM);
+  return TRUE;
+}
+
 /* ---- commands ------------------------------------------------------------------------- */
 
 static gboolean
 cmd_init (HbCli *cli, GError **error)
 {
   gboolean no_device_secret = FALSE;
-  g_autofree char *kdf_memory = NULL;
-  g_autofree char *kdf_iterations = NULL;
-  const GOptionEntry entries[]
-      = { { "no-device-secret", 0, 0, G_OPTION_ARG_NONE, &no_device_secret,
-            "Do not keep a device secret in the Secret Service (the store file alone can then be "
-            "attacked offline)",
-            NULL },
-          { "kdf-memory", 0, 0, G_OPTION_ARG_STRING, &kdf_memory,
-            "Argon2id memory in KiB (at least 8192; default: the library's)", "KIB" },
-          { "kdf-iterations", 0, 0, G_OPTION_ARG_STRING, &kdf_iterations,
-            "Argon2id iterations (at least 1; default: the library's)", "N" },
-          G_OPTION_ENTRY_NULL };
-  g_auto (GStrv) args = parse_command_line (cli, entries, 0, 0, error);
+  g_auto (KdfOptions) kdf = { 0 };
+  const GOptionEntry entries[] = {
+    { "no-device-secret", 0, 0, G_OPTION_ARG_NONE, &no_device_secret,
+      "Keep no device secret in the Secret Service (the store file alone can then be attacked "
+      "offline)",
+      NULL },
+    G_OPTION_ENTRY_NULL,
+  };
+  g_auto (GStrv) args = parse_command_line (cli, entries, &kdf, 0, 0, error);
   g_autoptr (HbCliSecret) pin = NULL;
   g_autoptr (HbCliSecret) recovery_key = NULL;
   g_autoptr (GError) local_error = NULL;
   g_autoptr (GError) store_error = NULL;
   g_autofree char *output = NULL;
-  guint64 memory = 0, iterations = 0;
   JsonObject *object;
   g_autoptr (JsonNode) node = NULL;
 
   if (args == NULL)
     return FALSE;
-  if (kdf_memory != NULL
-      && !parse_uint ("--kdf-memory", kdf_memory, MIN_KDF_MEMORY_KIB, MAX_KDF_MEMORY_KIB, &memory,
-                      error))
-    return FALSE;
-  if (kdf_iterations != NULL
-      && !parse_uint ("--kdf-iterations", kdf_iterations, 1, MAX_KDF_ITERATIONS, &iterations,
-                      error))
-    return FALSE;
 
   cli->vault = hb_vault_new (cli->store_path);
+  if (!apply_kdf_options (cli, &kdf, error))
+    return FALSE;
   if (g_file_test (cli->store_path, G_FILE_TEST_EXISTS) && hb_vault_exists (cli->vault))
     {
       g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_EXISTS, "%s already holds a store",
                    cli->store_path);
       return FALSE;
     }
-  if (memory != 0 || iterations != 0)
-    hb_vault_set_kdf_params (cli->vault, (guint)memory, (guint)iterations, 0);
 
   pin = read_new_pin (cli, error);
   if (pin == NULL)
@@ -892,7 +951,7 @@ load_document (const char *path, GError **error)
 static gboolean
 cmd_put (HbCli *cli, GError **error)
 {
-  g_auto (GStrv) args = parse_command_line (cli, NULL, 0, 1, error);
+  g_auto (GStrv) args = parse_command_line (cli, NULL, NULL, 0, 1, error);
   g_autoptr (JsonNode) doc = NULL;
   g_autofree char *id = NULL;
   g_autofree char *rev = NULL;
@@ -932,7 +991,7 @@ cmd_get (HbCli *cli, GError **error)
             "Add _conflicts and _deleted_conflicts", NULL },
           { "revs", 0, 0, G_OPTION_ARG_NONE, &revs, "Add _revisions", NULL },
           G_OPTION_ENTRY_NULL };
-  g_auto (GStrv) args = parse_command_line (cli, entries, 1, 1, error);
+  g_auto (GStrv) args = parse_command_line (cli, entries, NULL, 1, 1, error);
   g_autoptr (JsonNode) doc = NULL;
   HbGetFlags flags = HB_GET_FLAGS_NONE;
 
@@ -960,7 +1019,7 @@ cmd_delete (HbCli *cli, GError **error)
   const GOptionEntry entries[] = { { "rev", 0, 0, G_OPTION_ARG_STRING, &rev,
                                      "The revision being deleted (required)", "REV" },
                                    G_OPTION_ENTRY_NULL };
-  g_auto (GStrv) args = parse_command_line (cli, entries, 1, 1, error);
+  g_auto (GStrv) args = parse_command_line (cli, entries, NULL, 1, 1, error);
   g_autofree char *new_rev = NULL;
 
   if (args == NULL)
@@ -995,7 +1054,7 @@ cmd_list (HbCli *cli, GError **error)
           { "patient-id", 0, 0, G_OPTION_ARG_STRING, &patient_id,
             "Only documents whose patient_id is this", "ID" },
           G_OPTION_ENTRY_NULL };
-  g_auto (GStrv) args = parse_command_line (cli, entries, 0, 0, error);
+  g_auto (GStrv) args = parse_command_line (cli, entries, NULL, 0, 0, error);
   g_autoptr (GPtrArray) docs = NULL;
   g_autoptr (GError) first_error = NULL;
   guint n_failed = 0;
@@ -1038,7 +1097,7 @@ cmd_changes (HbCli *cli, GError **error)
                                    { "limit", 0, 0, G_OPTION_ARG_STRING, &limit_arg,
                                      "At most N changes (default: all)", "N" },
                                    G_OPTION_ENTRY_NULL };
-  g_auto (GStrv) args = parse_command_line (cli, entries, 0, 0, error);
+  g_auto (GStrv) args = parse_command_line (cli, entries, NULL, 0, 0, error);
   g_autoptr (JsonNode) changes = NULL;
   guint64 since = 0, limit = 0;
 
@@ -1275,28 +1334,36 @@ import_value (HbCli *cli, Import *import, JsonNode *root, GError **error)
   return TRUE;
 }
 
-/* NDJSON when the first line is a JSON value by itself and more lines follow; otherwise one
- * value (CouchDB writes one row per line inside its dumps, so their first line alone does not
- * parse). */
+static gboolean
+parses_alone (const char *line)
+{
+  g_autoptr (JsonNode) node = parse_json (line, -1, NULL);
+
+  return node != NULL;
+}
+
+/* NDJSON has several lines, each a JSON value by itself. A CouchDB dump is one value written one
+ * row per line, so its first line alone does not parse; a bad first line in NDJSON does not
+ * either, but then the whole does not parse as one value while other lines do. */
 static gboolean
 looks_like_ndjson (const char *text)
 {
-  g_autofree char *first = NULL;
-  g_autoptr (JsonNode) node = NULL;
-  const char *end;
+  g_auto (GStrv) lines = g_strsplit (text, "\n", -1);
+  g_autoptr (GPtrArray) content = g_ptr_array_new ();
 
-  while (g_ascii_isspace (*text))
-    text++;
-  end = strchr (text, '\n');
-  if (end == NULL)
+  for (guint i = 0; lines[i] != NULL; i++)
+    if (g_strstrip (lines[i])[0] != '\0')
+      g_ptr_array_add (content, lines[i]);
+
+  if (content->len < 2)
     return FALSE;
-  for (const char *p = end; *p != '\0'; p++)
-    if (!g_ascii_isspace (*p))
-      {
-        first = g_strndup (text, end - text);
-        node = parse_json (first, -1, NULL);
-        return node != NULL;
-      }
+  if (parses_alone (g_ptr_array_index (content, 0)))
+    return TRUE;
+  if (parses_alone (text))
+    return FALSE;
+  for (guint i = 1; i < content->len; i++)
+    if (parses_alone (g_ptr_array_index (content, i)))
+      return TRUE;
   return FALSE;
 }
 
@@ -1314,7 +1381,7 @@ print_import_summary (Import *import)
 static gboolean
 cmd_import (HbCli *cli, GError **error)
 {
-  g_auto (GStrv) args = parse_command_line (cli, NULL, 1, 1, error);
+  g_auto (GStrv) args = parse_command_line (cli, NULL, NULL, 1, 1, error);
   g_auto (Import) import = { 0 };
   g_autoptr (GBytes) input = NULL;
   g_autoptr (JsonNode) root = NULL;
@@ -1399,7 +1466,7 @@ export_page (HbCli *cli, JsonArray *changes, guint *n_failed, GError **first_err
 static gboolean
 cmd_export (HbCli *cli, GError **error)
 {
-  g_auto (GStrv) args = parse_command_line (cli, NULL, 0, 0, error);
+  g_auto (GStrv) args = parse_command_line (cli, NULL, NULL, 0, 0, error);
   g_autoptr (GError) first_error = NULL;
   guint64 since = 0;
   guint n_failed = 0;
@@ -1438,7 +1505,7 @@ cmd_export (HbCli *cli, GError **error)
 static gboolean
 cmd_stats (HbCli *cli, GError **error)
 {
-  g_auto (GStrv) args = parse_command_line (cli, NULL, 0, 0, error);
+  g_auto (GStrv) args = parse_command_line (cli, NULL, NULL, 0, 0, error);
   g_autoptr (JsonNode) stats = NULL;
 
   if (args == NULL)
@@ -1456,14 +1523,16 @@ cmd_stats (HbCli *cli, GError **error)
 static gboolean
 cmd_change_pin (HbCli *cli, GError **error)
 {
-  g_auto (GStrv) args = parse_command_line (cli, NULL, 0, 0, error);
+  g_auto (KdfOptions) kdf = { 0 };
+  g_auto (GStrv) args = parse_command_line (cli, NULL, &kdf, 0, 0, error);
   g_autoptr (HbCliSecret) old_pin = NULL;
   g_autoptr (HbCliSecret) new_pin = NULL;
   g_autoptr (GError) local_error = NULL;
 
   if (args == NULL)
     return FALSE;
-  if (!open_vault (cli, error))
+  if (!open_vault (cli, error) || !apply_kdf_options (cli, &kdf, error)
+      || !check_attempt_allowed (cli, error))
     return FALSE;
 
   old_pin = read_secret (cli, "Current PIN: ", "current PIN", error);
@@ -1486,13 +1555,14 @@ cmd_change_pin (HbCli *cli, GError **error)
 static gboolean
 cmd_recover (HbCli *cli, GError **error)
 {
-  g_auto (GStrv) args = parse_command_line (cli, NULL, 0, 0, error);
+  g_auto (KdfOptions) kdf = { 0 };
+  g_auto (GStrv) args = parse_command_line (cli, NULL, &kdf, 0, 0, error);
   g_autoptr (HbCliSecret) recovery_key = NULL;
   g_autoptr (HbCliSecret) new_pin = NULL;
 
   if (args == NULL)
     return FALSE;
-  if (!open_vault (cli, error))
+  if (!open_vault (cli, error) || !apply_kdf_options (cli, &kdf, error))
     return FALSE;
 
   recovery_key = read_secret (cli, "Recovery key: ", "recovery key", error);
@@ -1510,19 +1580,17 @@ cmd_recover (HbCli *cli, GError **error)
 }
 
 static const HbCliCommand commands[] = {
-  { "init", "", "Create the vault and the store; print the store UUID and, once, the recovery key",
-    cmd_init },
-  { "put", "[FILE|-]", "Write one JSON document as a new edit (an _id is made if missing)",
-    cmd_put },
+  { "init", "", "Create the vault and the store; print the recovery key, once", cmd_init },
+  { "put", "[FILE|-]", "Write one JSON document as a new edit (an _id is made if none)", cmd_put },
   { "get", "ID", "Print a document: the winning revision, or --rev", cmd_get },
   { "delete", "ID", "Delete a document (--rev REV required)", cmd_delete },
   { "list", "", "Print every document, or those of one --type, as an array", cmd_list },
   { "changes", "", "Print the changes feed (--since N, --limit N)", cmd_changes },
   { "import", "FILE|-", "Import NDJSON or a CouchDB _all_docs?include_docs=true dump", cmd_import },
-  { "export", "", "Print each document's winning revision with _revisions, as NDJSON", cmd_export },
+  { "export", "", "Print every document's winning revision with _revisions (NDJSON)", cmd_export },
   { "stats", "", "Print the store's statistics", cmd_stats },
   { "change-pin", "", "Change the PIN (reads the current PIN, then the new one)", cmd_change_pin },
-  { "recover", "", "Set a new PIN with the recovery key (reads the key, then the new PIN)",
+  { "recover", "", "Set a new PIN with the recovery key (reads it, then the new PIN)",
     cmd_recover },
 };
 
@@ -1535,7 +1603,7 @@ describe_commands (void)
     {
       g_autofree char *usage = g_strdup_printf ("%s %s", commands[i].name, commands[i].params);
 
-      g_string_append_printf (text, "  %-20s %s\n", usage, commands[i].summary);
+      g_string_append_printf (text, "  %-16s %s\n", usage, commands[i].summary);
     }
 
   g_string_append (
@@ -1572,6 +1640,7 @@ parse_global_options (HbCli *cli, int argc, char **argv, GError **error)
 {
   g_autofree char *description = describe_commands ();
   g_auto (GStrv) args = g_new0 (char *, argc + 1);
+  g_autoptr (GOptionContext) context = NULL;
   const GOptionEntry entries[]
       = { { "store", 's', 0, G_OPTION_ARG_FILENAME, &cli->store_path, "The store file", "FILE" },
           { "pin-fd", 0, 0, G_OPTION_ARG_STRING, &cli->pin_fd_arg,
@@ -1584,16 +1653,16 @@ parse_global_options (HbCli *cli, int argc, char **argv, GError **error)
   for (int i = 0; i < argc; i++)
     args[i] = g_strdup (argv[i]);
 
-  cli->global_context = g_option_context_new ("COMMAND [ARGS…]");
-  g_option_context_set_summary (cli->global_context,
+  context = g_option_context_new ("COMMAND [ARGS…]");
+  g_option_context_set_summary (context,
                                 "Drive an encrypted HealthBridge Sync store: JSON on standard "
                                 "output, errors on standard error.");
-  g_option_context_set_description (cli->global_context, description);
-  g_option_context_add_main_entries (cli->global_context, entries, NULL);
+  g_option_context_set_description (context, description);
+  g_option_context_add_main_entries (context, entries, NULL);
   /* Options after the command belong to the command. */
-  g_option_context_set_strict_posix (cli->global_context, TRUE);
+  g_option_context_set_strict_posix (context, TRUE);
 
-  return g_option_context_parse_strv (cli->global_context, &args, error);
+  return g_option_context_parse_strv (context, &args, error);
 }
 
 static int
