@@ -2,7 +2,6 @@
 
 #include "hb-revtree-private.h"
 
-#define TREE_VARIANT_TYPE "(sua(usibx))"
 #define TREE_FORMAT 2
 
 static void
@@ -286,57 +285,110 @@ hb_rev_tree_remove_leaf (HbRevTree *tree, gint index, GArray *removed_bodies)
   remove_marked (tree, remove, removed_bodies);
 }
 
+/* The sealed form: format byte, id, node count, then per node its position, parent, deletion
+ * flag, body row and hash, little-endian and length-prefixed. Read back with bounds checks:
+ * the record is authenticated, but a bug elsewhere must not become an overread here. */
+
+static void
+put_u32 (GByteArray *out, guint32 v)
+{
+  guint8 b[4] = { v, v >> 8, v >> 16, v >> 24 };
+
+  g_byte_array_append (out, b, 4);
+}
+
+static void
+put_bytes (GByteArray *out, const char *s)
+{
+  gsize len = strlen (s);
+
+  put_u32 (out, (guint32) len);
+  g_byte_array_append (out, (const guint8 *) s, len);
+}
+
 GBytes *
 hb_rev_tree_serialize (HbRevTree *tree, const char *id)
 {
-  GVariantBuilder nodes;
-  g_autoptr (GVariant) v = NULL;
+  GByteArray *out = g_byte_array_sized_new (64 + strlen (id) + tree->nodes->len * 56);
+  guint8 format = TREE_FORMAT;
 
-  g_variant_builder_init (&nodes, G_VARIANT_TYPE ("a(usibx)"));
+  g_byte_array_append (out, &format, 1);
+  put_bytes (out, id);
+  put_u32 (out, tree->nodes->len);
   for (guint i = 0; i < tree->nodes->len; i++)
     {
       HbRevNode *node = hb_rev_tree_node (tree, i);
-      g_variant_builder_add (&nodes, "(usibx)", node->pos, node->hash, node->parent,
-                             node->deleted, node->body);
+      guint8 deleted = node->deleted ? 1 : 0;
+
+      put_u32 (out, node->pos);
+      put_u32 (out, (guint32) node->parent);
+      g_byte_array_append (out, &deleted, 1);
+      put_u32 (out, (guint32) ((guint64) node->body & 0xffffffff));
+      put_u32 (out, (guint32) ((guint64) node->body >> 32));
+      put_bytes (out, node->hash);
     }
-  v = g_variant_ref_sink (g_variant_new ("(su@a(usibx))", id, (guint32) TREE_FORMAT,
-                                         g_variant_builder_end (&nodes)));
-  return g_variant_get_data_as_bytes (v);
+  return g_byte_array_free_to_bytes (out);
+}
+
+typedef struct
+{
+  const guint8 *p;
+  const guint8 *end;
+} Reader;
+
+static gboolean
+get_u32 (Reader *r, guint32 *v)
+{
+  if (r->end - r->p < 4)
+    return FALSE;
+  *v = r->p[0] | (guint32) r->p[1] << 8 | (guint32) r->p[2] << 16 | (guint32) r->p[3] << 24;
+  r->p += 4;
+  return TRUE;
+}
+
+static char *
+get_string (Reader *r)
+{
+  guint32 len;
+  char *s;
+
+  if (!get_u32 (r, &len) || (gsize) (r->end - r->p) < len || memchr (r->p, 0, len) != NULL)
+    return NULL;
+  s = g_strndup ((const char *) r->p, len);
+  r->p += len;
+  return s;
 }
 
 HbRevTree *
 hb_rev_tree_deserialize (const guint8 *data, gsize len, char **out_id)
 {
-  g_autoptr (GBytes) bytes = g_bytes_new (data, len);
-  g_autoptr (GVariant) v = NULL;
-  g_autoptr (GVariant) nodes = NULL;
-  g_autoptr (HbRevTree) tree = NULL;
-  const char *id;
-  guint32 format;
-  GVariantIter iter;
-  HbRevNode node;
-  const char *hash;
+  Reader r = { data, data + len };
+  g_autoptr (HbRevTree) tree = hb_rev_tree_new ();
+  g_autofree char *id = NULL;
+  guint32 n;
 
-  v = g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE (TREE_VARIANT_TYPE), bytes,
-                                                    FALSE));
-  /* Authenticated data, but a bug elsewhere must not turn into a crash here. */
-  if (!g_variant_is_normal_form (v))
+  if (len < 1 || *r.p++ != TREE_FORMAT || (id = get_string (&r)) == NULL || !get_u32 (&r, &n) ||
+      n > len)
     return NULL;
-  g_variant_get (v, "(&su@a(usibx))", &id, &format, &nodes);
-  if (format != TREE_FORMAT)
-    return NULL;
-
-  tree = hb_rev_tree_new ();
-  g_variant_iter_init (&iter, nodes);
-  while (g_variant_iter_next (&iter, "(u&sibx)", &node.pos, &hash, &node.parent, &node.deleted,
-                              &node.body))
+  for (guint32 i = 0; i < n; i++)
     {
-      if (node.parent < -1 || node.parent >= (gint) tree->nodes->len)
+      HbRevNode node = { 0 };
+      guint32 parent, lo, hi;
+
+      if (!get_u32 (&r, &node.pos) || !get_u32 (&r, &parent) || r.p >= r.end)
         return NULL;
-      node.hash = g_strdup (hash);
+      node.deleted = *r.p++ != 0;
+      node.parent = (gint32) parent;
+      if (!get_u32 (&r, &lo) || !get_u32 (&r, &hi) || (node.hash = get_string (&r)) == NULL)
+        return NULL;
+      node.body = (gint64) ((guint64) hi << 32 | lo);
       g_array_append_val (tree->nodes, node);
+      if (node.parent < -1 || node.parent >= (gint) i || node.pos == 0)
+        return NULL;
     }
+  if (r.p != r.end)
+    return NULL;
   if (out_id != NULL)
-    *out_id = g_strdup (id);
+    *out_id = g_steal_pointer (&id);
   return g_steal_pointer (&tree);
 }

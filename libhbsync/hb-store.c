@@ -867,39 +867,47 @@ count_winner (HbRevTree *tree, gint64 sign, Batch *batch)
     batch->live_delta += sign;
 }
 
-/* After the tree changed: stem, save, re-index if the winner moved, count. */
+/* After the tree changed in memory: stem it and, if the winner moved, index the new winner.
+ * Only reads, so a document that fails here (a corrupt body) leaves nothing half-written. */
 static gboolean
-finish_doc_update (HbStore *self, HbConn *c, DocState *st, const char *old_winner,
-                   const char *new_rev, JsonObject *new_body, Batch *batch, GError **error)
+prepare_update (HbStore *self, HbConn *c, DocState *st, const char *old_winner,
+                const char *new_rev, JsonObject *new_body, GArray *removed, GError **error)
 {
-  g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint64));
   g_autofree char *winner_rev = NULL;
+  g_autoptr (JsonObject) body = NULL;
   gint winner;
 
   hb_rev_tree_stem (st->tree, g_atomic_int_get (&self->revs_limit), removed);
+  winner = hb_rev_tree_winner (st->tree);
+  if (winner < 0)
+    return TRUE;
+  winner_rev = hb_rev_tree_rev_string (st->tree, winner);
+  if (g_strcmp0 (old_winner, winner_rev) == 0)
+    return TRUE;
+  if (!hb_rev_tree_node (st->tree, winner)->deleted)
+    {
+      if (new_body != NULL && g_strcmp0 (winner_rev, new_rev) == 0)
+        body = json_object_ref (new_body);
+      else if ((body = load_body (self, c, st, winner, error)) == NULL)
+        return FALSE;
+    }
+  index_winner (self, st, body);
+  return TRUE;
+}
+
+/* The writes of a prepared update: drop stemmed or purged bodies, then the row. */
+static gboolean
+commit_update (HbStore *self, HbConn *c, DocState *st, GArray *removed, Batch *batch,
+               GError **error)
+{
   if (!delete_bodies (c, removed, error))
     return FALSE;
+  batch->changed = TRUE;
+  batch->seq++;
   if (st->tree->nodes->len == 0)
     return delete_doc_row (c, st, error);
-
-  winner = hb_rev_tree_winner (st->tree);
-  winner_rev = hb_rev_tree_rev_string (st->tree, winner);
-  if (g_strcmp0 (old_winner, winner_rev) != 0)
-    {
-      g_autoptr (JsonObject) body = NULL;
-
-      if (!hb_rev_tree_node (st->tree, winner)->deleted)
-        {
-          if (new_body != NULL && g_strcmp0 (winner_rev, new_rev) == 0)
-            body = json_object_ref (new_body);
-          else if ((body = load_body (self, c, st, winner, error)) == NULL)
-            return FALSE;
-        }
-      index_winner (self, st, body);
-    }
-  if (!save_row (self, c, st, ++batch->seq, error))
+  if (!save_row (self, c, st, batch->seq, error))
     return FALSE;
-  batch->changed = TRUE;
   count_winner (st->tree, 1, batch);
   return TRUE;
 }
@@ -956,6 +964,7 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
   g_auto (DocState) st = { 0 };
   g_autofree char *old_winner = NULL;
   g_autofree char *new_rev = NULL;
+  g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint64));
   gint index;
 
   doc_key_for (self, in->id, &st.dk);
@@ -987,9 +996,12 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
     return NULL;
 
   new_rev = hb_rev_tree_rev_string (st.tree, index);
-  /* Stemming renumbers the tree: from here on the revision is known by its name. */
+  if (!prepare_update (self, c, &st, old_winner, new_rev, in->body, removed, error))
+    return NULL;
+  /* Stemming renumbered the tree: the new revision is found again by its name. */
+  index = hb_rev_tree_find_rev (st.tree, new_rev);
   if (!store_body (self, c, &st, index, in->canonical, error) ||
-      !finish_doc_update (self, c, &st, old_winner, new_rev, in->body, batch, error))
+      !commit_update (self, c, &st, removed, batch, error))
     return NULL;
   return g_steal_pointer (&new_rev);
 }
@@ -1129,19 +1141,13 @@ write_docs (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellable 
 
       if (g_cancellable_set_error_if_cancelled (cancellable, error))
         return FALSE;
+      /* A document-level failure happens before that document writes anything (see
+       * prepare_update), so the batch needs no savepoint per document. */
       if (parse_incoming (g_ptr_array_index (args->docs, i), args->new_edits, &in, &doc_error))
         {
-          if (!conn_exec (c, "SAVEPOINT doc", error))
-            return FALSE;
           rev = write_one (self, c, &in, args->new_edits, batch, &doc_error);
           if (rev == NULL)
-            {
-              *batch = saved;
-              if (!conn_exec (c, "ROLLBACK TO doc", error))
-                return FALSE;
-            }
-          if (!conn_exec (c, "RELEASE doc", error))
-            return FALSE;
+            *batch = saved;
         }
       if (doc_error != NULL && is_fatal (doc_error))
         {
@@ -1751,15 +1757,8 @@ purge_func (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellable 
       count_winner (st.tree, 1, batch);
       return TRUE;
     }
-  if (!delete_bodies (c, removed, error))
-    return FALSE;
-  if (st.tree->nodes->len == 0)
-    {
-      batch->changed = TRUE;
-      batch->seq++;
-      return delete_doc_row (c, &st, error);
-    }
-  return finish_doc_update (self, c, &st, old_winner, NULL, NULL, batch, error);
+  return prepare_update (self, c, &st, old_winner, NULL, NULL, removed, error) &&
+         commit_update (self, c, &st, removed, batch, error);
 }
 
 static gboolean

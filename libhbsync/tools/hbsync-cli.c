@@ -150,9 +150,8 @@ exit_code_for_error (const GError *error)
             return HB_CLI_EXIT_CONFLICT;
           case HB_STORE_ERROR_CORRUPT:
             return HB_CLI_EXIT_CORRUPT;
-          case HB_STORE_ERROR_LOCKED:
-            return HB_CLI_EXIT_DENIED;
           case HB_STORE_ERROR_FAILED:
+          case HB_STORE_ERROR_LOCKED:
           case HB_STORE_ERROR_INVALID:
           case HB_STORE_ERROR_VERSION:
           default:
@@ -718,6 +717,34 @@ kdf_options_clear (KdfOptions *kdf)
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (KdfOptions, kdf_options_clear)
 
+/* --store and --pin-fd, accepted before the command and after it. */
+static void
+add_store_options (GOptionContext *context, char **store_path, char **pin_fd)
+{
+  const GOptionEntry entries[] = {
+    { "store", 's', 0, G_OPTION_ARG_FILENAME, store_path, "The store file", "FILE" },
+    { "pin-fd", 0, 0, G_OPTION_ARG_STRING, pin_fd,
+      "Read the PIN (and any further secret) from this file descriptor, one per line", "N" },
+    G_OPTION_ENTRY_NULL,
+  };
+
+  g_option_context_add_main_entries (context, entries, NULL);
+}
+
+static void
+add_kdf_options (GOptionContext *context, KdfOptions *kdf)
+{
+  const GOptionEntry entries[] = {
+    { "kdf-memory", 0, 0, G_OPTION_ARG_STRING, &kdf->memory,
+      "Argon2id memory for the new PIN, in KiB (at least 8192; default 65536)", "KIB" },
+    { "kdf-iterations", 0, 0, G_OPTION_ARG_STRING, &kdf->iterations,
+      "Argon2id iterations for the new PIN (at least 1; default 3)", "N" },
+    G_OPTION_ENTRY_NULL,
+  };
+
+  g_option_context_add_main_entries (context, entries, NULL);
+}
+
 static void
 take_override (char **field, char *value)
 {
@@ -742,17 +769,8 @@ parse_command_line (HbCli *cli,
   g_autofree char *pin_fd = NULL;
   g_auto (GStrv) args = NULL;
   g_auto (GStrv) argv = g_strdupv (cli->rest);
-  const GOptionEntry global_entries[]
-      = { { "store", 's', 0, G_OPTION_ARG_FILENAME, &store_path, "The store file", "FILE" },
-          { "pin-fd", 0, 0, G_OPTION_ARG_STRING, &pin_fd, "Read the PIN from this file descriptor",
-            "N" },
-          { G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_STRING_ARRAY, &args, NULL, NULL },
-          G_OPTION_ENTRY_NULL };
-  const GOptionEntry kdf_entries[] = {
-    { "kdf-memory", 0, 0, G_OPTION_ARG_STRING, kdf != NULL ? &kdf->memory : NULL,
-      "Argon2id memory for the new PIN, in KiB (at least 8192; default 65536)", "KIB" },
-    { "kdf-iterations", 0, 0, G_OPTION_ARG_STRING, kdf != NULL ? &kdf->iterations : NULL,
-      "Argon2id iterations for the new PIN (at least 1; default 3)", "N" },
+  const GOptionEntry remaining[] = {
+    { G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_STRING_ARRAY, &args, NULL, NULL },
     G_OPTION_ENTRY_NULL,
   };
   g_autoptr (GOptionContext) context = NULL;
@@ -761,12 +779,13 @@ parse_command_line (HbCli *cli,
   parameter = g_strstrip (g_strdup_printf ("%s %s", cli->command->name, cli->command->params));
   context = g_option_context_new (parameter);
   g_option_context_set_summary (context, cli->command->summary);
-  g_option_context_add_main_entries (context, global_entries, NULL);
+  add_store_options (context, &store_path, &pin_fd);
   if (entries != NULL)
     g_option_context_add_main_entries (context, entries, NULL);
   /* Every command that writes a PIN slot takes the key derivation parameters. */
   if (kdf != NULL)
-    g_option_context_add_main_entries (context, kdf_entries, NULL);
+    add_kdf_options (context, kdf);
+  g_option_context_add_main_entries (context, remaining, NULL);
 
   if (!g_option_context_parse_strv (context, &argv, error))
     return NULL;
@@ -1636,28 +1655,23 @@ find_command (const char *name)
 }
 
 static gboolean
-parse_global_options (HbCli *cli, int argc, char **argv, GError **error)
+parse_global_options (HbCli *cli, char **argv, GError **error)
 {
   g_autofree char *description = describe_commands ();
-  g_auto (GStrv) args = g_new0 (char *, argc + 1);
+  g_auto (GStrv) args = g_strdupv (argv);
   g_autoptr (GOptionContext) context = NULL;
-  const GOptionEntry entries[]
-      = { { "store", 's', 0, G_OPTION_ARG_FILENAME, &cli->store_path, "The store file", "FILE" },
-          { "pin-fd", 0, 0, G_OPTION_ARG_STRING, &cli->pin_fd_arg,
-            "Read the PIN (and any further secret) from this file descriptor, one per line", "N" },
-          { "version", 0, 0, G_OPTION_ARG_NONE, &cli->show_version, "Print the version and exit",
-            NULL },
-          { G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_STRING_ARRAY, &cli->rest, NULL, NULL },
-          G_OPTION_ENTRY_NULL };
-
-  for (int i = 0; i < argc; i++)
-    args[i] = g_strdup (argv[i]);
+  const GOptionEntry entries[] = {
+    { "version", 0, 0, G_OPTION_ARG_NONE, &cli->show_version, "Print the version and exit", NULL },
+    { G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_STRING_ARRAY, &cli->rest, NULL, NULL },
+    G_OPTION_ENTRY_NULL,
+  };
 
   context = g_option_context_new ("COMMAND [ARGS…]");
   g_option_context_set_summary (context,
                                 "Drive an encrypted HealthBridge Sync store: JSON on standard "
                                 "output, errors on standard error.");
   g_option_context_set_description (context, description);
+  add_store_options (context, &cli->store_path, &cli->pin_fd_arg);
   g_option_context_add_main_entries (context, entries, NULL);
   /* Options after the command belong to the command. */
   g_option_context_set_strict_posix (context, TRUE);
@@ -1666,11 +1680,11 @@ parse_global_options (HbCli *cli, int argc, char **argv, GError **error)
 }
 
 static int
-run (HbCli *cli, int argc, char **argv)
+run (HbCli *cli, char **argv)
 {
   g_autoptr (GError) error = NULL;
 
-  if (!parse_global_options (cli, argc, argv, &error))
+  if (!parse_global_options (cli, argv, &error))
     return report_error (cli, error);
 
   if (cli->show_version)
@@ -1716,5 +1730,5 @@ main (int argc, char **argv)
   cli->pin_fd = -1;
   cli->tty_fd = -1;
 
-  return run (cli, argc, argv);
+  return run (cli, argv);
 }
