@@ -43,11 +43,8 @@ gboolean hb_open (const guint8 key[HB_KEY_LEN],
                   GError **error);
 void hb_open_free (guint8 *plain, gsize len);
 
-void hb_hmac_sha256 (const guint8 *key,
-                     gsize key_len,
-                     const guint8 *data,
-                     gsize data_len,
-                     guint8 out[HB_MAC_LEN]);
+void hb_hmac_sha256 (
+    const guint8 *key, gsize key_len, const guint8 *data, gsize data_len, guint8 out[HB_MAC_LEN]);
 void hb_sha256 (const guint8 *data, gsize len, guint8 out[32]);
 
 /* HKDF-SHA256 (RFC 5869). salt may be NULL. */

@@ -13,9 +13,9 @@ hb_secure_alloc (gsize len)
   gpointer mem = g_malloc0 (len);
 
   /* Best effort: an unprivileged process may exceed RLIMIT_MEMLOCK; the bytes are still wiped. */
-  (void) mlock (mem, len);
+  (void)mlock (mem, len);
 #ifdef MADV_DONTDUMP
-  (void) madvise ((gpointer) ((guintptr) mem & ~(guintptr) 4095), 1, MADV_DONTDUMP);
+  (void)madvise ((gpointer)((guintptr)mem & ~(guintptr)4095), 1, MADV_DONTDUMP);
 #endif
   return mem;
 }
@@ -33,7 +33,7 @@ hb_secure_free (gpointer mem, gsize len)
   if (mem == NULL)
     return;
   hb_wipe (mem, len);
-  (void) munlock (mem, len);
+  (void)munlock (mem, len);
   g_free (mem);
 }
 
@@ -76,7 +76,7 @@ hb_random_uuid (void)
 static gboolean
 aead_init (gnutls_aead_cipher_hd_t *hd, const guint8 key[HB_KEY_LEN], GError **error)
 {
-  gnutls_datum_t k = { (unsigned char *) key, HB_KEY_LEN };
+  gnutls_datum_t k = { (unsigned char *)key, HB_KEY_LEN };
   int rc = gnutls_aead_cipher_init (hd, GNUTLS_CIPHER_AES_256_GCM, &k);
 
   if (rc < 0)
@@ -164,11 +164,8 @@ hb_open_free (guint8 *plain, gsize len)
 }
 
 void
-hb_hmac_sha256 (const guint8 *key,
-                gsize key_len,
-                const guint8 *data,
-                gsize data_len,
-                guint8 out[HB_MAC_LEN])
+hb_hmac_sha256 (
+    const guint8 *key, gsize key_len, const guint8 *data, gsize data_len, guint8 out[HB_MAC_LEN])
 {
   if (gnutls_hmac_fast (GNUTLS_MAC_SHA256, key, key_len, data, data_len, out) < 0)
     g_error ("HMAC-SHA256 failed");
@@ -193,10 +190,10 @@ hb_hkdf (const guint8 *ikm,
 {
   static const guint8 zero_salt[32] = { 0 };
   guint8 prk[32];
-  gnutls_datum_t k = { (unsigned char *) ikm, ikm_len };
-  gnutls_datum_t s = { (unsigned char *) (salt ? salt : zero_salt), salt ? salt_len : 32 };
+  gnutls_datum_t k = { (unsigned char *)ikm, ikm_len };
+  gnutls_datum_t s = { (unsigned char *)(salt ? salt : zero_salt), salt ? salt_len : 32 };
   gnutls_datum_t p = { prk, sizeof prk };
-  gnutls_datum_t i = { (unsigned char *) info, strlen (info) };
+  gnutls_datum_t i = { (unsigned char *)info, strlen (info) };
   int rc;
 
   rc = gnutls_hkdf_extract (GNUTLS_MAC_SHA256, &k, &s, prk);

@@ -7,7 +7,7 @@ static void
 append_string (GString *out, const char *s)
 {
   static const char hex[] = "0123456789abcdef";
-  const guchar *p = (const guchar *) s;
+  const guchar *p = (const guchar *)s;
   const guchar *run = p;
 
   g_string_append_c (out, '"');
@@ -15,39 +15,39 @@ append_string (GString *out, const char *s)
     {
       if (*p >= 0x20 && *p != '"' && *p != '\\')
         continue;
-      g_string_append_len (out, (const char *) run, p - run);
+      g_string_append_len (out, (const char *)run, p - run);
       run = p + 1;
       switch (*p)
         {
-        case '"':
-          g_string_append (out, "\\\"");
-          break;
-        case '\\':
-          g_string_append (out, "\\\\");
-          break;
-        case '\n':
-          g_string_append (out, "\\n");
-          break;
-        case '\r':
-          g_string_append (out, "\\r");
-          break;
-        case '\t':
-          g_string_append (out, "\\t");
-          break;
-        case '\b':
-          g_string_append (out, "\\b");
-          break;
-        case '\f':
-          g_string_append (out, "\\f");
-          break;
-        default:
-          g_string_append (out, "\\u00");
-          g_string_append_c (out, hex[*p >> 4]);
-          g_string_append_c (out, hex[*p & 0xf]);
-          break;
+          case '"':
+            g_string_append (out, "\\\"");
+            break;
+          case '\\':
+            g_string_append (out, "\\\\");
+            break;
+          case '\n':
+            g_string_append (out, "\\n");
+            break;
+          case '\r':
+            g_string_append (out, "\\r");
+            break;
+          case '\t':
+            g_string_append (out, "\\t");
+            break;
+          case '\b':
+            g_string_append (out, "\\b");
+            break;
+          case '\f':
+            g_string_append (out, "\\f");
+            break;
+          default:
+            g_string_append (out, "\\u00");
+            g_string_append_c (out, hex[*p >> 4]);
+            g_string_append_c (out, hex[*p & 0xf]);
+            break;
         }
     }
-  g_string_append_len (out, (const char *) run, p - run);
+  g_string_append_len (out, (const char *)run, p - run);
   g_string_append_c (out, '"');
 }
 
@@ -77,7 +77,7 @@ append_double (GString *out, double d)
 static int
 compare_names (gconstpointer a, gconstpointer b)
 {
-  return strcmp (*(const char *const *) a, *(const char *const *) b);
+  return strcmp (*(const char *const *)a, *(const char *const *)b);
 }
 
 void
@@ -90,7 +90,7 @@ hb_json_append_canonical_object (GString *out, JsonObject *object)
 
   json_object_iter_init (&iter, object);
   while (json_object_iter_next (&iter, &name, &member))
-    g_ptr_array_add (names, (gpointer) name);
+    g_ptr_array_add (names, (gpointer)name);
   g_ptr_array_sort (names, compare_names);
 
   g_string_append_c (out, '{');
@@ -118,53 +118,53 @@ hb_json_append_canonical (GString *out, JsonNode *node)
 
   switch (json_node_get_node_type (node))
     {
-    case JSON_NODE_OBJECT:
-      hb_json_append_canonical_object (out, json_node_get_object (node));
-      break;
+      case JSON_NODE_OBJECT:
+        hb_json_append_canonical_object (out, json_node_get_object (node));
+        break;
 
-    case JSON_NODE_ARRAY:
-      {
-        JsonArray *array = json_node_get_array (node);
-        guint len = json_array_get_length (array);
-
-        g_string_append_c (out, '[');
-        for (guint i = 0; i < len; i++)
-          {
-            if (i > 0)
-              g_string_append_c (out, ',');
-            hb_json_append_canonical (out, json_array_get_element (array, i));
-          }
-        g_string_append_c (out, ']');
-      }
-      break;
-
-    case JSON_NODE_NULL:
-      g_string_append (out, "null");
-      break;
-
-    case JSON_NODE_VALUE:
-      switch (json_node_get_value_type (node))
+      case JSON_NODE_ARRAY:
         {
-        case G_TYPE_INT64:
-          g_string_append_printf (out, "%" G_GINT64_FORMAT, json_node_get_int (node));
-          break;
-        case G_TYPE_DOUBLE:
-          append_double (out, json_node_get_double (node));
-          break;
-        case G_TYPE_BOOLEAN:
-          g_string_append (out, json_node_get_boolean (node) ? "true" : "false");
-          break;
-        case G_TYPE_STRING:
-          append_string (out, json_node_get_string (node));
-          break;
-        default:
-          g_string_append (out, "null");
-          break;
-        }
-      break;
+          JsonArray *array = json_node_get_array (node);
+          guint len = json_array_get_length (array);
 
-    default:
-      g_assert_not_reached ();
+          g_string_append_c (out, '[');
+          for (guint i = 0; i < len; i++)
+            {
+              if (i > 0)
+                g_string_append_c (out, ',');
+              hb_json_append_canonical (out, json_array_get_element (array, i));
+            }
+          g_string_append_c (out, ']');
+        }
+        break;
+
+      case JSON_NODE_NULL:
+        g_string_append (out, "null");
+        break;
+
+      case JSON_NODE_VALUE:
+        switch (json_node_get_value_type (node))
+          {
+            case G_TYPE_INT64:
+              g_string_append_printf (out, "%" G_GINT64_FORMAT, json_node_get_int (node));
+              break;
+            case G_TYPE_DOUBLE:
+              append_double (out, json_node_get_double (node));
+              break;
+            case G_TYPE_BOOLEAN:
+              g_string_append (out, json_node_get_boolean (node) ? "true" : "false");
+              break;
+            case G_TYPE_STRING:
+              append_string (out, json_node_get_string (node));
+              break;
+            default:
+              g_string_append (out, "null");
+              break;
+          }
+        break;
+
+      default:
+        g_assert_not_reached ();
     }
 }
 

@@ -11,9 +11,9 @@ typedef struct
 {
   guint pos;
   char *hash;
-  gint parent;  /* index into the tree, or -1 for a root */
+  gint parent; /* index into the tree, or -1 for a root */
   gboolean deleted;
-  gint64 body;  /* the row of this revision's stored body, or -1 when none is kept */
+  gint64 body; /* the row of this revision's stored body, or -1 when none is kept */
 } HbRevNode;
 
 typedef struct

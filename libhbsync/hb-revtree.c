@@ -49,7 +49,7 @@ hb_rev_parse (const char *rev, guint *pos, char **hash)
   for (const char *p = dash + 1; *p; p++)
     if (!g_ascii_isgraph (*p))
       return FALSE;
-  *pos = (guint) n;
+  *pos = (guint)n;
   if (hash != NULL)
     *hash = g_strdup (dash + 1);
   return TRUE;
@@ -71,7 +71,7 @@ hb_rev_tree_find (HbRevTree *tree, guint pos, const char *hash)
       HbRevNode *node = hb_rev_tree_node (tree, i);
 
       if (node->pos == pos && strcmp (node->hash, hash) == 0)
-        return (gint) i;
+        return (gint)i;
     }
   return -1;
 }
@@ -100,8 +100,8 @@ static int
 compare_leaves (gconstpointer a, gconstpointer b, gpointer user_data)
 {
   HbRevTree *tree = user_data;
-  HbRevNode *x = hb_rev_tree_node (tree, *(const gint *) a);
-  HbRevNode *y = hb_rev_tree_node (tree, *(const gint *) b);
+  HbRevNode *x = hb_rev_tree_node (tree, *(const gint *)a);
+  HbRevNode *y = hb_rev_tree_node (tree, *(const gint *)b);
 
   /* Best first, so the comparison is reversed. */
   if (x->deleted != y->deleted)
@@ -127,7 +127,7 @@ hb_rev_tree_leaves (HbRevTree *tree)
   for (guint i = 0; i < n; i++)
     if (!has_child[i])
       {
-        gint idx = (gint) i;
+        gint idx = (gint)i;
         g_array_append_val (leaves, idx);
       }
   g_array_sort_with_data (leaves, compare_leaves, tree);
@@ -148,7 +148,7 @@ hb_rev_tree_add (HbRevTree *tree, gint parent, guint pos, const char *hash, gboo
   HbRevNode node = { pos, g_strdup (hash), parent, deleted, -1 };
 
   g_array_append_val (tree->nodes, node);
-  return (gint) tree->nodes->len - 1;
+  return (gint)tree->nodes->len - 1;
 }
 
 gint
@@ -302,8 +302,8 @@ put_bytes (GByteArray *out, const char *s)
 {
   gsize len = strlen (s);
 
-  put_u32 (out, (guint32) len);
-  g_byte_array_append (out, (const guint8 *) s, len);
+  put_u32 (out, (guint32)len);
+  g_byte_array_append (out, (const guint8 *)s, len);
 }
 
 GBytes *
@@ -321,10 +321,10 @@ hb_rev_tree_serialize (HbRevTree *tree, const char *id)
       guint8 deleted = node->deleted ? 1 : 0;
 
       put_u32 (out, node->pos);
-      put_u32 (out, (guint32) node->parent);
+      put_u32 (out, (guint32)node->parent);
       g_byte_array_append (out, &deleted, 1);
-      put_u32 (out, (guint32) ((guint64) node->body & 0xffffffff));
-      put_u32 (out, (guint32) ((guint64) node->body >> 32));
+      put_u32 (out, (guint32)((guint64)node->body & 0xffffffff));
+      put_u32 (out, (guint32)((guint64)node->body >> 32));
       put_bytes (out, node->hash);
     }
   return g_byte_array_free_to_bytes (out);
@@ -341,7 +341,7 @@ get_u32 (Reader *r, guint32 *v)
 {
   if (r->end - r->p < 4)
     return FALSE;
-  *v = r->p[0] | (guint32) r->p[1] << 8 | (guint32) r->p[2] << 16 | (guint32) r->p[3] << 24;
+  *v = r->p[0] | (guint32)r->p[1] << 8 | (guint32)r->p[2] << 16 | (guint32)r->p[3] << 24;
   r->p += 4;
   return TRUE;
 }
@@ -352,9 +352,9 @@ get_string (Reader *r)
   guint32 len;
   char *s;
 
-  if (!get_u32 (r, &len) || (gsize) (r->end - r->p) < len || memchr (r->p, 0, len) != NULL)
+  if (!get_u32 (r, &len) || (gsize)(r->end - r->p) < len || memchr (r->p, 0, len) != NULL)
     return NULL;
-  s = g_strndup ((const char *) r->p, len);
+  s = g_strndup ((const char *)r->p, len);
   r->p += len;
   return s;
 }
@@ -367,8 +367,8 @@ hb_rev_tree_deserialize (const guint8 *data, gsize len, char **out_id)
   g_autofree char *id = NULL;
   guint32 n;
 
-  if (len < 1 || *r.p++ != TREE_FORMAT || (id = get_string (&r)) == NULL || !get_u32 (&r, &n) ||
-      n > len)
+  if (len < 1 || *r.p++ != TREE_FORMAT || (id = get_string (&r)) == NULL || !get_u32 (&r, &n)
+      || n > len)
     return NULL;
   for (guint32 i = 0; i < n; i++)
     {
@@ -378,12 +378,12 @@ hb_rev_tree_deserialize (const guint8 *data, gsize len, char **out_id)
       if (!get_u32 (&r, &node.pos) || !get_u32 (&r, &parent) || r.p >= r.end)
         return NULL;
       node.deleted = *r.p++ != 0;
-      node.parent = (gint32) parent;
+      node.parent = (gint32)parent;
       if (!get_u32 (&r, &lo) || !get_u32 (&r, &hi) || (node.hash = get_string (&r)) == NULL)
         return NULL;
-      node.body = (gint64) ((guint64) hi << 32 | lo);
+      node.body = (gint64)((guint64)hi << 32 | lo);
       g_array_append_val (tree->nodes, node);
-      if (node.parent < -1 || node.parent >= (gint) i || node.pos == 0)
+      if (node.parent < -1 || node.parent >= (gint)i || node.pos == 0)
         return NULL;
     }
   if (r.p != r.end)

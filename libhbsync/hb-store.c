@@ -83,7 +83,7 @@ static GParamSpec *properties[N_PROPS];
 static guint signals[N_SIGNALS];
 
 G_DEFINE_FINAL_TYPE (HbStore, hb_store, G_TYPE_OBJECT)
-G_DEFINE_QUARK (hb-store-error-quark, hb_store_error)
+G_DEFINE_QUARK (hb - store - error - quark, hb_store_error)
 
 static const char *const index_fields[] = { "type", "session_id", "patient_id" };
 
@@ -167,7 +167,7 @@ conn_stmt (HbConn *c, const char *sql, GError **error)
       sql_error (c->db, rc, "SQLite prepare", error);
       return NULL;
     }
-  g_hash_table_insert (c->stmts, (gpointer) sql, stmt);
+  g_hash_table_insert (c->stmts, (gpointer)sql, stmt);
   return stmt;
 }
 
@@ -192,8 +192,7 @@ reader_acquire (HbStore *self, GError **error)
   HbConn *c;
 
   g_mutex_lock (&self->pool_lock);
-  c = self->readers->len > 0 ? g_ptr_array_steal_index_fast (self->readers,
-                                                              self->readers->len - 1)
+  c = self->readers->len > 0 ? g_ptr_array_steal_index_fast (self->readers, self->readers->len - 1)
                              : NULL;
   g_mutex_unlock (&self->pool_lock);
   return c != NULL ? c : conn_open (self->path, error);
@@ -283,7 +282,7 @@ typedef struct
 static void
 doc_key_for (HbStore *self, const char *id, DocKey *out)
 {
-  hb_hmac_sha256 (key (self, KEY_ID), HB_KEY_LEN, (const guint8 *) id, strlen (id), out->b);
+  hb_hmac_sha256 (key (self, KEY_ID), HB_KEY_LEN, (const guint8 *)id, strlen (id), out->b);
 }
 
 /* Associated data: what the record is, which key sealed it, which document it belongs to and,
@@ -295,17 +294,22 @@ make_ad (HbStore *self, char kind, const DocKey *dk, const char *rev)
   GByteArray *ad = g_byte_array_sized_new (64);
   guint8 kid[4] = { self->key_id >> 24, self->key_id >> 16, self->key_id >> 8, self->key_id };
 
-  g_byte_array_append (ad, (const guint8 *) "hbsync-1", 8);
-  g_byte_array_append (ad, (const guint8 *) &kind, 1);
+  g_byte_array_append (ad, (const guint8 *)"hbsync-1", 8);
+  g_byte_array_append (ad, (const guint8 *)&kind, 1);
   g_byte_array_append (ad, kid, 4);
   g_byte_array_append (ad, dk->b, HB_MAC_LEN);
   if (rev != NULL)
-    g_byte_array_append (ad, (const guint8 *) rev, strlen (rev));
+    g_byte_array_append (ad, (const guint8 *)rev, strlen (rev));
   return ad;
 }
 
 static GBytes *
-seal (HbStore *self, char kind, const DocKey *dk, const char *rev, const void *data, gsize len,
+seal (HbStore *self,
+      char kind,
+      const DocKey *dk,
+      const char *rev,
+      const void *data,
+      gsize len,
       GError **error)
 {
   g_autoptr (GByteArray) ad = make_ad (self, kind, dk, rev);
@@ -317,15 +321,22 @@ static gboolean
 corrupt_error (GError **error, const char *what)
 {
   g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CORRUPT,
-               "A sealed %s failed its integrity check; the rest of the store is unaffected",
-               what);
+               "A sealed %s failed its integrity check; the rest of the store is unaffected", what);
   return FALSE;
 }
 
 /* Opens a sealed column. The plaintext is returned in *out (wiped by hb_open_free). */
 static gboolean
-unseal (HbStore *self, char kind, const DocKey *dk, const char *rev, const void *sealed,
-        gsize sealed_len, guint8 **out, gsize *out_len, const char *what, GError **error)
+unseal (HbStore *self,
+        char kind,
+        const DocKey *dk,
+        const char *rev,
+        const void *sealed,
+        gsize sealed_len,
+        guint8 **out,
+        gsize *out_len,
+        const char *what,
+        GError **error)
 {
   g_autoptr (GByteArray) ad = make_ad (self, kind, dk, rev);
   GError *local = NULL;
@@ -348,7 +359,7 @@ index_mac (HbStore *self, guint field, const char *value, guint8 out[INDEX_MAC_L
   guint8 f = field;
 
   g_byte_array_append (msg, &f, 1);
-  g_byte_array_append (msg, (const guint8 *) value, strlen (value));
+  g_byte_array_append (msg, (const guint8 *)value, strlen (value));
   hb_hmac_sha256 (key (self, KEY_INDEX), HB_KEY_LEN, msg->data, msg->len, full);
   memcpy (out, full, INDEX_MAC_LEN);
 }
@@ -390,8 +401,7 @@ open_meta (HbStore *self, DocState *st, const void *sealed, gsize len, GError **
   guint8 *plain = NULL;
   gsize plain_len = 0;
 
-  if (!unseal (self, 'M', &st->dk, NULL, sealed, len, &plain, &plain_len, "document record",
-               error))
+  if (!unseal (self, 'M', &st->dk, NULL, sealed, len, &plain, &plain_len, "document record", error))
     return FALSE;
   st->tree = hb_rev_tree_deserialize (plain, plain_len, &st->id);
   hb_open_free (plain, plain_len);
@@ -440,7 +450,7 @@ parse_body (const guint8 *plain, gsize len)
   g_autoptr (JsonParser) parser = json_parser_new_immutable ();
   JsonNode *root;
 
-  if (!json_parser_load_from_data (parser, (const char *) plain, len, NULL))
+  if (!json_parser_load_from_data (parser, (const char *)plain, len, NULL))
     return NULL;
   root = json_parser_get_root (parser);
   if (root == NULL || !JSON_NODE_HOLDS_OBJECT (root))
@@ -448,15 +458,14 @@ parse_body (const guint8 *plain, gsize len)
   return json_object_ref (json_node_get_object (root));
 }
 
-static JsonObject *
-load_body (HbStore *self, HbConn *c, DocState *st, gint index, GError **error)
+/* The sealed body of one revision, as canonical JSON text. Free with hb_open_free(). */
+static guint8 *
+load_body_text (HbStore *self, HbConn *c, DocState *st, gint index, gsize *out_len, GError **error)
 {
   HbRevNode *node = hb_rev_tree_node (st->tree, index);
   g_autofree char *rev = hb_rev_tree_rev_string (st->tree, index);
   sqlite3_stmt *stmt;
   guint8 *plain = NULL;
-  gsize plain_len = 0;
-  JsonObject *body = NULL;
   int rc;
 
   if (node->body < 0)
@@ -471,21 +480,29 @@ load_body (HbStore *self, HbConn *c, DocState *st, gint index, GError **error)
   sqlite3_bind_int64 (stmt, 1, node->body);
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
-    {
-      if (unseal (self, 'B', &st->dk, rev, sqlite3_column_blob (stmt, 0),
-                  sqlite3_column_bytes (stmt, 0), &plain, &plain_len, "document body", error))
-        {
-          body = parse_body (plain, plain_len);
-          hb_open_free (plain, plain_len);
-          if (body == NULL)
-            corrupt_error (error, "document body");
-        }
-    }
+    unseal (self, 'B', &st->dk, rev, sqlite3_column_blob (stmt, 0), sqlite3_column_bytes (stmt, 0),
+            &plain, out_len, "document body", error);
   else if (rc == SQLITE_DONE)
     corrupt_error (error, "document body (missing row)");
   else
     sql_error (c->db, rc, "Reading a document body", error);
   sqlite3_reset (stmt);
+  return plain;
+}
+
+static JsonObject *
+load_body (HbStore *self, HbConn *c, DocState *st, gint index, GError **error)
+{
+  gsize len = 0;
+  guint8 *plain = load_body_text (self, c, st, index, &len, error);
+  JsonObject *body;
+
+  if (plain == NULL)
+    return NULL;
+  body = parse_body (plain, len);
+  hb_open_free (plain, len);
+  if (body == NULL)
+    corrupt_error (error, "document body");
   return body;
 }
 
@@ -502,7 +519,11 @@ rev_string_tmp (HbRevTree *tree, gint index)
 }
 
 static void
-add_rev_list (JsonObject *obj, const char *member, HbRevTree *tree, GArray *leaves, gint skip,
+add_rev_list (JsonObject *obj,
+              const char *member,
+              HbRevTree *tree,
+              GArray *leaves,
+              gint skip,
               gboolean deleted)
 {
   JsonArray *arr = NULL;
@@ -566,9 +587,9 @@ typedef struct
   char *id;
   char *rev; /* the `_rev` given, or NULL */
   gboolean deleted;
-  guint start;       /* `_revisions`, or the `_rev` alone */
-  GPtrArray *ids;    /* newest first */
-  JsonObject *body;  /* without special members */
+  guint start;      /* `_revisions`, or the `_rev` alone */
+  GPtrArray *ids;   /* newest first */
+  JsonObject *body; /* without special members */
   GString *canonical;
 } Incoming;
 
@@ -588,8 +609,7 @@ incoming_clear (Incoming *in)
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (Incoming, incoming_clear)
 
-G_GNUC_PRINTF (2, 3) static gboolean
-invalid (GError **error, const char *fmt, ...)
+G_GNUC_PRINTF (2, 3) static gboolean invalid (GError **error, const char *fmt, ...)
 {
   va_list args;
 
@@ -612,13 +632,13 @@ parse_revisions (JsonNode *node, Incoming *in, GError **error)
     return invalid (error, "%s: _revisions must be an object", in->id);
   obj = json_node_get_object (node);
   start = json_object_get_member (obj, "start");
-  if (start == NULL || json_node_get_value_type (start) != G_TYPE_INT64 ||
-      json_node_get_int (start) < 1 || json_object_get_array_member (obj, "ids") == NULL)
+  if (start == NULL || json_node_get_value_type (start) != G_TYPE_INT64
+      || json_node_get_int (start) < 1 || json_object_get_array_member (obj, "ids") == NULL)
     return invalid (error, "%s: _revisions needs start and ids", in->id);
   ids = json_object_get_array_member (obj, "ids");
   if (json_array_get_length (ids) == 0 || json_array_get_length (ids) > json_node_get_int (start))
     return invalid (error, "%s: _revisions.ids does not fit _revisions.start", in->id);
-  in->start = (guint) json_node_get_int (start);
+  in->start = (guint)json_node_get_int (start);
   in->ids = g_ptr_array_new_with_free_func (g_free);
   for (guint i = 0; i < json_array_get_length (ids); i++)
     {
@@ -630,8 +650,8 @@ parse_revisions (JsonNode *node, Incoming *in, GError **error)
         return invalid (error, "%s: _revisions.ids must be revision hashes", in->id);
       g_ptr_array_add (in->ids, g_strdup (s));
     }
-  if (!hb_rev_parse (in->rev, &pos, &hash) || pos != in->start ||
-      strcmp (hash, g_ptr_array_index (in->ids, 0)) != 0)
+  if (!hb_rev_parse (in->rev, &pos, &hash) || pos != in->start
+      || strcmp (hash, g_ptr_array_index (in->ids, 0)) != 0)
     return invalid (error, "%s: _rev does not match _revisions", in->id);
   return TRUE;
 }
@@ -675,13 +695,13 @@ parse_incoming (JsonNode *node, gboolean new_edits, Incoming *in, GError **error
           in->rev = g_strdup (rev);
         }
       else if (strcmp (name, "_deleted") == 0)
-        in->deleted = JSON_NODE_HOLDS_VALUE (member) &&
-                      json_node_get_value_type (member) == G_TYPE_BOOLEAN &&
-                      json_node_get_boolean (member);
+        in->deleted = JSON_NODE_HOLDS_VALUE (member)
+                      && json_node_get_value_type (member) == G_TYPE_BOOLEAN
+                      && json_node_get_boolean (member);
       else if (strcmp (name, "_revisions") == 0)
         revisions = member;
-      else if (strcmp (name, "_conflicts") == 0 || strcmp (name, "_deleted_conflicts") == 0 ||
-               strcmp (name, "_revs_info") == 0 || strcmp (name, "_local_seq") == 0)
+      else if (strcmp (name, "_conflicts") == 0 || strcmp (name, "_deleted_conflicts") == 0
+               || strcmp (name, "_revs_info") == 0 || strcmp (name, "_local_seq") == 0)
         continue; /* read-only members a client may echo back; CouchDB ignores them too */
       else if (strcmp (name, "_attachments") == 0)
         return invalid (error, "%s", "Attachments are not supported");
@@ -724,8 +744,8 @@ parse_incoming (JsonNode *node, gboolean new_edits, Incoming *in, GError **error
 
 typedef struct
 {
-  guint64 seq;        /* the update sequence as the batch advances it */
-  gint64 live_delta;  /* documents whose winner is not deleted */
+  guint64 seq;       /* the update sequence as the batch advances it */
+  gint64 live_delta; /* documents whose winner is not deleted */
   gint64 deleted_delta;
   gboolean changed;
 } Batch;
@@ -738,11 +758,11 @@ new_rev_hash (const char *parent_rev, gboolean deleted, const GString *canonical
   char *hex = g_malloc (33);
   guint8 flag = deleted ? 1 : 0;
 
-  g_byte_array_append (msg, (const guint8 *) (parent_rev ? parent_rev : ""),
+  g_byte_array_append (msg, (const guint8 *)(parent_rev ? parent_rev : ""),
                        parent_rev ? strlen (parent_rev) : 0);
-  g_byte_array_append (msg, (const guint8 *) "\0", 1);
+  g_byte_array_append (msg, (const guint8 *)"\0", 1);
   g_byte_array_append (msg, &flag, 1);
-  g_byte_array_append (msg, (const guint8 *) canonical->str, canonical->len);
+  g_byte_array_append (msg, (const guint8 *)canonical->str, canonical->len);
   hb_sha256 (msg->data, msg->len, digest);
   hb_wipe (msg->data, msg->len);
   for (guint i = 0; i < 16; i++)
@@ -751,8 +771,8 @@ new_rev_hash (const char *parent_rev, gboolean deleted, const GString *canonical
 }
 
 static gboolean
-store_body (HbStore *self, HbConn *c, DocState *st, gint index, const GString *canonical,
-            GError **error)
+store_body (
+    HbStore *self, HbConn *c, DocState *st, gint index, const GString *canonical, GError **error)
 {
   HbRevNode *node = hb_rev_tree_node (st->tree, index);
   g_autofree char *rev = hb_rev_tree_rev_string (st->tree, index);
@@ -811,7 +831,7 @@ save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
   const guint8 *data = g_bytes_get_data (plain, &len);
 
   sealed = seal (self, 'M', &st->dk, NULL, data, len, error);
-  hb_wipe ((gpointer) data, len);
+  hb_wipe ((gpointer)data, len);
   if (sealed == NULL)
     return FALSE;
   stmt = conn_stmt (c,
@@ -820,7 +840,7 @@ save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
                     error);
   if (stmt == NULL)
     return FALSE;
-  sqlite3_bind_int64 (stmt, 1, (sqlite3_int64) seq);
+  sqlite3_bind_int64 (stmt, 1, (sqlite3_int64)seq);
   sqlite3_bind_blob (stmt, 2, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
   sqlite3_bind_blob (stmt, 3, g_bytes_get_data (sealed, NULL), g_bytes_get_size (sealed),
                      SQLITE_STATIC);
@@ -870,8 +890,14 @@ count_winner (HbRevTree *tree, gint64 sign, Batch *batch)
 /* After the tree changed in memory: stem it and, if the winner moved, index the new winner.
  * Only reads, so a document that fails here (a corrupt body) leaves nothing half-written. */
 static gboolean
-prepare_update (HbStore *self, HbConn *c, DocState *st, const char *old_winner,
-                const char *new_rev, JsonObject *new_body, GArray *removed, GError **error)
+prepare_update (HbStore *self,
+                HbConn *c,
+                DocState *st,
+                const char *old_winner,
+                const char *new_rev,
+                JsonObject *new_body,
+                GArray *removed,
+                GError **error)
 {
   g_autofree char *winner_rev = NULL;
   g_autoptr (JsonObject) body = NULL;
@@ -897,8 +923,8 @@ prepare_update (HbStore *self, HbConn *c, DocState *st, const char *old_winner,
 
 /* The writes of a prepared update: drop stemmed or purged bodies, then the row. */
 static gboolean
-commit_update (HbStore *self, HbConn *c, DocState *st, GArray *removed, Batch *batch,
-               GError **error)
+commit_update (
+    HbStore *self, HbConn *c, DocState *st, GArray *removed, Batch *batch, GError **error)
 {
   if (!delete_bodies (c, removed, error))
     return FALSE;
@@ -958,8 +984,7 @@ apply_new_edit (DocState *st, Incoming *in, GError **error)
 /* Writes one document inside the batch's transaction. Returns the new (or already present)
  * revision; document-level failures set error with a code other than FAILED. */
 static char *
-write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *batch,
-           GError **error)
+write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *batch, GError **error)
 {
   g_auto (DocState) st = { 0 };
   g_autofree char *old_winner = NULL;
@@ -987,7 +1012,7 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
     {
       gboolean added = FALSE;
 
-      index = hb_rev_tree_merge_path (st.tree, in->start, (const char *const *) in->ids->pdata,
+      index = hb_rev_tree_merge_path (st.tree, in->start, (const char *const *)in->ids->pdata,
                                       in->ids->len, in->deleted, &added);
       if (!added)
         return hb_rev_tree_rev_string (st.tree, index);
@@ -1000,8 +1025,8 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
     return NULL;
   /* Stemming renumbered the tree: the new revision is found again by its name. */
   index = hb_rev_tree_find_rev (st.tree, new_rev);
-  if (!store_body (self, c, &st, index, in->canonical, error) ||
-      !commit_update (self, c, &st, removed, batch, error))
+  if (!store_body (self, c, &st, index, in->canonical, error)
+      || !commit_update (self, c, &st, removed, batch, error))
     return NULL;
   return g_steal_pointer (&new_rev);
 }
@@ -1011,16 +1036,16 @@ error_name (const GError *error)
 {
   switch (error->code)
     {
-    case HB_STORE_ERROR_CONFLICT:
-      return "conflict";
-    case HB_STORE_ERROR_INVALID:
-      return "bad_request";
-    case HB_STORE_ERROR_CORRUPT:
-      return "corrupt";
-    case HB_STORE_ERROR_NOT_FOUND:
-      return "not_found";
-    default:
-      return "error";
+      case HB_STORE_ERROR_CONFLICT:
+        return "conflict";
+      case HB_STORE_ERROR_INVALID:
+        return "bad_request";
+      case HB_STORE_ERROR_CORRUPT:
+        return "corrupt";
+      case HB_STORE_ERROR_NOT_FOUND:
+        return "not_found";
+      default:
+        return "error";
     }
 }
 
@@ -1047,8 +1072,8 @@ result_node (const char *id, const char *rev, const GError *error)
 static gboolean
 is_fatal (const GError *error)
 {
-  return error->domain != HB_STORE_ERROR || error->code == HB_STORE_ERROR_FAILED ||
-         error->code == HB_STORE_ERROR_LOCKED;
+  return error->domain != HB_STORE_ERROR || error->code == HB_STORE_ERROR_FAILED
+         || error->code == HB_STORE_ERROR_LOCKED;
 }
 
 static gboolean
@@ -1064,7 +1089,7 @@ save_counters (HbConn *c, const Batch *batch, GError **error)
 
   if (stmt == NULL)
     return FALSE;
-  sqlite3_bind_int64 (stmt, 1, (sqlite3_int64) batch->seq);
+  sqlite3_bind_int64 (stmt, 1, (sqlite3_int64)batch->seq);
   sqlite3_bind_int64 (stmt, 2, batch->live_delta);
   sqlite3_bind_int64 (stmt, 3, batch->deleted_delta);
   return stmt_done (c, stmt, error);
@@ -1086,8 +1111,12 @@ schedule_changed (HbStore *self)
                               g_object_ref (self), g_object_unref);
 }
 
-typedef gboolean (*WriteFunc) (HbStore *self, HbConn *c, Batch *batch, gpointer data,
-                               GCancellable *cancellable, GError **error);
+typedef gboolean (*WriteFunc) (HbStore *self,
+                               HbConn *c,
+                               Batch *batch,
+                               gpointer data,
+                               GCancellable *cancellable,
+                               GError **error);
 
 /* One write transaction: the writer lock, BEGIN IMMEDIATE, the work, counters, COMMIT; on any
  * fatal error everything rolls back and the in-memory sequence is untouched. */
@@ -1104,11 +1133,11 @@ run_write (HbStore *self, WriteFunc func, gpointer data, GCancellable *cancellab
   ok = conn_exec (self->writer, "BEGIN IMMEDIATE", error);
   if (ok)
     {
-      ok = func (self, self->writer, &batch, data, cancellable, error) &&
-           (!batch.changed || save_counters (self->writer, &batch, error)) &&
-           conn_exec (self->writer, "COMMIT", error);
+      ok = func (self, self->writer, &batch, data, cancellable, error)
+           && (!batch.changed || save_counters (self->writer, &batch, error))
+           && conn_exec (self->writer, "COMMIT", error);
       if (!ok)
-        (void) sqlite3_exec (self->writer->db, "ROLLBACK", NULL, NULL, NULL);
+        (void)sqlite3_exec (self->writer->db, "ROLLBACK", NULL, NULL, NULL);
     }
   if (ok && batch.changed)
     __atomic_store_n (&self->update_seq, batch.seq, __ATOMIC_RELEASE);
@@ -1127,7 +1156,11 @@ typedef struct
 } BulkArgs;
 
 static gboolean
-write_docs (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellable *cancellable,
+write_docs (HbStore *self,
+            HbConn *c,
+            Batch *batch,
+            gpointer data,
+            GCancellable *cancellable,
             GError **error)
 {
   BulkArgs *args = data;
@@ -1159,11 +1192,10 @@ write_docs (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellable 
   return TRUE;
 }
 
-
 /* ---- reads ----------------------------------------------------------------------------- */
 
-typedef gboolean (*ReadFunc) (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable,
-                              GError **error);
+typedef gboolean (*ReadFunc) (
+    HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, GError **error);
 
 /* One read transaction on a pooled connection, so a document record and its bodies are read
  * from the same snapshot even while a writer commits. */
@@ -1180,7 +1212,7 @@ run_read (HbStore *self, ReadFunc func, gpointer data, GCancellable *cancellable
   if (ok)
     {
       ok = func (self, c, data, cancellable, error);
-      (void) sqlite3_exec (c->db, "COMMIT", NULL, NULL, NULL);
+      (void)sqlite3_exec (c->db, "COMMIT", NULL, NULL, NULL);
     }
   reader_release (self, c);
   keys_release (self);
@@ -1195,42 +1227,55 @@ typedef struct
   JsonNode *result;
 } GetArgs;
 
+/* Loads a document and picks the revision to read: the given one, or the winner. */
+static gboolean
+locate_doc (HbStore *self,
+            HbConn *c,
+            DocState *st,
+            const char *id,
+            const char *rev,
+            HbGetFlags flags,
+            gint *index,
+            GError **error)
+{
+  doc_key_for (self, id, &st->dk);
+  if (!load_doc (self, c, st, error))
+    return FALSE;
+  if (!st->exists)
+    {
+      g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND, "No document %s", id);
+      return FALSE;
+    }
+  if (rev != NULL)
+    {
+      *index = hb_rev_tree_find_rev (st->tree, rev);
+      if (*index < 0)
+        {
+          g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND,
+                       "Document %s has no revision %s", id, rev);
+          return FALSE;
+        }
+      return TRUE;
+    }
+  *index = hb_rev_tree_winner (st->tree);
+  if (hb_rev_tree_node (st->tree, *index)->deleted && !(flags & HB_GET_FLAGS_DELETED))
+    {
+      g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND, "Document %s is deleted", id);
+      return FALSE;
+    }
+  return TRUE;
+}
+
 static JsonNode *
-read_doc (HbStore *self, HbConn *c, const char *id, const char *rev, HbGetFlags flags,
-          GError **error)
+read_doc (
+    HbStore *self, HbConn *c, const char *id, const char *rev, HbGetFlags flags, GError **error)
 {
   g_auto (DocState) st = { 0 };
   g_autoptr (JsonObject) body = NULL;
   gint index;
 
-  doc_key_for (self, id, &st.dk);
-  if (!load_doc (self, c, &st, error))
+  if (!locate_doc (self, c, &st, id, rev, flags, &index, error))
     return NULL;
-  if (!st.exists)
-    {
-      g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND, "No document %s", id);
-      return NULL;
-    }
-  if (rev != NULL)
-    {
-      index = hb_rev_tree_find_rev (st.tree, rev);
-      if (index < 0)
-        {
-          g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND,
-                       "Document %s has no revision %s", id, rev);
-          return NULL;
-        }
-    }
-  else
-    {
-      index = hb_rev_tree_winner (st.tree);
-      if (hb_rev_tree_node (st.tree, index)->deleted && !(flags & HB_GET_FLAGS_DELETED))
-        {
-          g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND, "Document %s is deleted",
-                       id);
-          return NULL;
-        }
-    }
   body = load_body (self, c, &st, index, error);
   return body != NULL ? build_doc (&st, index, body, flags) : NULL;
 }
@@ -1258,8 +1303,7 @@ error_row (const char *id, const GError *error)
 }
 
 static gboolean
-get_many_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable,
-               GError **error)
+get_many_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, GError **error)
 {
   ManyArgs *args = data;
 
@@ -1281,9 +1325,77 @@ get_many_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellabl
   return TRUE;
 }
 
+/* The document as JSON text without parsing its body: the special members (serialized from a
+ * document with an empty body) are spliced in front of the sealed canonical text. */
+static GBytes *
+read_doc_json (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GError **error)
+{
+  g_auto (DocState) st = { 0 };
+  g_autoptr (JsonObject) empty = json_object_new ();
+  g_autoptr (JsonNode) specials = NULL;
+  g_autofree char *head = NULL;
+  GString *out;
+  guint8 *plain;
+  gsize len = 0, head_len;
+  gint index;
+
+  if (!locate_doc (self, c, &st, id, NULL, flags, &index, error))
+    return NULL;
+  plain = load_body_text (self, c, &st, index, &len, error);
+  if (plain == NULL)
+    return NULL;
+  if (len < 2 || plain[0] != '{' || plain[len - 1] != '}')
+    {
+      hb_open_free (plain, len);
+      corrupt_error (error, "document body");
+      return NULL;
+    }
+  specials = build_doc (&st, index, empty, flags);
+  head = hb_json_to_canonical (specials, &head_len);
+  out = g_string_sized_new (head_len + len);
+  g_string_append_len (out, head, head_len - 1);
+  if (len > 2)
+    g_string_append_c (out, ',');
+  g_string_append_len (out, (const char *)plain + 1, len - 1);
+  hb_open_free (plain, len);
+  return g_string_free_to_bytes (out);
+}
+
 static gboolean
-revs_diff_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable,
-                GError **error)
+get_many_json_func (
+    HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, GError **error)
+{
+  ManyArgs *args = data;
+
+  for (guint i = 0; args->ids[i] != NULL; i++)
+    {
+      g_autoptr (GError) doc_error = NULL;
+      GBytes *doc;
+
+      if (g_cancellable_set_error_if_cancelled (cancellable, error))
+        return FALSE;
+      doc = read_doc_json (self, c, args->ids[i], args->flags, &doc_error);
+      if (doc == NULL)
+        {
+          g_autoptr (JsonNode) row = NULL;
+          char *text;
+
+          if (is_fatal (doc_error))
+            {
+              g_propagate_error (error, g_steal_pointer (&doc_error));
+              return FALSE;
+            }
+          row = error_row (args->ids[i], doc_error);
+          text = json_to_string (row, FALSE);
+          doc = g_bytes_new_take (text, strlen (text));
+        }
+      g_ptr_array_add (args->results, doc);
+    }
+  return TRUE;
+}
+
+static gboolean
+revs_diff_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, GError **error)
 {
   JsonNode **io = data;
   JsonObject *request;
@@ -1381,20 +1493,20 @@ changes_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable
 
   if (stmt == NULL)
     return FALSE;
-  sqlite3_bind_int64 (stmt, 1, (sqlite3_int64) args->since);
-  sqlite3_bind_int64 (stmt, 2, args->limit > 0 ? (sqlite3_int64) args->limit : -1);
+  sqlite3_bind_int64 (stmt, 1, (sqlite3_int64)args->since);
+  sqlite3_bind_int64 (stmt, 2, args->limit > 0 ? (sqlite3_int64)args->limit : -1);
   while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
     {
       g_auto (DocState) st = { 0 };
       g_autoptr (GError) doc_error = NULL;
       JsonObject *row = json_object_new ();
 
-      last = (guint64) sqlite3_column_int64 (stmt, 0);
-      json_object_set_int_member (row, "seq", (gint64) last);
+      last = (guint64)sqlite3_column_int64 (stmt, 0);
+      json_object_set_int_member (row, "seq", (gint64)last);
       memcpy (st.dk.b, sqlite3_column_blob (stmt, 1), HB_MAC_LEN);
-      if (sqlite3_column_bytes (stmt, 1) != HB_MAC_LEN ||
-          !open_meta (self, &st, sqlite3_column_blob (stmt, 2), sqlite3_column_bytes (stmt, 2),
-                      &doc_error))
+      if (sqlite3_column_bytes (stmt, 1) != HB_MAC_LEN
+          || !open_meta (self, &st, sqlite3_column_blob (stmt, 2), sqlite3_column_bytes (stmt, 2),
+                         &doc_error))
         {
           if (doc_error != NULL && is_fatal (doc_error))
             {
@@ -1416,7 +1528,7 @@ changes_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable
             {
               JsonObject *ch = json_object_new ();
               json_object_set_string_member (
-                ch, "rev", rev_string_tmp (st.tree, g_array_index (leaves, gint, l)));
+                  ch, "rev", rev_string_tmp (st.tree, g_array_index (leaves, gint, l)));
               json_array_add_object_element (changes, ch);
             }
           json_object_set_array_member (row, "changes", changes);
@@ -1431,14 +1543,14 @@ changes_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable
 
   out = json_object_new ();
   json_object_set_array_member (out, "results", g_steal_pointer (&results));
-  json_object_set_int_member (out, "last_seq", (gint64) last);
+  json_object_set_int_member (out, "last_seq", (gint64)last);
   stmt = conn_stmt (c, "SELECT count(*) FROM docs WHERE seq > ?", error);
   if (stmt == NULL)
     {
       json_object_unref (out);
       return FALSE;
     }
-  sqlite3_bind_int64 (stmt, 1, (sqlite3_int64) last);
+  sqlite3_bind_int64 (stmt, 1, (sqlite3_int64)last);
   if (sqlite3_step (stmt) == SQLITE_ROW)
     json_object_set_int_member (out, "pending", sqlite3_column_int64 (stmt, 0));
   sqlite3_reset (stmt);
@@ -1474,17 +1586,23 @@ add_winner (HbStore *self, HbConn *c, DocState *st, FindArgs *args, GError **err
       return TRUE;
     }
   /* The index only narrows the search; the sealed value decides. */
-  if (args->value != NULL &&
-      g_strcmp0 (json_object_get_string_member_with_default (body, index_fields[args->field], NULL),
-                 args->value) != 0)
+  if (args->value != NULL
+      && g_strcmp0 (
+             json_object_get_string_member_with_default (body, index_fields[args->field], NULL),
+             args->value)
+             != 0)
     return TRUE;
   g_ptr_array_add (args->results, build_doc (st, w, body, HB_GET_FLAGS_NONE));
   return TRUE;
 }
 
 static gboolean
-find_rows (HbStore *self, HbConn *c, sqlite3_stmt *stmt, FindArgs *args,
-           GCancellable *cancellable, GError **error)
+find_rows (HbStore *self,
+           HbConn *c,
+           sqlite3_stmt *stmt,
+           FindArgs *args,
+           GCancellable *cancellable,
+           GError **error)
 {
   int rc;
 
@@ -1521,12 +1639,12 @@ find_rows (HbStore *self, HbConn *c, sqlite3_stmt *stmt, FindArgs *args,
 static int
 compare_doc_ids (gconstpointer a, gconstpointer b)
 {
-  JsonObject *x = json_node_get_object (*(JsonNode *const *) a);
-  JsonObject *y = json_node_get_object (*(JsonNode *const *) b);
-  const char *ix = json_object_get_string_member_with_default (x, "_id",
-                                                               json_object_get_string_member_with_default (x, "id", ""));
-  const char *iy = json_object_get_string_member_with_default (y, "_id",
-                                                               json_object_get_string_member_with_default (y, "id", ""));
+  JsonObject *x = json_node_get_object (*(JsonNode *const *)a);
+  JsonObject *y = json_node_get_object (*(JsonNode *const *)b);
+  const char *ix = json_object_get_string_member_with_default (
+      x, "_id", json_object_get_string_member_with_default (x, "id", ""));
+  const char *iy = json_object_get_string_member_with_default (
+      y, "_id", json_object_get_string_member_with_default (y, "id", ""));
 
   return strcmp (ix, iy);
 }
@@ -1600,8 +1718,7 @@ read_local (HbStore *self, HbConn *c, const char *full_id, DocKey *dk, GError **
         }
     }
   else if (rc == SQLITE_DONE)
-    g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND, "No local document %s",
-                 full_id);
+    g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND, "No local document %s", full_id);
   else
     sql_error (c->db, rc, "Reading a local document", error);
   sqlite3_reset (stmt);
@@ -1618,8 +1735,7 @@ typedef struct
 } LocalArgs;
 
 static gboolean
-get_local_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable,
-                GError **error)
+get_local_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, GError **error)
 {
   LocalArgs *args = data;
   g_autofree char *full = local_id (args->id);
@@ -1637,8 +1753,12 @@ local_rev_number (const char *rev)
 
 /* Local documents have no history: "0-N" counts their writes, and a stale _rev conflicts. */
 static gboolean
-write_local_func (HbStore *self, HbConn *c, Batch *batch, gpointer data,
-                  GCancellable *cancellable, GError **error)
+write_local_func (HbStore *self,
+                  HbConn *c,
+                  Batch *batch,
+                  gpointer data,
+                  GCancellable *cancellable,
+                  GError **error)
 {
   LocalArgs *args = data;
   g_autofree char *full = local_id (args->id);
@@ -1655,10 +1775,10 @@ write_local_func (HbStore *self, HbConn *c, Batch *batch, gpointer data,
       return FALSE;
     }
   if (current != NULL)
-    current_rev = json_object_get_string_member_with_default (json_node_get_object (current),
-                                                              "_rev", NULL);
-  if ((current == NULL && args->rev != NULL && args->remove) ||
-      (current != NULL && g_strcmp0 (current_rev, args->rev) != 0))
+    current_rev
+        = json_object_get_string_member_with_default (json_node_get_object (current), "_rev", NULL);
+  if ((current == NULL && args->rev != NULL && args->remove)
+      || (current != NULL && g_strcmp0 (current_rev, args->rev) != 0))
     {
       g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CONFLICT,
                    "Local document %s: update conflict", full);
@@ -1724,7 +1844,11 @@ typedef struct
 } PurgeArgs;
 
 static gboolean
-purge_func (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellable *cancellable,
+purge_func (HbStore *self,
+            HbConn *c,
+            Batch *batch,
+            gpointer data,
+            GCancellable *cancellable,
             GError **error)
 {
   PurgeArgs *args = data;
@@ -1757,12 +1881,16 @@ purge_func (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellable 
       count_winner (st.tree, 1, batch);
       return TRUE;
     }
-  return prepare_update (self, c, &st, old_winner, NULL, NULL, removed, error) &&
-         commit_update (self, c, &st, removed, batch, error);
+  return prepare_update (self, c, &st, old_winner, NULL, NULL, removed, error)
+         && commit_update (self, c, &st, removed, batch, error);
 }
 
 static gboolean
-compact_func (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellable *cancellable,
+compact_func (HbStore *self,
+              HbConn *c,
+              Batch *batch,
+              gpointer data,
+              GCancellable *cancellable,
               GError **error)
 {
   guint *removed_total = data;
@@ -1827,16 +1955,17 @@ compact_func (HbStore *self, HbConn *c, Batch *batch, gpointer data, GCancellabl
 
 /* ---- schema ---------------------------------------------------------------------------- */
 
-static const char schema_v1[] =
-  "CREATE TABLE docs (seq INTEGER PRIMARY KEY, doc_key BLOB NOT NULL UNIQUE, meta BLOB NOT NULL,"
-  "  type_mac BLOB, session_mac BLOB, patient_mac BLOB);"
-  "CREATE INDEX docs_type ON docs (type_mac) WHERE type_mac IS NOT NULL;"
-  "CREATE INDEX docs_session ON docs (session_mac) WHERE session_mac IS NOT NULL;"
-  "CREATE INDEX docs_patient ON docs (patient_mac) WHERE patient_mac IS NOT NULL;"
-  "CREATE TABLE bodies (id INTEGER PRIMARY KEY, doc_key BLOB NOT NULL, body BLOB NOT NULL);"
-  "CREATE TABLE local_docs (doc_key BLOB PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;"
-  "INSERT INTO hb_meta (key, value) VALUES ('update_seq', 0), ('doc_count', 0),"
-  "  ('deleted_doc_count', 0), ('revs_limit', 1000);";
+static const char schema_v1[]
+    = "CREATE TABLE docs (seq INTEGER PRIMARY KEY, doc_key BLOB NOT NULL UNIQUE, meta BLOB NOT "
+      "NULL,"
+      "  type_mac BLOB, session_mac BLOB, patient_mac BLOB);"
+      "CREATE INDEX docs_type ON docs (type_mac) WHERE type_mac IS NOT NULL;"
+      "CREATE INDEX docs_session ON docs (session_mac) WHERE session_mac IS NOT NULL;"
+      "CREATE INDEX docs_patient ON docs (patient_mac) WHERE patient_mac IS NOT NULL;"
+      "CREATE TABLE bodies (id INTEGER PRIMARY KEY, doc_key BLOB NOT NULL, body BLOB NOT NULL);"
+      "CREATE TABLE local_docs (doc_key BLOB PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;"
+      "INSERT INTO hb_meta (key, value) VALUES ('update_seq', 0), ('doc_count', 0),"
+      "  ('deleted_doc_count', 0), ('revs_limit', 1000);";
 
 /* Migrations, in order: entry i brings a file from version i to version i + 1. */
 static const char *const migrations[] = {
@@ -1870,7 +1999,7 @@ meta_text (HbConn *c, const char *name)
     return NULL;
   sqlite3_bind_text (stmt, 1, name, -1, SQLITE_STATIC);
   if (sqlite3_step (stmt) == SQLITE_ROW && sqlite3_column_type (stmt, 0) == SQLITE_TEXT)
-    v = g_strdup ((const char *) sqlite3_column_text (stmt, 0));
+    v = g_strdup ((const char *)sqlite3_column_text (stmt, 0));
   sqlite3_reset (stmt);
   return v;
 }
@@ -1878,8 +2007,8 @@ meta_text (HbConn *c, const char *name)
 static gboolean
 set_meta_int (HbConn *c, const char *name, gint64 value, GError **error)
 {
-  sqlite3_stmt *stmt = conn_stmt (c, "INSERT OR REPLACE INTO hb_meta (key, value) VALUES (?, ?)",
-                                  error);
+  sqlite3_stmt *stmt
+      = conn_stmt (c, "INSERT OR REPLACE INTO hb_meta (key, value) VALUES (?, ?)", error);
 
   if (stmt == NULL)
     return FALSE;
@@ -1905,15 +2034,15 @@ migrate (HbConn *c, GError **error)
       return FALSE;
     }
   for (; version < SCHEMA_VERSION; version++)
-    if (!conn_exec (c, migrations[version], error) ||
-        !set_meta_int (c, "schema_version", version + 1, error))
+    if (!conn_exec (c, migrations[version], error)
+        || !set_meta_int (c, "schema_version", version + 1, error))
       return FALSE;
 
   if (meta_text (c, "uuid") == NULL)
     {
       g_autofree char *uuid = hb_random_uuid ();
-      sqlite3_stmt *stmt = conn_stmt (c, "INSERT INTO hb_meta (key, value) VALUES ('uuid', ?)",
-                                      error);
+      sqlite3_stmt *stmt
+          = conn_stmt (c, "INSERT INTO hb_meta (key, value) VALUES ('uuid', ?)", error);
       if (stmt == NULL)
         return FALSE;
       sqlite3_bind_text (stmt, 1, uuid, -1, SQLITE_TRANSIENT);
@@ -1931,7 +2060,7 @@ on_vault_locked (HbVault *vault, GParamSpec *pspec, HbStore *self)
   if (hb_vault_get_locked (vault))
     wipe_keys (self);
   else
-    (void) derive_keys (self, NULL);
+    (void)derive_keys (self, NULL);
 }
 
 static void
@@ -1968,17 +2097,17 @@ hb_store_get_property (GObject *object, guint prop_id, GValue *value, GParamSpec
 
   switch (prop_id)
     {
-    case PROP_VAULT:
-      g_value_set_object (value, self->vault);
-      break;
-    case PROP_UUID:
-      g_value_set_string (value, self->uuid);
-      break;
-    case PROP_REVS_LIMIT:
-      g_value_set_uint (value, hb_store_get_revs_limit (self));
-      break;
-    default:
-      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+      case PROP_VAULT:
+        g_value_set_object (value, self->vault);
+        break;
+      case PROP_UUID:
+        g_value_set_string (value, self->uuid);
+        break;
+      case PROP_REVS_LIMIT:
+        g_value_set_uint (value, hb_store_get_revs_limit (self));
+        break;
+      default:
+        G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
     }
 }
 
@@ -2003,17 +2132,16 @@ hb_store_class_init (HbStoreClass *klass)
    *
    * The store's random identity, part of every replication id.
    */
-  properties[PROP_UUID] = g_param_spec_string ("uuid", NULL, NULL, NULL,
-                                               G_PARAM_READABLE | G_PARAM_STATIC_STRINGS);
+  properties[PROP_UUID]
+      = g_param_spec_string ("uuid", NULL, NULL, NULL, G_PARAM_READABLE | G_PARAM_STATIC_STRINGS);
   /**
    * HbStore:revs-limit:
    *
    * How many revisions of each branch are kept (CouchDB's `_revs_limit`).
    */
-  properties[PROP_REVS_LIMIT] = g_param_spec_uint ("revs-limit", NULL, NULL, 1, G_MAXINT32,
-                                                   DEFAULT_REVS_LIMIT,
-                                                   G_PARAM_READABLE | G_PARAM_EXPLICIT_NOTIFY |
-                                                     G_PARAM_STATIC_STRINGS);
+  properties[PROP_REVS_LIMIT]
+      = g_param_spec_uint ("revs-limit", NULL, NULL, 1, G_MAXINT32, DEFAULT_REVS_LIMIT,
+                           G_PARAM_READABLE | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
   g_object_class_install_properties (object_class, N_PROPS, properties);
 
   /**
@@ -2023,8 +2151,8 @@ hb_store_class_init (HbStoreClass *klass)
    *
    * Emitted on the context that opened the store, after a write transaction committed.
    */
-  signals[CHANGED] = g_signal_new ("changed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0,
-                                   NULL, NULL, NULL, G_TYPE_NONE, 1, G_TYPE_UINT64);
+  signals[CHANGED] = g_signal_new ("changed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL,
+                                   NULL, NULL, G_TYPE_NONE, 1, G_TYPE_UINT64);
 }
 
 static void
@@ -2033,7 +2161,7 @@ hb_store_init (HbStore *self)
   g_rw_lock_init (&self->key_lock);
   g_mutex_init (&self->write_lock);
   g_mutex_init (&self->pool_lock);
-  self->readers = g_ptr_array_new_with_free_func ((GDestroyNotify) conn_free);
+  self->readers = g_ptr_array_new_with_free_func ((GDestroyNotify)conn_free);
   self->revs_limit = DEFAULT_REVS_LIMIT;
 }
 
@@ -2042,8 +2170,7 @@ store_setup (HbStore *self, GError **error)
 {
   if (!hb_vault_exists (self->vault))
     {
-      g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_FAILED, "%s holds no vault",
-                   self->path);
+      g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_FAILED, "%s holds no vault", self->path);
       return FALSE;
     }
   if (hb_vault_get_locked (self->vault))
@@ -2059,16 +2186,16 @@ store_setup (HbStore *self, GError **error)
     return FALSE;
   if (!migrate (self->writer, error) || !conn_exec (self->writer, "COMMIT", error))
     {
-      (void) sqlite3_exec (self->writer->db, "ROLLBACK", NULL, NULL, NULL);
+      (void)sqlite3_exec (self->writer->db, "ROLLBACK", NULL, NULL, NULL);
       return FALSE;
     }
   self->uuid = meta_text (self->writer, "uuid");
-  self->update_seq = (guint64) meta_int (self->writer, "update_seq", 0);
-  self->revs_limit = (guint) meta_int (self->writer, "revs_limit", DEFAULT_REVS_LIMIT);
+  self->update_seq = (guint64)meta_int (self->writer, "update_seq", 0);
+  self->revs_limit = (guint)meta_int (self->writer, "revs_limit", DEFAULT_REVS_LIMIT);
   if (!derive_keys (self, error))
     return FALSE;
-  self->locked_handler = g_signal_connect (self->vault, "notify::locked",
-                                           G_CALLBACK (on_vault_locked), self);
+  self->locked_handler
+      = g_signal_connect (self->vault, "notify::locked", G_CALLBACK (on_vault_locked), self);
   return TRUE;
 }
 
@@ -2232,8 +2359,12 @@ hb_store_get_revs_limit (HbStore *self)
 }
 
 static gboolean
-set_revs_limit_func (HbStore *self, HbConn *c, Batch *batch, gpointer data,
-                     GCancellable *cancellable, GError **error)
+set_revs_limit_func (HbStore *self,
+                     HbConn *c,
+                     Batch *batch,
+                     gpointer data,
+                     GCancellable *cancellable,
+                     GError **error)
 {
   return set_meta_int (c, "revs_limit", GPOINTER_TO_UINT (data), error);
 }
@@ -2257,7 +2388,7 @@ hb_store_set_revs_limit (HbStore *self, guint revs_limit, GError **error)
     return invalid (error, "%s", "revs_limit must be at least 1");
   if (!run_write (self, set_revs_limit_func, GUINT_TO_POINTER (revs_limit), NULL, error))
     return FALSE;
-  if ((guint) g_atomic_int_exchange (&self->revs_limit, revs_limit) != revs_limit)
+  if ((guint)g_atomic_int_exchange (&self->revs_limit, revs_limit) != revs_limit)
     g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_REVS_LIMIT]);
   return TRUE;
 }
@@ -2301,18 +2432,15 @@ result_to_error (JsonNode *result, GError **error)
  *   `{"ok": true, "id", "rev"}` or `{"id", "error", "reason"}`
  */
 GPtrArray *
-hb_store_bulk_docs_sync (HbStore *self,
-                         GPtrArray *docs,
-                         gboolean new_edits,
-                         GCancellable *cancellable,
-                         GError **error)
+hb_store_bulk_docs_sync (
+    HbStore *self, GPtrArray *docs, gboolean new_edits, GCancellable *cancellable, GError **error)
 {
   BulkArgs args = { docs, new_edits, NULL };
 
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (docs != NULL, NULL);
 
-  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify) json_node_unref);
+  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
   if (!run_write (self, write_docs, &args, cancellable, error))
     {
       g_ptr_array_unref (args.results);
@@ -2343,8 +2471,9 @@ hb_store_put_sync (HbStore *self, JsonNode *doc, GCancellable *cancellable, GErr
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (doc != NULL, NULL);
 
-  if (!JSON_NODE_HOLDS_OBJECT (doc) ||
-      json_object_get_string_member_with_default (json_node_get_object (doc), "_id", NULL) == NULL)
+  if (!JSON_NODE_HOLDS_OBJECT (doc)
+      || json_object_get_string_member_with_default (json_node_get_object (doc), "_id", NULL)
+             == NULL)
     {
       invalid (error, "%s", "A document needs an _id");
       return NULL;
@@ -2372,11 +2501,8 @@ hb_store_put_sync (HbStore *self, JsonNode *doc, GCancellable *cancellable, GErr
  * Returns: (transfer full): the tombstone's revision, or %NULL with @error set
  */
 char *
-hb_store_delete_sync (HbStore *self,
-                      const char *id,
-                      const char *rev,
-                      GCancellable *cancellable,
-                      GError **error)
+hb_store_delete_sync (
+    HbStore *self, const char *id, const char *rev, GCancellable *cancellable, GError **error)
 {
   g_autoptr (JsonNode) node = NULL;
   JsonObject *doc;
@@ -2449,8 +2575,42 @@ hb_store_get_many_sync (HbStore *self,
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (ids != NULL, NULL);
 
-  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify) json_node_unref);
+  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
   if (!run_read (self, get_many_func, &args, cancellable, error))
+    {
+      g_ptr_array_unref (args.results);
+      return NULL;
+    }
+  return args.results;
+}
+
+/**
+ * hb_store_get_many_json_sync:
+ * @self: a store
+ * @ids: (array zero-terminated=1): document ids
+ * @flags: what to add to each document
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Like hb_store_get_many_sync(), but each document comes back as UTF-8 JSON text, ready to be
+ * sent to a server, without being parsed on the way: what replication reads.
+ *
+ * Returns: (transfer full) (element-type GLib.Bytes): one JSON object per id, in order
+ */
+GPtrArray *
+hb_store_get_many_json_sync (HbStore *self,
+                             const char *const *ids,
+                             HbGetFlags flags,
+                             GCancellable *cancellable,
+                             GError **error)
+{
+  ManyArgs args = { ids, flags, NULL };
+
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  g_return_val_if_fail (ids != NULL, NULL);
+
+  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify)g_bytes_unref);
+  if (!run_read (self, get_many_json_func, &args, cancellable, error))
     {
       g_ptr_array_unref (args.results);
       return NULL;
@@ -2501,11 +2661,8 @@ hb_store_revs_diff_sync (HbStore *self,
  * Returns: (transfer full): `{"results": [...], "last_seq", "pending"}`
  */
 JsonNode *
-hb_store_changes_sync (HbStore *self,
-                       guint64 since,
-                       guint limit,
-                       GCancellable *cancellable,
-                       GError **error)
+hb_store_changes_sync (
+    HbStore *self, guint64 since, guint limit, GCancellable *cancellable, GError **error)
 {
   ChangesArgs args = { since, limit, NULL };
 
@@ -2517,12 +2674,12 @@ hb_store_changes_sync (HbStore *self,
 }
 
 static GPtrArray *
-find_docs (HbStore *self, HbIndexField field, const char *value, GCancellable *cancellable,
-           GError **error)
+find_docs (
+    HbStore *self, HbIndexField field, const char *value, GCancellable *cancellable, GError **error)
 {
   FindArgs args = { field, value, NULL };
 
-  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify) json_node_unref);
+  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
   if (!run_read (self, find_func, &args, cancellable, error))
     {
       g_ptr_array_unref (args.results);
@@ -2546,11 +2703,8 @@ find_docs (HbStore *self, HbIndexField field, const char *value, GCancellable *c
  *   whose record is corrupt appears as `{"error": "corrupt", ...}`
  */
 GPtrArray *
-hb_store_find_sync (HbStore *self,
-                    HbIndexField field,
-                    const char *value,
-                    GCancellable *cancellable,
-                    GError **error)
+hb_store_find_sync (
+    HbStore *self, HbIndexField field, const char *value, GCancellable *cancellable, GError **error)
 {
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (value != NULL, NULL);
@@ -2650,11 +2804,8 @@ hb_store_put_local_sync (HbStore *self, JsonNode *doc, GCancellable *cancellable
  * Returns: %TRUE on success
  */
 gboolean
-hb_store_delete_local_sync (HbStore *self,
-                            const char *id,
-                            const char *rev,
-                            GCancellable *cancellable,
-                            GError **error)
+hb_store_delete_local_sync (
+    HbStore *self, const char *id, const char *rev, GCancellable *cancellable, GError **error)
 {
   LocalArgs args = { id, rev, NULL, TRUE, NULL };
 
@@ -2717,7 +2868,7 @@ hb_store_compact_sync (HbStore *self, GCancellable *cancellable, GError **error)
     return 0;
   g_mutex_lock (&self->write_lock);
   if (self->writer != NULL)
-    (void) sqlite3_exec (self->writer->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+    (void)sqlite3_exec (self->writer->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
   g_mutex_unlock (&self->write_lock);
   return removed;
 }
@@ -2740,7 +2891,7 @@ file_size (const char *path)
 {
   GStatBuf st;
 
-  return g_stat (path, &st) == 0 ? (gint64) st.st_size : 0;
+  return g_stat (path, &st) == 0 ? (gint64)st.st_size : 0;
 }
 
 static gboolean
@@ -2837,34 +2988,34 @@ async_thread (GTask *task, gpointer source, gpointer task_data, GCancellable *ca
   AsyncArgs *a = task_data;
   GError *error = NULL;
   gpointer result = NULL;
-  GDestroyNotify free_result = (GDestroyNotify) g_ptr_array_unref;
+  GDestroyNotify free_result = (GDestroyNotify)g_ptr_array_unref;
 
   switch (a->op)
     {
-    case OP_PUT:
-      result = hb_store_put_sync (self, a->doc, cancellable, &error);
-      free_result = g_free;
-      break;
-    case OP_GET:
-      result = hb_store_get_sync (self, a->id, a->rev, a->flags, cancellable, &error);
-      free_result = (GDestroyNotify) json_node_unref;
-      break;
-    case OP_BULK_DOCS:
-      result = hb_store_bulk_docs_sync (self, a->docs, a->new_edits, cancellable, &error);
-      break;
-    case OP_GET_MANY:
-      result = hb_store_get_many_sync (self, (const char *const *) a->ids, a->flags, cancellable,
-                                       &error);
-      break;
-    case OP_CHANGES:
-      result = hb_store_changes_sync (self, a->since, a->limit, cancellable, &error);
-      free_result = (GDestroyNotify) json_node_unref;
-      break;
-    case OP_FIND:
-      result = hb_store_find_sync (self, a->field, a->value, cancellable, &error);
-      break;
-    default:
-      g_assert_not_reached ();
+      case OP_PUT:
+        result = hb_store_put_sync (self, a->doc, cancellable, &error);
+        free_result = g_free;
+        break;
+      case OP_GET:
+        result = hb_store_get_sync (self, a->id, a->rev, a->flags, cancellable, &error);
+        free_result = (GDestroyNotify)json_node_unref;
+        break;
+      case OP_BULK_DOCS:
+        result = hb_store_bulk_docs_sync (self, a->docs, a->new_edits, cancellable, &error);
+        break;
+      case OP_GET_MANY:
+        result = hb_store_get_many_sync (self, (const char *const *)a->ids, a->flags, cancellable,
+                                         &error);
+        break;
+      case OP_CHANGES:
+        result = hb_store_changes_sync (self, a->since, a->limit, cancellable, &error);
+        free_result = (GDestroyNotify)json_node_unref;
+        break;
+      case OP_FIND:
+        result = hb_store_find_sync (self, a->field, a->value, cancellable, &error);
+        break;
+      default:
+        g_assert_not_reached ();
     }
   if (error != NULL)
     g_task_return_error (task, error);
@@ -3009,7 +3160,7 @@ hb_store_bulk_docs_async (HbStore *self,
   AsyncArgs *a = async_args (OP_BULK_DOCS);
 
   g_return_if_fail (HB_IS_STORE (self));
-  a->docs = g_ptr_array_new_with_free_func ((GDestroyNotify) json_node_unref);
+  a->docs = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
   for (guint i = 0; i < docs->len; i++)
     g_ptr_array_add (a->docs, json_node_copy (g_ptr_array_index (docs, i)));
   a->new_edits = new_edits;
@@ -3052,7 +3203,7 @@ hb_store_get_many_async (HbStore *self,
   AsyncArgs *a = async_args (OP_GET_MANY);
 
   g_return_if_fail (HB_IS_STORE (self));
-  a->ids = g_strdupv ((char **) ids);
+  a->ids = g_strdupv ((char **)ids);
   a->flags = flags;
   run_async (self, a, hb_store_get_many_async, cancellable, callback, user_data);
 }

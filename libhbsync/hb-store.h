@@ -1,7 +1,7 @@
 #pragma once
 
 #if !defined(HBSYNC_INSIDE) && !defined(HBSYNC_COMPILATION)
-# error "Only <hbsync.h> can be included directly."
+#error "Only <hbsync.h> can be included directly."
 #endif
 
 #include <gio/gio.h>
@@ -134,18 +134,12 @@ HB_AVAILABLE_IN_ALL
 JsonNode *hb_store_get_finish (HbStore *self, GAsyncResult *result, GError **error);
 
 HB_AVAILABLE_IN_ALL
-char *hb_store_delete_sync (HbStore *self,
-                            const char *id,
-                            const char *rev,
-                            GCancellable *cancellable,
-                            GError **error);
+char *hb_store_delete_sync (
+    HbStore *self, const char *id, const char *rev, GCancellable *cancellable, GError **error);
 
 HB_AVAILABLE_IN_ALL
-GPtrArray *hb_store_bulk_docs_sync (HbStore *self,
-                                    GPtrArray *docs,
-                                    gboolean new_edits,
-                                    GCancellable *cancellable,
-                                    GError **error);
+GPtrArray *hb_store_bulk_docs_sync (
+    HbStore *self, GPtrArray *docs, gboolean new_edits, GCancellable *cancellable, GError **error);
 HB_AVAILABLE_IN_ALL
 void hb_store_bulk_docs_async (HbStore *self,
                                GPtrArray *docs,
@@ -173,17 +167,21 @@ HB_AVAILABLE_IN_ALL
 GPtrArray *hb_store_get_many_finish (HbStore *self, GAsyncResult *result, GError **error);
 
 HB_AVAILABLE_IN_ALL
+GPtrArray *hb_store_get_many_json_sync (HbStore *self,
+                                        const char *const *ids,
+                                        HbGetFlags flags,
+                                        GCancellable *cancellable,
+                                        GError **error);
+
+HB_AVAILABLE_IN_ALL
 JsonNode *hb_store_revs_diff_sync (HbStore *self,
                                    JsonNode *request,
                                    GCancellable *cancellable,
                                    GError **error);
 
 HB_AVAILABLE_IN_ALL
-JsonNode *hb_store_changes_sync (HbStore *self,
-                                 guint64 since,
-                                 guint limit,
-                                 GCancellable *cancellable,
-                                 GError **error);
+JsonNode *hb_store_changes_sync (
+    HbStore *self, guint64 since, guint limit, GCancellable *cancellable, GError **error);
 HB_AVAILABLE_IN_ALL
 void hb_store_changes_async (HbStore *self,
                              guint64 since,
@@ -214,21 +212,14 @@ HB_AVAILABLE_IN_ALL
 GPtrArray *hb_store_all_docs_sync (HbStore *self, GCancellable *cancellable, GError **error);
 
 HB_AVAILABLE_IN_ALL
-JsonNode *hb_store_get_local_sync (HbStore *self,
-                                   const char *id,
-                                   GCancellable *cancellable,
-                                   GError **error);
+JsonNode *
+hb_store_get_local_sync (HbStore *self, const char *id, GCancellable *cancellable, GError **error);
 HB_AVAILABLE_IN_ALL
-char *hb_store_put_local_sync (HbStore *self,
-                               JsonNode *doc,
-                               GCancellable *cancellable,
-                               GError **error);
+char *
+hb_store_put_local_sync (HbStore *self, JsonNode *doc, GCancellable *cancellable, GError **error);
 HB_AVAILABLE_IN_ALL
-gboolean hb_store_delete_local_sync (HbStore *self,
-                                     const char *id,
-                                     const char *rev,
-                                     GCancellable *cancellable,
-                                     GError **error);
+gboolean hb_store_delete_local_sync (
+    HbStore *self, const char *id, const char *rev, GCancellable *cancellable, GError **error);
 
 HB_AVAILABLE_IN_ALL
 guint hb_store_purge_sync (HbStore *self,

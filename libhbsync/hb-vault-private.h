@@ -7,10 +7,8 @@ G_BEGIN_DECLS
 
 /* Derive a 256-bit subkey of the data key for one purpose (HKDF-SHA256, info = purpose).
  * Fails with HB_VAULT_ERROR_LOCKED when the vault is locked. */
-gboolean _hb_vault_derive_key (HbVault *self,
-                               const char *purpose,
-                               guint8 out[HB_KEY_LEN],
-                               GError **error);
+gboolean
+_hb_vault_derive_key (HbVault *self, const char *purpose, guint8 out[HB_KEY_LEN], GError **error);
 
 /* Which data key the vault holds; bound into every sealed record so a future key rotation can
  * tell generations apart. */

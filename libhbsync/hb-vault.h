@@ -1,7 +1,7 @@
 #pragma once
 
 #if !defined(HBSYNC_INSIDE) && !defined(HBSYNC_COMPILATION)
-# error "Only <hbsync.h> can be included directly."
+#error "Only <hbsync.h> can be included directly."
 #endif
 
 #include <gio/gio.h>
@@ -118,10 +118,8 @@ HB_AVAILABLE_IN_ALL
 char *hb_vault_create_finish (HbVault *self, GAsyncResult *result, GError **error);
 
 HB_AVAILABLE_IN_ALL
-gboolean hb_vault_unlock_sync (HbVault *self,
-                               const char *pin,
-                               GCancellable *cancellable,
-                               GError **error);
+gboolean
+hb_vault_unlock_sync (HbVault *self, const char *pin, GCancellable *cancellable, GError **error);
 HB_AVAILABLE_IN_ALL
 void hb_vault_unlock_async (HbVault *self,
                             const char *pin,

@@ -30,7 +30,7 @@ tree_from (const char *const *histories)
           g_assert_cmpuint (pos, ==, start - i);
           g_ptr_array_add (ids, hash);
         }
-      hb_rev_tree_merge_path (tree, start, (const char *const *) ids->pdata, ids->len, deleted,
+      hb_rev_tree_merge_path (tree, start, (const char *const *)ids->pdata, ids->len, deleted,
                               &added);
     }
   return tree;
@@ -194,7 +194,7 @@ test_serialize_round_trip (void)
   b = leaves_string (back);
   g_assert_cmpstr (a, ==, b);
   /* Garbage never crashes the reader. */
-  g_assert_null (hb_rev_tree_deserialize ((const guint8 *) "\xff\xff\xff", 3, NULL));
+  g_assert_null (hb_rev_tree_deserialize ((const guint8 *)"\xff\xff\xff", 3, NULL));
 }
 
 int

@@ -52,8 +52,8 @@ put_ok (HbStore *store, const char *json)
 
 /* Inserts a replicated revision with its history: "rev hist1 hist2 ..." newest first. */
 static void
-insert_history (HbStore *store, const char *id, const char *history, gboolean deleted,
-                const char *body)
+insert_history (
+    HbStore *store, const char *id, const char *history, gboolean deleted, const char *body)
 {
   g_auto (GStrv) revs = g_strsplit (history, " ", -1);
   g_autoptr (JsonNode) doc = hb_test_json (body ? body : "{}");
@@ -78,7 +78,7 @@ insert_history (HbStore *store, const char *id, const char *history, gboolean de
   g_assert_no_error (error);
   g_assert_cmpuint (results->len, ==, 1);
   g_assert_true (json_object_get_boolean_member_with_default (
-    json_node_get_object (g_ptr_array_index (results, 0)), "ok", FALSE));
+      json_node_get_object (g_ptr_array_index (results, 0)), "ok", FALSE));
 }
 
 static JsonObject *
@@ -133,9 +133,8 @@ test_edit_cycle (Fixture *f, gconstpointer data)
   stale = put_json (f->store, "{\"_id\":\"patient:1\",\"type\":\"patient\"}", &error);
   g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CONFLICT);
   g_clear_error (&error);
-  g_assert_null (put_json (f->store,
-                           "{\"_id\":\"patient:1\",\"_rev\":\"1-00000000000000000000000000000000\"}",
-                           &error));
+  g_assert_null (put_json (
+      f->store, "{\"_id\":\"patient:1\",\"_rev\":\"1-00000000000000000000000000000000\"}", &error));
   g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CONFLICT);
   g_clear_error (&error);
 
@@ -152,9 +151,9 @@ test_edit_cycle (Fixture *f, gconstpointer data)
   doc = get_obj (f->store, "patient:1", NULL, HB_GET_FLAGS_REVISIONS, &keep);
   g_assert_cmpstr (json_object_get_string_member (doc, "_rev"), ==, rev2);
   g_assert_cmpstr (json_object_get_string_member (doc, "family_name"), ==, "Otieno");
-  g_assert_cmpint (json_object_get_int_member (json_object_get_object_member (doc, "_revisions"),
-                                               "start"),
-                   ==, 2);
+  g_assert_cmpint (
+      json_object_get_int_member (json_object_get_object_member (doc, "_revisions"), "start"), ==,
+      2);
   g_clear_pointer (&keep, json_node_unref);
 
   /* The old revision's body is still there until compaction. */
@@ -224,7 +223,7 @@ static void
 test_bulk_docs_per_document_results (Fixture *f, gconstpointer data)
 {
   g_autofree char *rev = put_ok (f->store, "{\"_id\":\"x\"}");
-  g_autoptr (GPtrArray) docs = g_ptr_array_new_with_free_func ((GDestroyNotify) json_node_unref);
+  g_autoptr (GPtrArray) docs = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
   g_autoptr (GPtrArray) results = NULL;
   g_autoptr (GError) error = NULL;
 
@@ -236,13 +235,15 @@ test_bulk_docs_per_document_results (Fixture *f, gconstpointer data)
   g_assert_no_error (error);
   g_assert_cmpuint (results->len, ==, 4);
   g_assert_true (json_object_get_boolean_member_with_default (
-    json_node_get_object (results->pdata[0]), "ok", FALSE));
-  g_assert_cmpstr (json_object_get_string_member (json_node_get_object (results->pdata[1]), "error"),
-                   ==, "conflict");
+      json_node_get_object (results->pdata[0]), "ok", FALSE));
+  g_assert_cmpstr (
+      json_object_get_string_member (json_node_get_object (results->pdata[1]), "error"), ==,
+      "conflict");
   /* A generated id, as POST /db gives. */
   g_assert_nonnull (json_object_get_string_member (json_node_get_object (results->pdata[2]), "id"));
-  g_assert_cmpstr (json_object_get_string_member (json_node_get_object (results->pdata[3]), "error"),
-                   ==, "conflict");
+  g_assert_cmpstr (
+      json_object_get_string_member (json_node_get_object (results->pdata[3]), "error"), ==,
+      "conflict");
   g_assert_cmpuint (hb_store_get_update_seq (f->store), ==, 3);
 }
 
@@ -258,7 +259,11 @@ typedef struct
 } ConflictCase;
 
 static const ConflictCase conflict_cases[] = {
-  { "two branches, higher hash wins", { "2-bbbb 1-aaaa", "2-cccc 1-aaaa" }, "2-cccc", "2-bbbb", "" },
+  { "two branches, higher hash wins",
+    { "2-bbbb 1-aaaa", "2-cccc 1-aaaa" },
+    "2-cccc",
+    "2-bbbb",
+    "" },
   { "longer branch wins", { "3-1111 2-bbbb 1-aaaa", "2-ffff 1-aaaa" }, "3-1111", "2-ffff", "" },
   { "tombstone loses to a live leaf",
     { "!3-ffff 2-bbbb 1-aaaa", "2-cccc 1-aaaa" },
@@ -306,9 +311,9 @@ test_conflicts (Fixture *f, gconstpointer data)
   changes = hb_store_changes_sync (f->store, 0, 0, NULL, &error);
   g_assert_no_error (error);
   leaves = json_object_get_array_member (
-    json_array_get_object_element (
-      json_object_get_array_member (json_node_get_object (changes), "results"), 0),
-    "changes");
+      json_array_get_object_element (
+          json_object_get_array_member (json_node_get_object (changes), "results"), 0),
+      "changes");
   g_assert_cmpstr (json_object_get_string_member (json_array_get_object_element (leaves, 0), "rev"),
                    ==, c->winner);
 }
@@ -354,13 +359,14 @@ test_stemming (Fixture *f, gconstpointer data)
   rev = g_strdup (first);
   for (int i = 1; i < 10; i++)
     {
-      g_autofree char *json = g_strdup_printf ("{\"_id\":\"n:1\",\"_rev\":\"%s\",\"i\":%d}", rev, i);
+      g_autofree char *json
+          = g_strdup_printf ("{\"_id\":\"n:1\",\"_rev\":\"%s\",\"i\":%d}", rev, i);
       g_free (rev);
       rev = put_ok (f->store, json);
     }
   g_assert_true (g_str_has_prefix (rev, "10-"));
   revisions = json_object_get_object_member (
-    get_obj (f->store, "n:1", NULL, HB_GET_FLAGS_REVISIONS, &keep), "_revisions");
+      get_obj (f->store, "n:1", NULL, HB_GET_FLAGS_REVISIONS, &keep), "_revisions");
   g_assert_cmpint (json_object_get_int_member (revisions, "start"), ==, 10);
   g_assert_cmpuint (json_array_get_length (json_object_get_array_member (revisions, "ids")), ==, 3);
   g_assert_null (hb_store_get_sync (f->store, "n:1", first, 0, NULL, &error));
@@ -384,17 +390,17 @@ test_revs_diff (Fixture *f, gconstpointer data)
   json = hb_test_to_string (res);
   o = json_node_get_object (res);
   g_assert_cmpuint (json_object_get_size (o), ==, 2);
+  g_assert_cmpstr (
+      json_array_get_string_element (
+          json_object_get_array_member (json_object_get_object_member (o, "a"), "missing"), 0),
+      ==, "3-cccc");
   g_assert_cmpstr (json_array_get_string_element (
-                     json_object_get_array_member (json_object_get_object_member (o, "a"), "missing"),
-                     0),
-                   ==, "3-cccc");
-  g_assert_cmpstr (json_array_get_string_element (
-                     json_object_get_array_member (json_object_get_object_member (o, "a"),
-                                                   "possible_ancestors"),
-                     0),
+                       json_object_get_array_member (json_object_get_object_member (o, "a"),
+                                                     "possible_ancestors"),
+                       0),
                    ==, "2-bbbb");
-  g_assert_false (json_object_has_member (json_object_get_object_member (o, "b"),
-                                          "possible_ancestors"));
+  g_assert_false (
+      json_object_has_member (json_object_get_object_member (o, "b"), "possible_ancestors"));
 }
 
 static void
@@ -428,8 +434,8 @@ test_changes (Fixture *f, gconstpointer data)
                    ==, 4);
   g_assert_cmpstr (json_object_get_string_member (json_array_get_object_element (results, 2), "id"),
                    ==, "b");
-  g_assert_true (json_object_get_boolean_member (json_array_get_object_element (results, 2),
-                                                 "deleted"));
+  g_assert_true (
+      json_object_get_boolean_member (json_array_get_object_element (results, 2), "deleted"));
   g_assert_cmpint (json_object_get_int_member (json_node_get_object (all), "last_seq"), ==, 5);
 
   page = hb_store_changes_sync (f->store, 3, 1, NULL, &error);
@@ -469,8 +475,8 @@ test_local_documents (Fixture *f, gconstpointer data)
                    "13-def");
   /* Local documents never show in the changes feed. */
   changes = hb_store_changes_sync (f->store, 0, 0, NULL, &error);
-  g_assert_cmpuint (json_array_get_length (json_object_get_array_member (
-                      json_node_get_object (changes), "results")),
+  g_assert_cmpuint (json_array_get_length (
+                        json_object_get_array_member (json_node_get_object (changes), "results")),
                     ==, 0);
   g_assert_false (hb_store_delete_local_sync (f->store, "_local/ckpt", "0-1", NULL, &error));
   g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CONFLICT);
@@ -527,7 +533,8 @@ test_purge_and_compact (Fixture *f, gconstpointer data)
   stats = hb_store_get_stats_sync (f->store, NULL, &error);
   g_assert_no_error (error);
   g_assert_cmpint (json_object_get_int_member (json_node_get_object (stats), "doc_count"), ==, 1);
-  g_assert_cmpint (json_object_get_int_member (json_node_get_object (stats), "stored_bodies"), ==, 1);
+  g_assert_cmpint (json_object_get_int_member (json_node_get_object (stats), "stored_bodies"), ==,
+                   1);
 }
 
 static void
@@ -543,8 +550,10 @@ test_find (Fixture *f, gconstpointer data)
   g_autofree char *json = NULL;
   g_autofree char *d = NULL;
 
-  g_free (put_ok (f->store, "{\"_id\":\"session:1\",\"type\":\"session\",\"patient_id\":\"patient:1\"}"));
-  g_free (put_ok (f->store, "{\"_id\":\"session:2\",\"type\":\"session\",\"patient_id\":\"patient:2\"}"));
+  g_free (put_ok (f->store,
+                  "{\"_id\":\"session:1\",\"type\":\"session\",\"patient_id\":\"patient:1\"}"));
+  g_free (put_ok (f->store,
+                  "{\"_id\":\"session:2\",\"type\":\"session\",\"patient_id\":\"patient:2\"}"));
   r1 = put_ok (f->store, "{\"_id\":\"note:1\",\"type\":\"note\",\"session_id\":\"session:1\","
                          "\"patient_id\":\"patient:1\"}");
   g_free (put_ok (f->store, "{\"_id\":\"observation:1\",\"type\":\"observation\","
@@ -555,8 +564,9 @@ test_find (Fixture *f, gconstpointer data)
   g_assert_cmpuint (sessions->len, ==, 2);
   by_session = hb_store_find_sync (f->store, HB_INDEX_FIELD_SESSION_ID, "session:1", NULL, &error);
   g_assert_cmpuint (by_session->len, ==, 2);
-  g_assert_cmpstr (json_object_get_string_member (json_node_get_object (by_session->pdata[0]), "_id"),
-                   ==, "note:1");
+  g_assert_cmpstr (
+      json_object_get_string_member (json_node_get_object (by_session->pdata[0]), "_id"), ==,
+      "note:1");
 
   /* The index follows the winning revision. */
   json = g_strdup_printf ("{\"_id\":\"note:1\",\"_rev\":\"%s\",\"type\":\"note\","
@@ -575,6 +585,43 @@ test_find (Fixture *f, gconstpointer data)
   g_assert_cmpuint (moved->len, ==, 0);
   all = hb_store_all_docs_sync (f->store, NULL, &error);
   g_assert_cmpuint (all->len, ==, 3);
+}
+
+static void
+test_get_many_json (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  const char *const ids[] = { "p:1", "empty", "c", "missing", "gone", NULL };
+  g_autoptr (GPtrArray) nodes = NULL;
+  g_autoptr (GPtrArray) texts = NULL;
+  g_autofree char *rev = NULL;
+  g_autofree char *del = NULL;
+  HbGetFlags flags = HB_GET_FLAGS_CONFLICTS | HB_GET_FLAGS_REVISIONS;
+
+  g_free (put_ok (f->store, "{\"_id\":\"p:1\",\"type\":\"patient\",\"name\":\"A \\\"q\\\" é\","
+                            "\"n\":[1,2.5,{\"z\":null,\"a\":true}]}"));
+  g_free (put_ok (f->store, "{\"_id\":\"empty\"}"));
+  insert_history (f->store, "c", "2-bbbb 1-aaaa", FALSE, "{\"v\":1}");
+  insert_history (f->store, "c", "2-cccc 1-aaaa", FALSE, "{\"v\":2}");
+  rev = put_ok (f->store, "{\"_id\":\"gone\"}");
+  del = hb_store_delete_sync (f->store, "gone", rev, NULL, &error);
+  g_assert_no_error (error);
+
+  nodes = hb_store_get_many_sync (f->store, ids, flags, NULL, &error);
+  g_assert_no_error (error);
+  texts = hb_store_get_many_json_sync (f->store, ids, flags, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (texts->len, ==, nodes->len);
+  for (guint i = 0; i < texts->len; i++)
+    {
+      gsize len;
+      const char *text = g_bytes_get_data (texts->pdata[i], &len);
+      g_autofree char *copy = g_strndup (text, len);
+      g_autoptr (JsonNode) parsed = hb_test_json (copy);
+
+      /* The same document, whichever way it was read. */
+      g_assert_true (json_node_equal (parsed, nodes->pdata[i]));
+    }
 }
 
 /* ---- on disk ---------------------------------------------------------------------------- */
@@ -638,9 +685,9 @@ test_no_plaintext_on_disk (Fixture *f, gconstpointer data)
   g_autofree char *lrev = NULL;
 
   json = g_strdup_printf (
-    "{\"_id\":\"%s\",\"type\":\"patient\",\"given_name\":\"%s\",\"family_name\":\"%s\","
-    "\"national_id\":\"%s\"}",
-    secrets[0], secrets[1], secrets[2], secrets[5]);
+      "{\"_id\":\"%s\",\"type\":\"patient\",\"given_name\":\"%s\",\"family_name\":\"%s\","
+      "\"national_id\":\"%s\"}",
+      secrets[0], secrets[1], secrets[2], secrets[5]);
   g_free (put_ok (f->store, json));
   g_free (json);
   json = g_strdup_printf ("{\"_id\":\"note:1\",\"type\":\"note\",\"session_id\":\"%s\","
@@ -666,13 +713,13 @@ row_keys (const char *path, const char *table)
   sqlite3 *db;
   sqlite3_stmt *stmt;
   g_autofree char *sql = g_strdup_printf ("SELECT doc_key FROM %s ORDER BY doc_key", table);
-  GPtrArray *keys = g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref);
+  GPtrArray *keys = g_ptr_array_new_with_free_func ((GDestroyNotify)g_bytes_unref);
 
   g_assert_cmpint (sqlite3_open (path, &db), ==, SQLITE_OK);
   g_assert_cmpint (sqlite3_prepare_v2 (db, sql, -1, &stmt, NULL), ==, SQLITE_OK);
   while (sqlite3_step (stmt) == SQLITE_ROW)
-    g_ptr_array_add (keys, g_bytes_new (sqlite3_column_blob (stmt, 0),
-                                        sqlite3_column_bytes (stmt, 0)));
+    g_ptr_array_add (keys,
+                     g_bytes_new (sqlite3_column_blob (stmt, 0), sqlite3_column_bytes (stmt, 0)));
   sqlite3_finalize (stmt);
   sqlite3_close (db);
   return keys;
@@ -681,14 +728,18 @@ row_keys (const char *path, const char *table)
 /* Rewrites one sealed column of the row with this doc_key: flips one bit at offset (negative:
  * from the end), or, with replacement, puts another row's bytes there. */
 static void
-tamper (const char *path, const char *table, const char *column, GBytes *doc_key, int offset,
+tamper (const char *path,
+        const char *table,
+        const char *column,
+        GBytes *doc_key,
+        int offset,
         GBytes *replacement)
 {
   sqlite3 *db;
   sqlite3_stmt *stmt;
   g_autofree char *select = g_strdup_printf ("SELECT %s FROM %s WHERE doc_key = ?", column, table);
-  g_autofree char *update = g_strdup_printf ("UPDATE %s SET %s = ? WHERE doc_key = ?", table,
-                                             column);
+  g_autofree char *update
+      = g_strdup_printf ("UPDATE %s SET %s = ? WHERE doc_key = ?", table, column);
   g_autofree guint8 *blob = NULL;
   gsize len;
 
@@ -703,7 +754,7 @@ tamper (const char *path, const char *table, const char *column, GBytes *doc_key
     {
       len = sqlite3_column_bytes (stmt, 0);
       blob = g_memdup2 (sqlite3_column_blob (stmt, 0), len);
-      blob[offset >= 0 ? (gsize) offset : len + offset] ^= 0x01;
+      blob[offset >= 0 ? (gsize)offset : len + offset] ^= 0x01;
     }
   sqlite3_finalize (stmt);
   g_assert_cmpint (sqlite3_prepare_v2 (db, update, -1, &stmt, NULL), ==, SQLITE_OK);
@@ -848,7 +899,7 @@ sealed_rows (const char *path)
     "SELECT seq, coalesce (type_mac, x'') || coalesce (session_mac, x'')"
     " || coalesce (patient_mac, x'') FROM docs ORDER BY seq",
   };
-  GPtrArray *rows = g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref);
+  GPtrArray *rows = g_ptr_array_new_with_free_func ((GDestroyNotify)g_bytes_unref);
   sqlite3 *db;
 
   g_assert_cmpint (sqlite3_open (path, &db), ==, SQLITE_OK);
@@ -1028,8 +1079,8 @@ reader_thread (gpointer data)
       rows = json_object_get_array_member (json_node_get_object (changes), "results");
       for (guint i = 0; i < json_array_get_length (rows); i++)
         {
-          const char *id = json_object_get_string_member (json_array_get_object_element (rows, i),
-                                                          "id");
+          const char *id
+              = json_object_get_string_member (json_array_get_object_element (rows, i), "id");
           g_autoptr (JsonNode) doc = hb_store_get_sync (r->store, id, NULL, 0, NULL, &error);
           g_assert_no_error (error);
           g_atomic_int_inc (&r->reads);
@@ -1051,7 +1102,8 @@ test_concurrent_readers (Fixture *f, gconstpointer data)
    * feet: a reader's snapshot must never see a record without its body). */
   for (guint i = 1; i <= 200; i++)
     {
-      g_autofree char *json = g_strdup_printf ("{\"_id\":\"hot\",\"_rev\":\"%s\",\"i\":%u}", rev, i);
+      g_autofree char *json
+          = g_strdup_printf ("{\"_id\":\"hot\",\"_rev\":\"%s\",\"i\":%u}", rev, i);
       g_autofree char *other = g_strdup_printf ("{\"_id\":\"cold:%u\"}", i);
       g_free (rev);
       rev = put_ok (f->store, json);
@@ -1091,6 +1143,7 @@ main (int argc, char *argv[])
   ADD ("/store/history/purge-compact", test_purge_and_compact);
   ADD ("/store/local", test_local_documents);
   ADD ("/store/find", test_find);
+  ADD ("/store/get-many-json", test_get_many_json);
   ADD ("/store/disk/no-plaintext", test_no_plaintext_on_disk);
   ADD ("/store/disk/tamper", test_tamper);
   ADD ("/store/disk/change-pin-keeps-records", test_change_pin_keeps_records);
