@@ -2020,6 +2020,7 @@ set_meta_int (HbConn *c, const char *name, gint64 value, GError **error)
 static gboolean
 migrate (HbConn *c, GError **error)
 {
+  g_autofree char *existing_uuid = NULL;
   gint64 version;
 
   if (!conn_exec (c, "CREATE TABLE IF NOT EXISTS hb_meta (key TEXT PRIMARY KEY, value)", error))
@@ -2038,7 +2039,8 @@ migrate (HbConn *c, GError **error)
         || !set_meta_int (c, "schema_version", version + 1, error))
       return FALSE;
 
-  if (meta_text (c, "uuid") == NULL)
+  existing_uuid = meta_text (c, "uuid");
+  if (existing_uuid == NULL)
     {
       g_autofree char *uuid = hb_random_uuid ();
       sqlite3_stmt *stmt

@@ -1,0 +1,764 @@
+#!/usr/bin/python3
+"""The hbsync command-line tool: every command and every documented exit code.
+
+Runs the binary named by $HBSYNC_CLI in a fresh directory per test. Secrets go through
+--pin-fd (a pipe), except in the terminal test, which drives the no-echo prompt through a pty.
+
+Lockout: the vault delays attempts after the 4th failure (1, 2, 4, 8, 16, 32 s). The "too soon"
+answer is tested for real, inside the 2 s delay after the 5th failure (about 3.4 s of sleeps).
+The full lockout test skips the delays by rewinding the vault's last-failure time in the SQLite
+file (the column is found from the schema at run time), as if the time had passed, instead of
+sleeping 63 s; if no such column exists it falls back to waiting as long as the tool says.
+"""
+
+import fcntl
+import json
+import os
+import re
+import select
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+import unittest
+
+CLI = os.environ.get("HBSYNC_CLI")
+
+PIN = "482913"
+NEW_PIN = "739154"
+FAST_KDF = ["--kdf-memory", "8192", "--kdf-iterations", "1"]
+REV_RE = re.compile(r"^[1-9][0-9]*-[0-9a-f]{32}$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+# Document content used below; none of it may ever reach stderr.
+SECRET_NAME = "Zebulon"
+SECRET_NOTE = "Quillfeather reports dizziness"
+
+COMMANDS = ["init", "put", "get", "delete", "list", "changes", "import", "export", "stats",
+            "change-pin", "recover"]
+
+
+def rev_of(pos, char):
+    return "%d-%s" % (pos, char * 32)
+
+
+class Result:
+    def __init__(self, args, proc):
+        self.args = args
+        self.code = proc.returncode
+        self.stdout = proc.stdout.decode("utf-8")
+        self.stderr = proc.stderr.decode("utf-8")
+
+    def json(self):
+        return json.loads(self.stdout)
+
+    def ndjson(self):
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+    def __str__(self):
+        return "hbsync %s → %d\nstdout: %s\nstderr: %s" % (
+            " ".join(self.args), self.code, self.stdout[:2000], self.stderr[:2000])
+
+
+class CliTestCase(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="hbsync-cli-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.store = self.path("store.db")
+        self.never_on_stderr = [PIN, NEW_PIN, SECRET_NAME, SECRET_NOTE]
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def write(self, name, text):
+        with open(self.path(name), "w", encoding="utf-8") as f:
+            f.write(text)
+        return self.path(name)
+
+    # ---- running the tool ------------------------------------------------------------------
+
+    def run_cli(self, *args, secrets=(PIN,), store=None, stdin_data=None, env=None):
+        """Runs hbsync; each of secrets is one line on the --pin-fd pipe (None: no --pin-fd)."""
+        cmd = [CLI]
+        if store is not False:
+            cmd += ["--store", store or self.store]
+        read_fd = None
+        if secrets is not None:
+            read_fd, write_fd = os.pipe()
+            os.write(write_fd, "".join(s + "\n" for s in secrets).encode())
+            os.close(write_fd)
+            cmd += ["--pin-fd", str(read_fd)]
+        cmd += list(args)
+        try:
+            proc = subprocess.run(
+                cmd,
+                input=stdin_data.encode() if stdin_data is not None else None,
+                stdin=subprocess.DEVNULL if stdin_data is None else None,
+                capture_output=True,
+                pass_fds=(read_fd,) if read_fd is not None else (),
+                env=env,
+                start_new_session=True,  # no controlling terminal: nothing may prompt
+                timeout=120,
+            )
+        finally:
+            if read_fd is not None:
+                os.close(read_fd)
+        result = Result(cmd[1:], proc)
+        self.check_result(result)
+        return result
+
+    def check_result(self, result):
+        for secret in self.never_on_stderr:
+            self.assertNotIn(secret, result.stderr, "secret on stderr:\n%s" % result)
+        if result.code == 0:
+            if "export" in result.args:
+                result.ndjson()
+            elif "--help" not in result.args and "--version" not in result.args:
+                try:
+                    result.json()
+                except ValueError as e:
+                    self.fail("stdout is not one JSON value (%s):\n%s" % (e, result))
+        else:
+            lines = result.stderr.splitlines()
+            self.assertTrue(lines and lines[0].startswith("hbsync: "),
+                            "no error line on stderr:\n%s" % result)
+
+    def ok(self, *args, **kwargs):
+        result = self.run_cli(*args, **kwargs)
+        self.assertEqual(result.code, 0, str(result))
+        return result.ndjson() if "export" in args else result.json()
+
+    def fails(self, code, *args, **kwargs):
+        result = self.run_cli(*args, **kwargs)
+        self.assertEqual(result.code, code, str(result))
+        return result
+
+    def init(self, store=None, device_secret=False, pin=PIN):
+        args = ["init"] + FAST_KDF + ([] if device_secret else ["--no-device-secret"])
+        result = self.run_cli(*args, secrets=(pin,), store=store)
+        self.assertEqual(result.code, 0, str(result))
+        out = result.json()
+        self.assertEqual(set(out), {"store_uuid", "recovery_key"})
+        self.assertRegex(out["store_uuid"], UUID_RE)
+        self.assertGreaterEqual(len(out["recovery_key"]), 32)
+        self.assertIn("recovery key", result.stderr)
+        self.never_on_stderr.append(out["recovery_key"])
+        return out
+
+    def put(self, doc, **kwargs):
+        out = self.ok("put", "-", stdin_data=json.dumps(doc), **kwargs)
+        self.assertTrue(out["ok"])
+        self.assertRegex(out["rev"], REV_RE)
+        return out["rev"]
+
+    def get(self, doc_id, *args, **kwargs):
+        return self.ok("get", doc_id, *args, **kwargs)
+
+    def import_text(self, text, expect=0, **kwargs):
+        name = self.write("import-%d.json" % time.monotonic_ns(), text)
+        result = self.run_cli("import", name, **kwargs)
+        self.assertEqual(result.code, expect, str(result))
+        return result.json()
+
+    # ---- SQLite helpers (tamper, skip delays) ----------------------------------------------
+
+    def tables(self, con):
+        names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {n: con.execute('PRAGMA table_info("%s")' % n).fetchall() for n in names}
+
+    def body_column(self, con):
+        """The table and column holding the sealed document bodies."""
+        tables = self.tables(con)
+        for pattern in (r"bod", r"rev"):
+            for name, cols in sorted(tables.items()):
+                if not re.search(pattern, name) or "local" in name:
+                    continue
+                blobs = [c[1] for c in cols if c[2].upper() == "BLOB"]
+                for col in blobs:
+                    if re.search(r"body|data|sealed", col):
+                        return name, col
+                if blobs:
+                    return name, blobs[-1]
+        self.fail("no table of sealed bodies in %s" % sorted(tables))
+
+    def body_blobs(self, path):
+        con = sqlite3.connect(path)
+        try:
+            table, col = self.body_column(con)
+            return {bytes(r[0]) for r in con.execute('SELECT "%s" FROM "%s"' % (col, table))}
+        finally:
+            con.close()
+
+    def flip_byte(self, path, blob):
+        con = sqlite3.connect(path)
+        try:
+            table, col = self.body_column(con)
+            damaged = bytearray(blob)
+            damaged[len(damaged) // 2] ^= 0x01
+            cur = con.execute('UPDATE "%s" SET "%s" = ? WHERE "%s" = ?' % (table, col, col),
+                              (bytes(damaged), blob))
+            self.assertEqual(cur.rowcount, 1)
+            con.commit()
+        finally:
+            con.close()
+
+    def rewind_failure_clock(self, path):
+        """Pretends the escalating delay has passed; False if the schema has no such time."""
+        con = sqlite3.connect(path)
+        try:
+            for name, cols in self.tables(con).items():
+                if "last_failure_at" in [c[1] for c in cols]:
+                    con.execute('UPDATE "%s" SET last_failure_at = 0' % name)
+                    con.commit()
+                    return True
+            return False
+        finally:
+            con.close()
+
+    def fail_pin(self, store=None):
+        """One counted wrong-PIN attempt, getting past the escalating delay if it is running."""
+        store = store or self.store
+        for _ in range(3):
+            result = self.run_cli("stats", secrets=("000000",), store=store)
+            self.assertEqual(result.code, 3, str(result))
+            wait = re.search(r"try again in (\d+) second", result.stderr)
+            if wait is None:
+                return result
+            if not self.rewind_failure_clock(store):
+                time.sleep(int(wait.group(1)) + 0.2)
+        self.fail("the delay never passed:\n%s" % result)
+
+    # ---- terminal --------------------------------------------------------------------------
+
+    def run_on_tty(self, args, answers):
+        """Runs hbsync with a pty as its controlling terminal; answers are (prompt, reply)."""
+        master, slave = os.openpty()
+        self.addCleanup(os.close, master)
+
+        def make_controlling_tty():
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+        proc = subprocess.Popen([CLI, "--store", self.store] + args,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True,
+                                pass_fds=(slave,), preexec_fn=make_controlling_tty)
+        transcript = b""
+        try:
+            for prompt, reply in answers:
+                deadline = time.monotonic() + 30
+                while prompt.encode() not in transcript:
+                    ready, _, _ = select.select([master], [], [], 0.5)
+                    if ready:
+                        transcript += os.read(master, 4096)
+                    self.assertLess(time.monotonic(), deadline,
+                                    "no prompt %r; terminal: %r" % (prompt, transcript))
+                # The prompt is consumed so that the next one has to appear anew.
+                transcript = transcript.replace(prompt.encode(), b"<prompt>", 1)
+                os.write(master, (reply + "\n").encode())
+            stdout, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        while select.select([master], [], [], 0.1)[0]:
+            try:
+                transcript += os.read(master, 4096)
+            except OSError:
+                break
+        echo_restored = bool(termios.tcgetattr(slave)[3] & termios.ECHO)
+        os.close(slave)
+        result = Result(args, subprocess.CompletedProcess(args, proc.returncode, stdout, stderr))
+        self.check_result(result)
+        return result, transcript.decode("utf-8", "replace"), echo_restored
+
+
+class TestHelpAndUsage(CliTestCase):
+    def test_help_lists_commands_and_exit_codes(self):
+        result = self.run_cli("--help", secrets=None, store=False)
+        self.assertEqual(result.code, 0, str(result))
+        for command in COMMANDS:
+            self.assertRegex(result.stdout, r"\n  %s\b" % re.escape(command))
+        for code in range(7):
+            self.assertRegex(result.stdout, r"\n  %d  \w" % code)
+        for option in ("--store", "--pin-fd", "--version"):
+            self.assertIn(option, result.stdout)
+
+    def test_command_help(self):
+        result = self.run_cli("get", "--help", secrets=None, store=False)
+        self.assertEqual(result.code, 0, str(result))
+        for option in ("--rev", "--conflicts", "--revs"):
+            self.assertIn(option, result.stdout)
+        result = self.run_cli("init", "--help", secrets=None, store=False)
+        for option in ("--no-device-secret", "--kdf-memory", "--kdf-iterations"):
+            self.assertIn(option, result.stdout)
+
+    def test_version(self):
+        result = self.run_cli("--version", secrets=None, store=False)
+        self.assertEqual(result.code, 0, str(result))
+        self.assertRegex(result.stdout, r"^hbsync \d+\.\d+\.\d+\n$")
+
+    def test_usage_errors(self):
+        self.init()
+        cases = [
+            ([], {"store": False}),
+            (["frobnicate"], {}),
+            (["get"], {}),
+            (["get", "a", "b"], {}),
+            (["delete", "patient:1"], {}),
+            (["list", "--bogus"], {}),
+            (["list", "--type", "patient", "--patient-id", "x"], {}),
+            (["changes", "--since", "soon"], {}),
+            (["changes", "--limit", "-1"], {}),
+            (["import"], {}),
+            (["stats", "extra"], {}),
+            (["get", "patient:1"], {"store": False}),
+            (["init", "--kdf-memory", "1024"], {"store": self.path("other.db")}),
+            (["init", "--kdf-iterations", "0"], {"store": self.path("other.db")}),
+            (["--pin-fd", "three", "stats"], {"secrets": None}),
+            (["--pin-fd", "999", "stats"], {"secrets": None}),
+            (["--bogus", "stats"], {}),
+        ]
+        for args, kwargs in cases:
+            with self.subTest(args=args):
+                result = self.fails(2, *args, **kwargs)
+                self.assertIn("Usage:", result.stderr)
+                self.assertEqual(result.stdout, "")
+        self.assertFalse(os.path.exists(self.path("other.db")))
+
+    def test_no_terminal_and_no_pin_fd(self):
+        self.init()
+        result = self.fails(2, "stats", secrets=None)
+        self.assertIn("--pin-fd", result.stderr)
+
+    def test_global_options_after_command(self):
+        self.init()
+        rev = self.put({"_id": "patient:1", "type": "patient"})
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, (PIN + "\n").encode())
+        os.close(write_fd)
+        proc = subprocess.run([CLI, "get", "patient:1", "--store", self.store,
+                               "--pin-fd", str(read_fd)], capture_output=True,
+                              pass_fds=(read_fd,), stdin=subprocess.DEVNULL, timeout=60)
+        os.close(read_fd)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(json.loads(proc.stdout)["_rev"], rev)
+
+
+class TestInit(CliTestCase):
+    def test_init_prints_uuid_and_recovery_key_once(self):
+        out = self.init()
+        stats = self.ok("stats")
+        self.assertEqual(stats.get("store_uuid", out["store_uuid"]), out["store_uuid"])
+        # A second init must not overwrite the vault.
+        result = self.fails(1, "init", "--no-device-secret", *FAST_KDF)
+        self.assertIn("already", result.stderr)
+        self.assertEqual(result.stdout, "")
+
+    def test_weak_pin_refused(self):
+        self.fails(1, "init", "--no-device-secret", *FAST_KDF, secrets=("123",))
+        self.fails(1, "init", "--no-device-secret", *FAST_KDF, secrets=("",))
+        self.fails(1, "init", "--no-device-secret", *FAST_KDF, secrets=())
+
+    def test_missing_store(self):
+        result = self.fails(4, "get", "patient:1", store=self.path("nothing.db"))
+        self.assertIn("init", result.stderr)
+        self.write("not-a-store.db", "hello")
+        self.fails(4, "stats", store=self.path("not-a-store.db"))
+
+    def test_device_secret(self):
+        if not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
+            self.skipTest("no D-Bus session (run inside dbus-run-session with gnome-keyring)")
+        self.init(device_secret=True)
+        rev = self.put({"_id": "patient:ds", "type": "patient", "given_name": SECRET_NAME})
+        self.assertEqual(self.get("patient:ds")["_rev"], rev)
+
+        # Without the Secret Service the vault cannot be opened, nor one created by default.
+        env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS="unix:path=%s" % self.path("no-bus"))
+        self.fails(1, "get", "patient:ds", env=env)
+        result = self.fails(1, "init", *FAST_KDF, store=self.path("other.db"), env=env)
+        self.assertIn("--no-device-secret", result.stderr)
+        self.init(store=self.path("third.db"))
+
+
+class TestDocuments(CliTestCase):
+    def setUp(self):
+        super().setUp()
+        self.init()
+
+    def test_put_and_get(self):
+        doc = {"_id": "patient:p1", "type": "patient", "given_name": SECRET_NAME,
+               "family_name": "Doe", "birth_date": "1980-02-03"}
+        path = self.write("doc.json", json.dumps(doc))
+        out = self.ok("put", path)
+        self.assertEqual(out["id"], "patient:p1")
+        rev1 = out["rev"]
+        self.assertRegex(rev1, r"^1-")
+        self.assertEqual(self.get("patient:p1"), dict(doc, _rev=rev1))
+
+        doc2 = dict(doc, _rev=rev1, phone="555-0100")
+        rev2 = self.put(doc2)
+        self.assertRegex(rev2, r"^2-")
+        self.assertEqual(self.get("patient:p1")["phone"], "555-0100")
+
+        old = self.get("patient:p1", "--rev", rev1)
+        self.assertEqual(old["_rev"], rev1)
+        self.assertNotIn("phone", old)
+
+        revs = self.get("patient:p1", "--revs")
+        self.assertEqual(revs["_revisions"], {"start": 2, "ids": [rev2[2:], rev1[2:]]})
+        self.assertNotIn("_conflicts", self.get("patient:p1", "--conflicts"))
+
+        self.fails(5, "put", path)  # no _rev for an existing document
+        self.fails(5, "put", "-", stdin_data=json.dumps(dict(doc, _rev=rev1)))  # stale
+        self.fails(4, "get", "patient:nobody")
+        self.fails(4, "get", "patient:p1", "--rev", rev_of(1, "f"))
+
+    def test_put_generates_id_and_reads_pin_and_document_from_one_fd(self):
+        out = self.ok("put", stdin_data=json.dumps({"type": "note", "text": SECRET_NOTE}))
+        self.assertRegex(out["id"], r"^note:[0-9a-f-]{36}$")
+        self.assertEqual(self.get(out["id"])["text"], SECRET_NOTE)
+
+        doc = {"_id": "patient:fd0", "type": "patient"}
+        result = self.run_cli("--pin-fd", "0", "put", "-", secrets=None,
+                              stdin_data=PIN + "\n" + json.dumps(doc))
+        self.assertEqual(result.code, 0, str(result))
+        self.assertEqual(result.json()["id"], "patient:fd0")
+
+    def test_put_invalid(self):
+        self.fails(1, "put", "-", stdin_data="{not json")
+        self.fails(1, "put", "-", stdin_data="[1, 2]")
+        self.fails(1, "put", "-", stdin_data="")
+        self.fails(1, "put", "-", stdin_data=json.dumps({"_id": "x", "_bogus": 1}))
+        self.fails(1, "put", self.path("missing.json"))
+
+    def test_delete(self):
+        rev1 = self.put({"_id": "patient:d", "type": "patient", "given_name": SECRET_NAME})
+        rev2 = self.put({"_id": "patient:d", "_rev": rev1, "type": "patient"})
+        self.fails(5, "delete", "patient:d", "--rev", rev1)
+        out = self.ok("delete", "patient:d", "--rev", rev2)
+        self.assertTrue(out["ok"])
+        self.assertEqual(out["id"], "patient:d")
+        self.assertRegex(out["rev"], r"^3-")
+        self.fails(4, "get", "patient:d")
+        tomb = self.get("patient:d", "--rev", out["rev"])
+        self.assertTrue(tomb.get("_deleted"))
+        change = self.ok("changes")["results"][-1]
+        self.assertEqual(change["id"], "patient:d")
+        self.assertTrue(change.get("deleted"))
+
+    def test_conflicts(self):
+        a, b = rev_of(1, "a"), rev_of(1, "b")
+        lines = [
+            {"_id": "patient:c", "_rev": a, "_revisions": {"start": 1, "ids": ["a" * 32]},
+             "type": "patient", "v": "a"},
+            {"_id": "patient:c", "_rev": b, "_revisions": {"start": 1, "ids": ["b" * 32]},
+             "type": "patient", "v": "b"},
+        ]
+        out = self.import_text("\n".join(json.dumps(d) for d in lines) + "\n")
+        self.assertEqual(out, {"imported": 2, "errors": []})
+
+        winner = self.get("patient:c", "--conflicts")
+        self.assertEqual(winner["_rev"], b)  # the highest revision id wins
+        self.assertEqual(winner["_conflicts"], [a])
+        self.assertNotIn("_conflicts", self.get("patient:c"))
+        self.assertEqual(self.get("patient:c", "--rev", a)["v"], "a")
+        change = self.ok("changes")["results"][0]
+        self.assertEqual(sorted(c["rev"] for c in change["changes"]), [a, b])
+
+        # Deleting the winner lets the other branch win.
+        self.ok("delete", "patient:c", "--rev", b)
+        self.assertEqual(self.get("patient:c", "--conflicts")["_rev"], a)
+
+    def test_list(self):
+        self.put({"_id": "patient:1", "type": "patient", "given_name": SECRET_NAME})
+        self.put({"_id": "patient:2", "type": "patient"})
+        self.put({"_id": "session:1", "type": "session", "patient_id": "patient:1"})
+        self.put({"_id": "note:1", "type": "note", "session_id": "session:1",
+                  "patient_id": "patient:1", "text": SECRET_NOTE})
+        gone = self.put({"_id": "patient:3", "type": "patient"})
+        self.ok("delete", "patient:3", "--rev", gone)
+
+        def ids(*args):
+            docs = self.ok("list", *args)
+            self.assertIsInstance(docs, list)
+            return sorted(d["_id"] for d in docs)
+
+        self.assertEqual(ids(), ["note:1", "patient:1", "patient:2", "session:1"])
+        self.assertEqual(ids("--type", "patient"), ["patient:1", "patient:2"])
+        self.assertEqual(ids("--type", "session"), ["session:1"])
+        self.assertEqual(ids("--type", "observation"), [])
+        self.assertEqual(ids("--patient-id", "patient:1"), ["note:1", "session:1"])
+        self.assertEqual(ids("--session-id", "session:1"), ["note:1"])
+        full = self.ok("list", "--type", "note")[0]
+        self.assertEqual(full["text"], SECRET_NOTE)
+
+    def test_changes(self):
+        revs = [self.put({"_id": "patient:%d" % i, "type": "patient"}) for i in range(3)]
+        feed = self.ok("changes")
+        self.assertEqual([r["seq"] for r in feed["results"]], [1, 2, 3])
+        self.assertEqual([r["id"] for r in feed["results"]],
+                         ["patient:0", "patient:1", "patient:2"])
+        self.assertEqual(feed["results"][0]["changes"], [{"rev": revs[0]}])
+        self.assertEqual(feed["last_seq"], 3)
+
+        since = self.ok("changes", "--since", "1")
+        self.assertEqual([r["seq"] for r in since["results"]], [2, 3])
+        limited = self.ok("changes", "--limit", "1")
+        self.assertEqual([r["seq"] for r in limited["results"]], [1])
+        self.assertEqual(limited["last_seq"], 1)
+        page = self.ok("changes", "--since", "1", "--limit", "1")
+        self.assertEqual([r["id"] for r in page["results"]], ["patient:1"])
+        empty = self.ok("changes", "--since", "3")
+        self.assertEqual(empty["results"], [])
+
+        # An edit moves the document to the end of the feed; it appears once.
+        self.put({"_id": "patient:0", "_rev": revs[0], "type": "patient"})
+        feed = self.ok("changes")
+        self.assertEqual([r["id"] for r in feed["results"]],
+                         ["patient:1", "patient:2", "patient:0"])
+        self.assertEqual(feed["results"][-1]["seq"], 4)
+
+    def test_stats(self):
+        self.put({"_id": "patient:1", "type": "patient"})
+        self.put({"_id": "patient:2", "type": "patient"})
+        stats = self.ok("stats")
+        self.assertIsInstance(stats, dict)
+        self.assertEqual(stats["doc_count"], 2)
+        for value in stats.values():
+            self.assertIsInstance(value, (int, float, str))
+
+
+class TestImportExport(CliTestCase):
+    def setUp(self):
+        super().setUp()
+        self.init()
+
+    def test_import_ndjson(self):
+        h3 = ["3" * 32, "2" * 32, "1" * 32]
+        lines = [
+            json.dumps({"_id": "patient:new", "type": "patient", "given_name": SECRET_NAME}),
+            "",
+            json.dumps({"_id": "patient:hist", "_rev": "3-" + h3[0], "type": "patient",
+                        "_revisions": {"start": 3, "ids": h3}}),
+            json.dumps({"_id": "patient:bare", "_rev": "2-" + "e" * 32, "type": "patient"}),
+            "   ",
+        ]
+        out = self.import_text("\n".join(lines) + "\n")
+        self.assertEqual(out, {"imported": 3, "errors": []})
+
+        self.assertRegex(self.get("patient:new")["_rev"], r"^1-")
+        hist = self.get("patient:hist", "--revs")
+        self.assertEqual(hist["_rev"], "3-" + h3[0])
+        self.assertEqual(hist["_revisions"], {"start": 3, "ids": h3})
+        bare = self.get("patient:bare", "--revs")
+        self.assertEqual(bare["_rev"], "2-" + "e" * 32)
+        self.assertEqual(bare["_revisions"], {"start": 2, "ids": ["e" * 32]})
+
+        # From standard input, with one bad line: the rest is imported, the error reported.
+        text = "{broken\n" + json.dumps({"_id": "patient:ok", "type": "patient"}) + "\n"
+        result = self.fails(1, "import", "-", stdin_data=text)
+        out = result.json()
+        self.assertEqual(out["imported"], 1)
+        self.assertEqual(len(out["errors"]), 1)
+        self.assertEqual(out["errors"][0]["line"], 1)
+        self.get("patient:ok")
+
+        # A new edit of an existing document is a conflict, exit code 5.
+        text = json.dumps({"_id": "patient:new", "type": "patient"}) + "\n"
+        out = self.import_text(text + text, expect=5)
+        self.assertEqual(out["imported"], 0)
+        self.assertEqual([e["error"] for e in out["errors"]], ["conflict", "conflict"])
+        self.assertEqual(out["errors"][0]["id"], "patient:new")
+
+        self.fails(1, "import", self.path("missing.ndjson"))
+
+    def all_docs_dump(self, docs):
+        rows = [{"id": d["_id"], "key": d["_id"], "value": {"rev": d["_rev"]}, "doc": d}
+                for d in docs]
+        # CouchDB writes one row per line, lines ending in \r\n.
+        return ('{"total_rows":%d,"offset":0,"rows":[\r\n' % len(rows)
+                + ",\r\n".join(json.dumps(r) for r in rows) + "\r\n]}\n")
+
+    def test_import_all_docs_dump(self):
+        docs = [
+            {"_id": "patient:%d" % i, "_rev": "%d-%s" % (i + 1, "%x" % (i + 10) * 32),
+             "type": "patient", "given_name": SECRET_NAME, "n": i}
+            for i in range(3)
+        ]
+        out = self.import_text(self.all_docs_dump(docs))
+        self.assertEqual(out, {"imported": 3, "errors": []})
+        for doc in docs:
+            self.assertEqual(self.get(doc["_id"]), doc)
+
+        # The same dump pretty-printed, or on one line, into fresh stores.
+        for i, text in enumerate([
+            json.dumps({"total_rows": 3, "offset": 0, "rows": json.loads(
+                self.all_docs_dump(docs))["rows"]}, indent=2),
+            json.dumps(json.loads(self.all_docs_dump(docs))),
+        ]):
+            store = self.path("dump-%d.db" % i)
+            self.init(store=store)
+            out = self.import_text(text, store=store)
+            self.assertEqual(out, {"imported": 3, "errors": []})
+            self.assertEqual(self.ok("list", store=store), docs)
+
+    def test_export_round_trip(self):
+        rev = self.put({"_id": "patient:1", "type": "patient", "given_name": SECRET_NAME})
+        rev = self.put({"_id": "patient:1", "_rev": rev, "type": "patient",
+                        "given_name": SECRET_NAME, "phone": "555"})
+        self.put({"_id": "patient:1", "_rev": rev, "type": "patient", "given_name": "X"})
+        self.put({"_id": "session:1", "type": "session", "patient_id": "patient:1"})
+        self.put({"_id": "note:1", "type": "note", "session_id": "session:1",
+                  "text": SECRET_NOTE, "nested": {"a": [1, 2.5, None, True]}})
+        gone = self.put({"_id": "observation:1", "type": "observation", "value": 37.2})
+        self.ok("delete", "observation:1", "--rev", gone)
+        self.import_text("\n".join(json.dumps(d) for d in [
+            {"_id": "patient:c", "_rev": rev_of(1, "a"), "type": "patient",
+             "_revisions": {"start": 1, "ids": ["a" * 32]}},
+            {"_id": "patient:c", "_rev": rev_of(1, "b"), "type": "patient",
+             "_revisions": {"start": 1, "ids": ["b" * 32]}},
+        ]) + "\n")
+
+        exported = self.ok("export")
+        self.assertEqual(len(exported), 5)
+        for doc in exported:
+            self.assertRegex(doc["_rev"], REV_RE)
+            self.assertEqual(doc["_revisions"]["start"], int(doc["_rev"].split("-")[0]))
+            self.assertEqual(doc["_revisions"]["ids"][0], doc["_rev"].split("-")[1])
+        self.assertTrue(any(d.get("_deleted") for d in exported))
+
+        result = self.run_cli("export")
+        other = self.path("copy.db")
+        self.init(store=other)
+        dump = self.write("export.ndjson", result.stdout)
+        out = self.ok("import", dump, store=other)
+        self.assertEqual(out, {"imported": 5, "errors": []})
+
+        by_id = lambda docs: sorted(docs, key=lambda d: d["_id"])
+        self.assertEqual(by_id(self.ok("export", store=other)), by_id(exported))
+        self.assertEqual(self.ok("list", store=other), self.ok("list"))
+        for doc in exported:
+            if not doc.get("_deleted"):
+                self.assertEqual(self.get(doc["_id"], "--revs", store=other),
+                                 self.get(doc["_id"], "--revs"))
+        self.fails(4, "get", "observation:1", store=other)
+
+
+class TestPin(CliTestCase):
+    def setUp(self):
+        super().setUp()
+        self.recovery_key = self.init()["recovery_key"]
+        self.put({"_id": "patient:1", "type": "patient", "given_name": SECRET_NAME})
+
+    def test_wrong_pin(self):
+        result = self.fails(3, "get", "patient:1", secrets=("111111",))
+        self.assertRegex(result.stderr, r"9 attempts? left")
+        self.assertEqual(result.stdout, "")
+        self.get("patient:1")
+        # A success resets the count; an empty PIN is refused without counting.
+        self.fails(1, "get", "patient:1", secrets=("",))
+        result = self.fails(3, "get", "patient:1", secrets=("111111",))
+        self.assertRegex(result.stderr, r"9 attempts? left")
+
+    def test_too_soon_during_the_delay(self):
+        for i in range(4):
+            result = self.fails(3, "stats", secrets=("000000",))
+            self.assertRegex(result.stderr, r"%d attempts? left" % (9 - i))
+        # After the 4th failure the delay starts at 1 s; the 5th doubles it, which leaves a
+        # slow (sanitizer) build time to be refused within it.
+        time.sleep(1.2)
+        result = self.fails(3, "stats", secrets=("000000",))
+        self.assertRegex(result.stderr, r"5 attempts? left")
+        # Even the right PIN is not tried during the delay.
+        result = self.fails(3, "get", "patient:1")
+        self.assertRegex(result.stderr, r"try again in \d+ second")
+        time.sleep(2.2)
+        self.get("patient:1")
+
+    def test_lockout_then_recover(self):
+        for _ in range(10):
+            result = self.fail_pin()
+        self.assertRegex(result.stderr, r"no attempts left|recovery key")
+
+        result = self.fails(3, "get", "patient:1")
+        self.assertIn("recover", result.stderr)
+        self.fails(3, "change-pin", *FAST_KDF, secrets=(PIN, NEW_PIN))
+
+        other_key = self.init(store=self.path("other.db"))["recovery_key"]
+        self.fails(3, "recover", *FAST_KDF, secrets=(other_key, NEW_PIN))
+        self.fails(3, "recover", *FAST_KDF, secrets=("not-a-recovery-key", NEW_PIN))
+
+        self.assertEqual(self.ok("recover", *FAST_KDF, secrets=(self.recovery_key, NEW_PIN)),
+                         {"ok": True})
+        self.assertEqual(self.get("patient:1", secrets=(NEW_PIN,))["given_name"], SECRET_NAME)
+        result = self.fails(3, "get", "patient:1", secrets=(PIN,))
+        self.assertRegex(result.stderr, r"9 attempts? left")
+
+    def test_change_pin(self):
+        self.assertEqual(self.ok("change-pin", *FAST_KDF, secrets=(PIN, NEW_PIN)), {"ok": True})
+        self.fails(3, "get", "patient:1", secrets=(PIN,))
+        self.assertEqual(self.get("patient:1", secrets=(NEW_PIN,))["given_name"], SECRET_NAME)
+        self.fails(3, "change-pin", *FAST_KDF, secrets=(PIN, "246813"))
+        self.fails(1, "change-pin", *FAST_KDF, secrets=(NEW_PIN, "12"))
+        self.fails(1, "change-pin", *FAST_KDF, secrets=(NEW_PIN,))
+        self.get("patient:1", secrets=(NEW_PIN,))
+
+
+class TestCorrupt(CliTestCase):
+    def test_flipped_byte_in_a_sealed_body(self):
+        self.init()
+        self.put({"_id": "patient:keep", "type": "patient", "given_name": "Keep"})
+        before = self.body_blobs(self.store)
+        self.put({"_id": "patient:hit", "type": "patient", "given_name": SECRET_NAME})
+        new = self.body_blobs(self.store) - before
+        self.assertEqual(len(new), 1)
+        self.flip_byte(self.store, new.pop())
+
+        result = self.fails(6, "get", "patient:hit")
+        self.assertEqual(result.stdout, "")
+        self.assertEqual(self.get("patient:keep")["given_name"], "Keep")
+
+        # The readable rest is still listed and exported, and the failure still reported.
+        result = self.fails(6, "list")
+        self.assertEqual([d["_id"] for d in result.json()], ["patient:keep"])
+        result = self.fails(6, "export")
+        self.assertEqual([d["_id"] for d in result.ndjson()], ["patient:keep"])
+
+
+class TestTerminal(CliTestCase):
+    def test_pin_asked_on_terminal_without_echo(self):
+        result, transcript, echo = self.run_on_tty(
+            ["init", "--no-device-secret"] + FAST_KDF,
+            [("New PIN:", PIN), ("Repeat the new PIN:", PIN)])
+        self.assertEqual(result.code, 0, str(result))
+        self.never_on_stderr.append(result.json()["recovery_key"])
+        self.assertNotIn(PIN, transcript)
+        self.assertTrue(echo, "echo not restored")
+
+        self.put({"_id": "patient:1", "type": "patient"})
+        result, transcript, echo = self.run_on_tty(["get", "patient:1"], [("PIN:", PIN)])
+        self.assertEqual(result.code, 0, str(result))
+        self.assertEqual(result.json()["_id"], "patient:1")
+        self.assertNotIn(PIN, transcript)
+        self.assertTrue(echo, "echo not restored")
+
+        result, transcript, _ = self.run_on_tty(["get", "patient:1"], [("PIN:", "111111")])
+        self.assertEqual(result.code, 3, str(result))
+
+    def test_new_pin_confirmation_must_match(self):
+        result, _, _ = self.run_on_tty(
+            ["init", "--no-device-secret"] + FAST_KDF,
+            [("New PIN:", PIN), ("Repeat the new PIN:", NEW_PIN)])
+        self.assertEqual(result.code, 1, str(result))
+        self.assertIn("differ", result.stderr)
+        self.fails(4, "stats")
+
+
+if __name__ == "__main__":
+    if not CLI or not os.access(CLI, os.X_OK):
+        sys.stderr.write("HBSYNC_CLI must name the hbsync binary\n")
+        sys.exit(1)
+    unittest.main(verbosity=2)
