@@ -83,7 +83,9 @@ static GParamSpec *properties[N_PROPS];
 static guint signals[N_SIGNALS];
 
 G_DEFINE_FINAL_TYPE (HbStore, hb_store, G_TYPE_OBJECT)
-G_DEFINE_QUARK (hb - store - error - quark, hb_store_error)
+/* clang-format off */
+G_DEFINE_QUARK (hb-store-error-quark, hb_store_error)
+/* clang-format on */
 
 static const char *const index_fields[] = { "type", "session_id", "patient_id" };
 

@@ -91,7 +91,9 @@ struct _HbVault
 
 G_DEFINE_FINAL_TYPE (HbVault, hb_vault, G_TYPE_OBJECT)
 
+/* clang-format off */
 G_DEFINE_QUARK (hb-vault-error-quark, hb_vault_error)
+/* clang-format on */
 
 enum
 {
@@ -108,8 +110,8 @@ static const SecretSchema device_secret_schema = {
   "org.healthbridge.Sync.DeviceSecret",
   SECRET_SCHEMA_NONE,
   {
-    { "vault-uuid", SECRET_SCHEMA_ATTRIBUTE_STRING },
-    { NULL, 0 },
+      { "vault-uuid", SECRET_SCHEMA_ATTRIBUTE_STRING },
+      { NULL, 0 },
   },
 };
 
@@ -195,8 +197,8 @@ check_new_pin (const char *pin, GError **error)
    * passphrase, which needs more length to be worth its Argon2id cost per guess. */
   if (all_digits && chars < MIN_PIN_DIGITS)
     {
-      g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_WEAK_PIN,
-                   "A PIN needs at least %d digits", MIN_PIN_DIGITS);
+      g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_WEAK_PIN, "A PIN needs at least %d digits",
+                   MIN_PIN_DIGITS);
       return FALSE;
     }
   if (!all_digits && chars < MIN_PASSPHRASE_CHARS)
@@ -227,7 +229,7 @@ recovery_key_encode (const guint8 key[HB_KEY_LEN])
   for (guint i = 0; i < RECOVERY_CHARS; i++)
     {
       guint bit = i * 5, byte = bit / 8, shift = 11 - bit % 8;
-      guint window = (guint) buf[byte] << 8 | (byte + 1 < sizeof buf ? buf[byte + 1] : 0);
+      guint window = (guint)buf[byte] << 8 | (byte + 1 < sizeof buf ? buf[byte + 1] : 0);
 
       if (i > 0 && i % RECOVERY_GROUP == 0)
         *o++ = '-';
@@ -260,8 +262,9 @@ recovery_key_decode (const char *text, guint8 out[HB_KEY_LEN], GError **error)
         value = c - '2' + 26;
       else
         {
-          g_set_error_literal (error, HB_VAULT_ERROR, HB_VAULT_ERROR_BAD_RECOVERY_KEY,
-                               "A recovery key holds only the letters A to Z and the digits 2 to 7");
+          g_set_error_literal (
+              error, HB_VAULT_ERROR, HB_VAULT_ERROR_BAD_RECOVERY_KEY,
+              "A recovery key holds only the letters A to Z and the digits 2 to 7");
           ok = FALSE;
           break;
         }
@@ -344,8 +347,8 @@ slot_ad (const char *label, const char *uuid, guint key_id)
   GByteArray *ad = g_byte_array_new ();
   guint8 id_be[4] = { key_id >> 24, key_id >> 16, key_id >> 8, key_id };
 
-  g_byte_array_append (ad, (const guint8 *) label, strlen (label) + 1);
-  g_byte_array_append (ad, (const guint8 *) uuid, strlen (uuid) + 1);
+  g_byte_array_append (ad, (const guint8 *)label, strlen (label) + 1);
+  g_byte_array_append (ad, (const guint8 *)uuid, strlen (uuid) + 1);
   g_byte_array_append (ad, id_be, sizeof id_be);
   return g_byte_array_free_to_bytes (ad);
 }
@@ -443,10 +446,10 @@ device_secret_store (const char *uuid,
   if (is_cancelled (local_error))
     g_propagate_error (error, g_steal_pointer (&local_error));
   else
-    g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_NO_SECRET_SERVICE,
-                 "The Secret Service could not keep the vault's device secret (%s). "
-                 NO_SECRET_SERVICE_HINT,
-                 local_error->message);
+    g_set_error (
+        error, HB_VAULT_ERROR, HB_VAULT_ERROR_NO_SECRET_SERVICE,
+        "The Secret Service could not keep the vault's device secret (%s). " NO_SECRET_SERVICE_HINT,
+        local_error->message);
   return FALSE;
 }
 
@@ -510,16 +513,8 @@ device_secret_clear (const char *uuid)
 /* ------------------------------------------------------------------------------------------ */
 /* SQLite                                                                                     */
 
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (sqlite3, sqlite3_close_v2)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (sqlite3_stmt, sqlite3_finalize)
-
-static void
-db_close (sqlite3 *db)
-{
-  sqlite3_close_v2 (db);
-}
-
-typedef sqlite3 VaultDb;
-G_DEFINE_AUTOPTR_CLEANUP_FUNC (VaultDb, db_close)
 
 typedef struct
 {
@@ -567,7 +562,7 @@ db_rollback (sqlite3 *db)
 static sqlite3 *
 db_open (const char *path, gboolean create, GError **error)
 {
-  g_autoptr (VaultDb) db = NULL;
+  g_autoptr (sqlite3) db = NULL;
   int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
 
   /* One short-lived connection per operation: nothing is shared between threads, and the store
@@ -599,7 +594,8 @@ db_has_table (sqlite3 *db, const char *path, gboolean *out_has, GError **error)
   g_autoptr (sqlite3_stmt) stmt = NULL;
   int rc;
 
-  if (sqlite3_prepare_v2 (db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'hb_vault'",
+  if (sqlite3_prepare_v2 (db,
+                          "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'hb_vault'",
                           -1, &stmt, NULL)
       != SQLITE_OK)
     {
@@ -620,7 +616,7 @@ static gboolean
 column_blob (sqlite3_stmt *stmt, int col, guint8 *out, gsize len)
 {
   if (sqlite3_column_type (stmt, col) != SQLITE_BLOB
-      || (gsize) sqlite3_column_bytes (stmt, col) != len)
+      || (gsize)sqlite3_column_bytes (stmt, col) != len)
     return FALSE;
   memcpy (out, sqlite3_column_blob (stmt, col), len);
   return TRUE;
@@ -676,8 +672,8 @@ vault_read_row (sqlite3 *db, const char *path, VaultRow *row, GError **error)
       return FALSE;
     }
   memset (row, 0, sizeof *row);
-  uuid = (const char *) sqlite3_column_text (stmt, 1);
-  kdf = (const char *) sqlite3_column_text (stmt, 2);
+  uuid = (const char *)sqlite3_column_text (stmt, 1);
+  kdf = (const char *)sqlite3_column_text (stmt, 2);
   m = sqlite3_column_int64 (stmt, 3);
   t = sqlite3_column_int64 (stmt, 4);
   p = sqlite3_column_int64 (stmt, 5);
@@ -815,7 +811,7 @@ compute_retry_after (guint failed, gint64 last_failure_at, gint64 now)
   /* A clock that went backwards must not stretch the delay to the old time: count from now. */
   if (now < last_failure_at)
     last_failure_at = now;
-  retry = last_failure_at + ((gint64) G_USEC_PER_SEC << (failed - FREE_ATTEMPTS - 1));
+  retry = last_failure_at + ((gint64)G_USEC_PER_SEC << (failed - FREE_ATTEMPTS - 1));
   return retry > now ? retry : 0;
 }
 
@@ -948,7 +944,7 @@ op_derive_pin_kek (VaultOp *op,
                                 use_device_secret ? s->device_secret : NULL, s, error);
 
   op->derived = TRUE;
-  op->derive_seconds = (double) (g_get_monotonic_time () - start) / G_USEC_PER_SEC;
+  op->derive_seconds = (double)(g_get_monotonic_time () - start) / G_USEC_PER_SEC;
   return ok;
 }
 
@@ -956,7 +952,7 @@ op_derive_pin_kek (VaultOp *op,
 static gboolean
 ensure_no_vault (const char *path, GError **error)
 {
-  g_autoptr (VaultDb) db = NULL;
+  g_autoptr (sqlite3) db = NULL;
   g_autoptr (GError) local_error = NULL;
   VaultRow row;
 
@@ -1088,14 +1084,15 @@ op_create (VaultOp *op, GCancellable *cancellable, GError **error)
   g_autofree char *uuid = NULL;
   g_autoptr (GBytes) pin_slot = NULL;
   g_autoptr (GBytes) recovery_slot = NULL;
-  g_autoptr (VaultDb) db = NULL;
+  g_autoptr (sqlite3) db = NULL;
   g_autoptr (GError) local_error = NULL;
   gboolean use_device_secret = !(op->flags & HB_VAULT_FLAGS_NO_DEVICE_SECRET);
   gboolean created_file = FALSE;
   guint8 *dek = NULL;
   guint8 salt[SALT_LEN];
 
-  if (!check_new_pin (op->secret, error) || g_cancellable_set_error_if_cancelled (cancellable, error)
+  if (!check_new_pin (op->secret, error)
+      || g_cancellable_set_error_if_cancelled (cancellable, error)
       || !ensure_no_vault (op->path, error))
     return FALSE;
 
@@ -1123,17 +1120,16 @@ op_create (VaultOp *op, GCancellable *cancellable, GError **error)
       || !(pin_slot = slot_seal (s->kek, dek, PIN_SLOT_LABEL, uuid, VAULT_KEY_ID, error))
       || !derive_recovery_kek (s, error)
       || !(recovery_slot = slot_seal (s->kek, dek, RECOVERY_SLOT_LABEL, uuid, VAULT_KEY_ID, error))
-      || !precreate_file (op->path, &created_file, error)
-      || !(db = db_open (op->path, TRUE, error))
-      || !db_insert_vault (db, op->path, op, uuid, salt, use_device_secret, pin_slot,
-                           recovery_slot, error))
+      || !precreate_file (op->path, &created_file, error) || !(db = db_open (op->path, TRUE, error))
+      || !db_insert_vault (db, op->path, op, uuid, salt, use_device_secret, pin_slot, recovery_slot,
+                           error))
     {
       dek_free (dek);
       if (use_device_secret)
         device_secret_clear (uuid);
       if (created_file)
         {
-          g_clear_pointer (&db, db_close);
+          g_clear_pointer (&db, sqlite3_close_v2);
           remove_created_file (op->path);
         }
       return FALSE;
@@ -1239,7 +1235,7 @@ static gboolean
 op_unlock (VaultOp *op, GCancellable *cancellable, GError **error)
 {
   g_autoptr (Scratch) s = scratch_new ();
-  g_autoptr (VaultDb) db = NULL;
+  g_autoptr (sqlite3) db = NULL;
   VaultRow row;
 
   if (g_cancellable_set_error_if_cancelled (cancellable, error))
@@ -1295,7 +1291,7 @@ static gboolean
 op_change_pin (VaultOp *op, GCancellable *cancellable, GError **error)
 {
   g_autoptr (Scratch) s = scratch_new ();
-  g_autoptr (VaultDb) db = NULL;
+  g_autoptr (sqlite3) db = NULL;
   VaultRow row;
   guint8 *dek;
 
@@ -1328,7 +1324,7 @@ static gboolean
 op_recover (VaultOp *op, GCancellable *cancellable, GError **error)
 {
   g_autoptr (Scratch) s = scratch_new ();
-  g_autoptr (VaultDb) db = NULL;
+  g_autoptr (sqlite3) db = NULL;
   g_autoptr (GError) local_error = NULL;
   VaultRow row;
   guint8 *dek;
@@ -1354,8 +1350,7 @@ op_recover (VaultOp *op, GCancellable *cancellable, GError **error)
       if (local_error != NULL)
         g_propagate_error (error, g_steal_pointer (&local_error));
       else
-        g_set_error_literal (error, HB_VAULT_ERROR, HB_VAULT_ERROR_WRONG_PIN,
-                             "Wrong recovery key");
+        g_set_error_literal (error, HB_VAULT_ERROR, HB_VAULT_ERROR_WRONG_PIN, "Wrong recovery key");
       return FALSE;
     }
 
@@ -1403,16 +1398,16 @@ op_run (VaultOp *op, GCancellable *cancellable, GError **error)
 {
   switch (op->kind)
     {
-    case OP_CREATE:
-      return op_create (op, cancellable, error);
-    case OP_UNLOCK:
-      return op_unlock (op, cancellable, error);
-    case OP_CHANGE_PIN:
-      return op_change_pin (op, cancellable, error);
-    case OP_RECOVER:
-      return op_recover (op, cancellable, error);
-    default:
-      g_assert_not_reached ();
+      case OP_CREATE:
+        return op_create (op, cancellable, error);
+      case OP_UNLOCK:
+        return op_unlock (op, cancellable, error);
+      case OP_CHANGE_PIN:
+        return op_change_pin (op, cancellable, error);
+      case OP_RECOVER:
+        return op_recover (op, cancellable, error);
+      default:
+        g_assert_not_reached ();
     }
 }
 
@@ -1506,7 +1501,7 @@ vault_run_async (HbVault *self,
   worker = g_task_new (self, cancellable, op_thread_done, g_object_ref (task));
   g_task_set_source_tag (worker, source_tag);
   g_task_set_check_cancellable (worker, FALSE);
-  g_task_set_task_data (worker, op, (GDestroyNotify) op_free);
+  g_task_set_task_data (worker, op, (GDestroyNotify)op_free);
   g_task_run_in_thread (worker, op_thread);
 }
 
@@ -1545,17 +1540,17 @@ hb_vault_get_property (GObject *object, guint prop_id, GValue *value, GParamSpec
 
   switch (prop_id)
     {
-    case PROP_PATH:
-      g_value_set_string (value, self->path);
-      break;
-    case PROP_LOCKED:
-      g_value_set_boolean (value, hb_vault_get_locked (self));
-      break;
-    case PROP_FAILED_ATTEMPTS:
-      g_value_set_uint (value, hb_vault_get_failed_attempts (self));
-      break;
-    default:
-      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+      case PROP_PATH:
+        g_value_set_string (value, self->path);
+        break;
+      case PROP_LOCKED:
+        g_value_set_boolean (value, hb_vault_get_locked (self));
+        break;
+      case PROP_FAILED_ATTEMPTS:
+        g_value_set_uint (value, hb_vault_get_failed_attempts (self));
+        break;
+      default:
+        G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
     }
 }
 
@@ -1566,11 +1561,11 @@ hb_vault_set_property (GObject *object, guint prop_id, const GValue *value, GPar
 
   switch (prop_id)
     {
-    case PROP_PATH:
-      self->path = g_value_dup_string (value);
-      break;
-    default:
-      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+      case PROP_PATH:
+        self->path = g_value_dup_string (value);
+        break;
+      default:
+        G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
     }
 }
 
@@ -1589,9 +1584,9 @@ hb_vault_class_init (HbVaultClass *klass)
    *
    * The SQLite file holding the vault, the same file as the store's.
    */
-  properties[PROP_PATH] = g_param_spec_string (
-      "path", NULL, NULL, NULL,
-      G_PARAM_READWRITE | G_PARAM_CONSTRUCT_ONLY | G_PARAM_STATIC_STRINGS);
+  properties[PROP_PATH]
+      = g_param_spec_string ("path", NULL, NULL, NULL,
+                             G_PARAM_READWRITE | G_PARAM_CONSTRUCT_ONLY | G_PARAM_STATIC_STRINGS);
 
   /**
    * HbVault:locked:
@@ -1599,8 +1594,9 @@ hb_vault_class_init (HbVaultClass *klass)
    * Whether the data key is unavailable. Notified only when it changes, on the thread that owns
    * the vault (for the `_async` operations, the context they were started from).
    */
-  properties[PROP_LOCKED] = g_param_spec_boolean (
-      "locked", NULL, NULL, TRUE, G_PARAM_READABLE | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
+  properties[PROP_LOCKED]
+      = g_param_spec_boolean ("locked", NULL, NULL, TRUE,
+                              G_PARAM_READABLE | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
 
   /**
    * HbVault:failed-attempts:
@@ -1608,9 +1604,9 @@ hb_vault_class_init (HbVaultClass *klass)
    * Consecutive wrong PINs recorded in the vault file. Notified when an operation of this object
    * changes it.
    */
-  properties[PROP_FAILED_ATTEMPTS] = g_param_spec_uint (
-      "failed-attempts", NULL, NULL, 0, HB_VAULT_MAX_FAILED_ATTEMPTS, 0,
-      G_PARAM_READABLE | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
+  properties[PROP_FAILED_ATTEMPTS]
+      = g_param_spec_uint ("failed-attempts", NULL, NULL, 0, HB_VAULT_MAX_FAILED_ATTEMPTS, 0,
+                           G_PARAM_READABLE | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
 
   g_object_class_install_properties (object_class, N_PROPS, properties);
 }
@@ -1697,7 +1693,7 @@ hb_vault_get_locked (HbVault *self)
 static gboolean
 vault_peek (HbVault *self, VaultRow *row)
 {
-  g_autoptr (VaultDb) db = NULL;
+  g_autoptr (sqlite3) db = NULL;
   g_autoptr (GError) error = NULL;
 
   if (!g_file_test (self->path, G_FILE_TEST_EXISTS))
@@ -2106,8 +2102,8 @@ hb_vault_change_pin_async (HbVault *self,
   g_return_if_fail (new_pin != NULL);
   g_return_if_fail (cancellable == NULL || G_IS_CANCELLABLE (cancellable));
 
-  vault_run_async (self, op_new (self, OP_CHANGE_PIN, old_pin, new_pin),
-                   hb_vault_change_pin_async, cancellable, callback, user_data);
+  vault_run_async (self, op_new (self, OP_CHANGE_PIN, old_pin, new_pin), hb_vault_change_pin_async,
+                   cancellable, callback, user_data);
 }
 
 /**
