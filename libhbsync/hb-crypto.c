@@ -4,18 +4,32 @@
 #include <gnutls/gnutls.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "hb-crypto-private.h"
 
+static gsize
+secure_size (gsize len)
+{
+  gsize page = (gsize)sysconf (_SC_PAGESIZE);
+
+  return (MAX (len, 1) + page - 1) / page * page;
+}
+
+/* Whole pages of their own: mlock and MADV_DONTDUMP act on pages, and a page shared with other
+ * allocations could be unlocked by someone else's munlock or dumped with its neighbours. */
 gpointer
 hb_secure_alloc (gsize len)
 {
-  gpointer mem = g_malloc0 (len);
+  gsize size = secure_size (len);
+  gpointer mem = mmap (NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
+  if (mem == MAP_FAILED)
+    g_error ("Cannot allocate %" G_GSIZE_FORMAT " bytes of key memory", size);
   /* Best effort: an unprivileged process may exceed RLIMIT_MEMLOCK; the bytes are still wiped. */
-  (void)mlock (mem, len);
+  (void)mlock (mem, size);
 #ifdef MADV_DONTDUMP
-  (void)madvise ((gpointer)((guintptr)mem & ~(guintptr)4095), 1, MADV_DONTDUMP);
+  (void)madvise (mem, size, MADV_DONTDUMP);
 #endif
   return mem;
 }
@@ -30,11 +44,14 @@ hb_wipe (gpointer mem, gsize len)
 void
 hb_secure_free (gpointer mem, gsize len)
 {
+  gsize size;
+
   if (mem == NULL)
     return;
-  hb_wipe (mem, len);
-  (void)munlock (mem, len);
-  g_free (mem);
+  size = secure_size (len);
+  hb_wipe (mem, size);
+  (void)munlock (mem, size);
+  (void)munmap (mem, size);
 }
 
 gboolean

@@ -151,6 +151,24 @@ hb_rev_tree_add (HbRevTree *tree, gint parent, guint pos, const char *hash, gboo
   return (gint)tree->nodes->len - 1;
 }
 
+/* A root that the history shows to be the child of a revision the tree has (one side stemmed
+ * what the other kept) is joined to it, so the branch is one path again, as CouchDB merges. */
+static void
+join_roots (HbRevTree *tree, guint start, const char *const *ids, guint n_ids)
+{
+  for (guint j = 0; j + 1 < n_ids; j++)
+    {
+      gint child = hb_rev_tree_find (tree, start - j, ids[j]);
+      gint parent;
+
+      if (child < 0 || hb_rev_tree_node (tree, child)->parent >= 0)
+        continue;
+      parent = hb_rev_tree_find (tree, start - j - 1, ids[j + 1]);
+      if (parent >= 0)
+        hb_rev_tree_node (tree, child)->parent = parent;
+    }
+}
+
 gint
 hb_rev_tree_merge_path (HbRevTree *tree,
                         guint start,
@@ -164,27 +182,19 @@ hb_rev_tree_merge_path (HbRevTree *tree,
 
   g_return_val_if_fail (n_ids > 0 && start >= n_ids, -1);
 
-  /* Find the newest revision of the history that the tree already has. */
+  /* Find the newest revision of the history that the tree already has; what is newer than it
+   * hangs below it, or starts a new root when nothing is known. */
   for (k = 0; k < n_ids; k++)
     {
       known = hb_rev_tree_find (tree, start - k, ids[k]);
       if (known >= 0)
         break;
     }
-
   *added = (k > 0);
-  if (k == 0)
-    return known;
-
-  /* Nothing of the history is known: it starts a new root. A history whose oldest revisions
-   * were stemmed on one side and not the other still joins where the two overlap, above. */
-  {
-    gint parent = known;
-
-    for (guint j = k; j-- > 0;)
-      parent = hb_rev_tree_add (tree, parent, start - j, ids[j], j == 0 ? deleted : FALSE);
-    return parent;
-  }
+  for (guint j = k; j-- > 0;)
+    known = hb_rev_tree_add (tree, known, start - j, ids[j], j == 0 ? deleted : FALSE);
+  join_roots (tree, start, ids, n_ids);
+  return known;
 }
 
 GPtrArray *
@@ -383,11 +393,18 @@ hb_rev_tree_deserialize (const guint8 *data, gsize len, char **out_id)
         return NULL;
       node.body = (gint64)((guint64)hi << 32 | lo);
       g_array_append_val (tree->nodes, node);
-      if (node.parent < -1 || node.parent >= (gint)i || node.pos == 0)
+      if (node.parent < -1 || node.parent >= (gint)n || node.pos == 0)
         return NULL;
     }
   if (r.p != r.end)
     return NULL;
+  /* Positions grow by one from parent to child, which also rules out cycles. */
+  for (guint32 i = 0; i < n; i++)
+    {
+      HbRevNode *node = hb_rev_tree_node (tree, i);
+      if (node->parent >= 0 && hb_rev_tree_node (tree, node->parent)->pos + 1 != node->pos)
+        return NULL;
+    }
   if (out_id != NULL)
     *out_id = g_steal_pointer (&id);
   return g_steal_pointer (&tree);

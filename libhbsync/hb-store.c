@@ -52,6 +52,7 @@ struct _HbStore
 
   GRWLock key_lock;
   guint8 *keys; /* N_KEYS × HB_KEY_LEN in secure memory, NULL while the vault is locked */
+  gint wiping;
   guint key_id;
 
   GMutex write_lock;
@@ -78,6 +79,8 @@ enum
   CHANGED,
   N_SIGNALS
 };
+
+static gint64 meta_int (HbConn *c, const char *name, gint64 fallback);
 
 static GParamSpec *properties[N_PROPS];
 static guint signals[N_SIGNALS];
@@ -229,6 +232,9 @@ hb_secure_free_keys (gpointer keys)
 static void
 wipe_keys (HbStore *self)
 {
+  /* New operations refuse at once from here on, so the lock below waits only for those under
+   * way; without this a steady stream of readers could hold the keys alive indefinitely. */
+  g_atomic_int_set (&self->wiping, TRUE);
   g_rw_lock_writer_lock (&self->key_lock);
   g_clear_pointer (&self->keys, hb_secure_free_keys);
   g_rw_lock_writer_unlock (&self->key_lock);
@@ -249,6 +255,7 @@ derive_keys (HbStore *self, GError **error)
   g_rw_lock_writer_lock (&self->key_lock);
   g_clear_pointer (&self->keys, hb_secure_free_keys);
   self->keys = keys;
+  g_atomic_int_set (&self->wiping, FALSE);
   self->key_id = _hb_vault_get_key_id (self->vault);
   g_rw_lock_writer_unlock (&self->key_lock);
   return TRUE;
@@ -259,6 +266,11 @@ derive_keys (HbStore *self, GError **error)
 static gboolean
 keys_acquire (HbStore *self, GError **error)
 {
+  if (g_atomic_int_get (&self->wiping))
+    {
+      g_set_error_literal (error, HB_STORE_ERROR, HB_STORE_ERROR_LOCKED, "The vault is locked");
+      return FALSE;
+    }
   g_rw_lock_reader_lock (&self->key_lock);
   if (self->keys != NULL && !self->closed)
     return TRUE;
@@ -287,11 +299,12 @@ doc_key_for (HbStore *self, const char *id, DocKey *out)
   hb_hmac_sha256 (key (self, KEY_ID), HB_KEY_LEN, (const guint8 *)id, strlen (id), out->b);
 }
 
-/* Associated data: what the record is, which key sealed it, which document it belongs to and,
- * for bodies, which revision. A record moved to another row, document or revision no longer
- * opens. */
+/* Associated data: what the record is, which key sealed it, which document it belongs to and
+ * extra bytes: for bodies the revision, for document records the row's sequence and blind-index
+ * columns. A record moved to another row, document, revision or sequence, or whose index
+ * columns were altered, no longer opens. */
 static GByteArray *
-make_ad (HbStore *self, char kind, const DocKey *dk, const char *rev)
+make_ad (HbStore *self, char kind, const DocKey *dk, GBytes *extra)
 {
   GByteArray *ad = g_byte_array_sized_new (64);
   guint8 kid[4] = { self->key_id >> 24, self->key_id >> 16, self->key_id >> 8, self->key_id };
@@ -300,21 +313,27 @@ make_ad (HbStore *self, char kind, const DocKey *dk, const char *rev)
   g_byte_array_append (ad, (const guint8 *)&kind, 1);
   g_byte_array_append (ad, kid, 4);
   g_byte_array_append (ad, dk->b, HB_MAC_LEN);
-  if (rev != NULL)
-    g_byte_array_append (ad, (const guint8 *)rev, strlen (rev));
+  if (extra != NULL)
+    g_byte_array_append (ad, g_bytes_get_data (extra, NULL), g_bytes_get_size (extra));
   return ad;
+}
+
+static GBytes *
+rev_ad (const char *rev)
+{
+  return g_bytes_new (rev, strlen (rev));
 }
 
 static GBytes *
 seal (HbStore *self,
       char kind,
       const DocKey *dk,
-      const char *rev,
+      GBytes *extra,
       const void *data,
       gsize len,
       GError **error)
 {
-  g_autoptr (GByteArray) ad = make_ad (self, kind, dk, rev);
+  g_autoptr (GByteArray) ad = make_ad (self, kind, dk, extra);
 
   return hb_seal (key (self, KEY_SEAL), data, len, ad->data, ad->len, error);
 }
@@ -332,7 +351,7 @@ static gboolean
 unseal (HbStore *self,
         char kind,
         const DocKey *dk,
-        const char *rev,
+        GBytes *extra,
         const void *sealed,
         gsize sealed_len,
         guint8 **out,
@@ -340,7 +359,7 @@ unseal (HbStore *self,
         const char *what,
         GError **error)
 {
-  g_autoptr (GByteArray) ad = make_ad (self, kind, dk, rev);
+  g_autoptr (GByteArray) ad = make_ad (self, kind, dk, extra);
   GError *local = NULL;
 
   if (hb_open (key (self, KEY_SEAL), sealed, sealed_len, ad->data, ad->len, out, out_len, &local))
@@ -386,6 +405,7 @@ typedef struct
   /* The blind index of the winning revision, as stored in the row. */
   guint8 macs[G_N_ELEMENTS (index_fields)][INDEX_MAC_LEN];
   gboolean has_mac[G_N_ELEMENTS (index_fields)];
+  guint64 seq;
 } DocState;
 
 static void
@@ -397,13 +417,55 @@ doc_state_clear (DocState *st)
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (DocState, doc_state_clear)
 
-static gboolean
-open_meta (HbStore *self, DocState *st, const void *sealed, gsize len, GError **error)
+/* What a document record is bound to besides its document: its row's sequence and blind-index
+ * columns, so neither can be altered or moved without the record failing to open. */
+static GBytes *
+meta_ad (const DocState *st)
 {
+  GByteArray *extra
+      = g_byte_array_sized_new (8 + G_N_ELEMENTS (index_fields) * (1 + INDEX_MAC_LEN));
+  static const guint8 zeros[INDEX_MAC_LEN] = { 0 };
+
+  for (int shift = 56; shift >= 0; shift -= 8)
+    {
+      guint8 b = (guint8)(st->seq >> shift);
+      g_byte_array_append (extra, &b, 1);
+    }
+  for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
+    {
+      guint8 flag = st->has_mac[f];
+      g_byte_array_append (extra, &flag, 1);
+      g_byte_array_append (extra, st->has_mac[f] ? st->macs[f] : zeros, INDEX_MAC_LEN);
+    }
+  return g_byte_array_free_to_bytes (extra);
+}
+
+#define DOC_COLUMNS "seq, doc_key, meta, type_mac, session_mac, patient_mac"
+
+/* Fills st from a row selected with DOC_COLUMNS at column 0. */
+static gboolean
+doc_from_row (HbStore *self, sqlite3_stmt *stmt, DocState *st, GError **error)
+{
+  g_autoptr (GBytes) extra = NULL;
   guint8 *plain = NULL;
   gsize plain_len = 0;
 
-  if (!unseal (self, 'M', &st->dk, NULL, sealed, len, &plain, &plain_len, "document record", error))
+  st->seq = (guint64)sqlite3_column_int64 (stmt, 0);
+  if (sqlite3_column_bytes (stmt, 1) != HB_MAC_LEN)
+    return corrupt_error (error, "document record (bad key)");
+  memcpy (st->dk.b, sqlite3_column_blob (stmt, 1), HB_MAC_LEN);
+  for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
+    {
+      st->has_mac[f] = sqlite3_column_type (stmt, 3 + f) != SQLITE_NULL;
+      if (!st->has_mac[f])
+        continue;
+      if (sqlite3_column_bytes (stmt, 3 + f) != INDEX_MAC_LEN)
+        return corrupt_error (error, "document record (bad index column)");
+      memcpy (st->macs[f], sqlite3_column_blob (stmt, 3 + f), INDEX_MAC_LEN);
+    }
+  extra = meta_ad (st);
+  if (!unseal (self, 'M', &st->dk, extra, sqlite3_column_blob (stmt, 2),
+               sqlite3_column_bytes (stmt, 2), &plain, &plain_len, "document record", error))
     return FALSE;
   st->tree = hb_rev_tree_deserialize (plain, plain_len, &st->id);
   hb_open_free (plain, plain_len);
@@ -416,10 +478,7 @@ open_meta (HbStore *self, DocState *st, const void *sealed, gsize len, GError **
 static gboolean
 load_doc (HbStore *self, HbConn *c, DocState *st, GError **error)
 {
-  sqlite3_stmt *stmt = conn_stmt (c,
-                                  "SELECT meta, type_mac, session_mac, patient_mac FROM docs"
-                                  " WHERE doc_key = ?",
-                                  error);
+  sqlite3_stmt *stmt = conn_stmt (c, "SELECT " DOC_COLUMNS " FROM docs WHERE doc_key = ?", error);
   int rc;
   gboolean ok = TRUE;
 
@@ -428,16 +487,7 @@ load_doc (HbStore *self, HbConn *c, DocState *st, GError **error)
   sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
-    {
-      ok = open_meta (self, st, sqlite3_column_blob (stmt, 0), sqlite3_column_bytes (stmt, 0),
-                      error);
-      for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
-        {
-          st->has_mac[f] = sqlite3_column_bytes (stmt, 1 + f) == INDEX_MAC_LEN;
-          if (st->has_mac[f])
-            memcpy (st->macs[f], sqlite3_column_blob (stmt, 1 + f), INDEX_MAC_LEN);
-        }
-    }
+    ok = doc_from_row (self, stmt, st, error);
   else if (rc != SQLITE_DONE)
     ok = sql_error (c->db, rc, "Reading a document", error);
   else
@@ -482,8 +532,11 @@ load_body_text (HbStore *self, HbConn *c, DocState *st, gint index, gsize *out_l
   sqlite3_bind_int64 (stmt, 1, node->body);
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
-    unseal (self, 'B', &st->dk, rev, sqlite3_column_blob (stmt, 0), sqlite3_column_bytes (stmt, 0),
-            &plain, out_len, "document body", error);
+    {
+      g_autoptr (GBytes) extra = rev_ad (rev);
+      unseal (self, 'B', &st->dk, extra, sqlite3_column_blob (stmt, 0),
+              sqlite3_column_bytes (stmt, 0), &plain, out_len, "document body", error);
+    }
   else if (rc == SQLITE_DONE)
     corrupt_error (error, "document body (missing row)");
   else
@@ -778,10 +831,11 @@ store_body (
 {
   HbRevNode *node = hb_rev_tree_node (st->tree, index);
   g_autofree char *rev = hb_rev_tree_rev_string (st->tree, index);
+  g_autoptr (GBytes) extra = rev_ad (rev);
   g_autoptr (GBytes) sealed = NULL;
   sqlite3_stmt *stmt;
 
-  sealed = seal (self, 'B', &st->dk, rev, canonical->str, canonical->len, error);
+  sealed = seal (self, 'B', &st->dk, extra, canonical->str, canonical->len, error);
   if (sealed == NULL)
     return FALSE;
   /* Bodies are appended to a rowid table and found by the row the tree records, so a write
@@ -822,23 +876,33 @@ bind_mac (sqlite3_stmt *stmt, int col, DocState *st, guint f)
     sqlite3_bind_null (stmt, col);
 }
 
-/* Writes the document's row under sequence seq, replacing its previous row. */
+/* Writes the document's row under sequence seq, replacing its previous row. A plain INSERT:
+ * a sequence already taken is an error, never a silent replacement of another document. */
 static gboolean
 save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
 {
   g_autoptr (GBytes) plain = hb_rev_tree_serialize (st->tree, st->id);
   g_autoptr (GBytes) sealed = NULL;
+  g_autoptr (GBytes) extra = NULL;
   sqlite3_stmt *stmt;
   gsize len;
   const guint8 *data = g_bytes_get_data (plain, &len);
 
-  sealed = seal (self, 'M', &st->dk, NULL, data, len, error);
+  st->seq = seq;
+  extra = meta_ad (st);
+  sealed = seal (self, 'M', &st->dk, extra, data, len, error);
   hb_wipe ((gpointer)data, len);
   if (sealed == NULL)
     return FALSE;
+  stmt = conn_stmt (c, "DELETE FROM docs WHERE doc_key = ?", error);
+  if (stmt == NULL)
+    return FALSE;
+  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
+  if (!stmt_done (c, stmt, error))
+    return FALSE;
   stmt = conn_stmt (c,
-                    "INSERT OR REPLACE INTO docs (seq, doc_key, meta, type_mac, session_mac,"
-                    " patient_mac) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO docs (seq, doc_key, meta, type_mac, session_mac, patient_mac)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
                     error);
   if (stmt == NULL)
     return FALSE;
@@ -948,12 +1012,17 @@ winner_rev_string (HbRevTree *tree)
   return w >= 0 ? hb_rev_tree_rev_string (tree, w) : NULL;
 }
 
+/* Adds the new revision of a local edit. *present tells that the tree already had it: the same
+ * edit applied to the same parent always yields the same revision id, for instance on a root
+ * left by stemming, which is then joined to its parent instead of appearing twice. */
 static gint
-apply_new_edit (DocState *st, Incoming *in, GError **error)
+apply_new_edit (DocState *st, Incoming *in, gboolean *present, GError **error)
 {
   gint parent = -1;
   g_autofree char *parent_rev = NULL;
   g_autofree char *hash = NULL;
+  guint pos;
+  gint existing;
 
   if (in->rev != NULL)
     {
@@ -978,9 +1047,16 @@ apply_new_edit (DocState *st, Incoming *in, GError **error)
   if (parent >= 0)
     parent_rev = hb_rev_tree_rev_string (st->tree, parent);
   hash = new_rev_hash (parent_rev, in->deleted, in->canonical);
-  return hb_rev_tree_add (st->tree, parent,
-                          parent >= 0 ? hb_rev_tree_node (st->tree, parent)->pos + 1 : 1, hash,
-                          in->deleted);
+  pos = parent >= 0 ? hb_rev_tree_node (st->tree, parent)->pos + 1 : 1;
+  existing = hb_rev_tree_find (st->tree, pos, hash);
+  *present = existing >= 0;
+  if (existing >= 0)
+    {
+      if (hb_rev_tree_node (st->tree, existing)->parent < 0)
+        hb_rev_tree_node (st->tree, existing)->parent = parent;
+      return existing;
+    }
+  return hb_rev_tree_add (st->tree, parent, pos, hash, in->deleted);
 }
 
 /* Writes one document inside the batch's transaction. Returns the new (or already present)
@@ -992,6 +1068,7 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
   g_autofree char *old_winner = NULL;
   g_autofree char *new_rev = NULL;
   g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint64));
+  gboolean present = FALSE;
   gint index;
 
   doc_key_for (self, in->id, &st.dk);
@@ -1009,7 +1086,7 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
   count_winner (st.tree, -1, batch);
 
   if (new_edits)
-    index = apply_new_edit (&st, in, error);
+    index = apply_new_edit (&st, in, &present, error);
   else
     {
       gboolean added = FALSE;
@@ -1017,7 +1094,10 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
       index = hb_rev_tree_merge_path (st.tree, in->start, (const char *const *)in->ids->pdata,
                                       in->ids->len, in->deleted, &added);
       if (!added)
-        return hb_rev_tree_rev_string (st.tree, index);
+        {
+          count_winner (st.tree, 1, batch);
+          return hb_rev_tree_rev_string (st.tree, index);
+        }
     }
   if (index < 0)
     return NULL;
@@ -1027,8 +1107,10 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
     return NULL;
   /* Stemming renumbered the tree: the new revision is found again by its name. */
   index = hb_rev_tree_find_rev (st.tree, new_rev);
-  if (!store_body (self, c, &st, index, in->canonical, error)
-      || !commit_update (self, c, &st, removed, batch, error))
+  if (!(present && hb_rev_tree_node (st.tree, index)->body >= 0)
+      && !store_body (self, c, &st, index, in->canonical, error))
+    return NULL;
+  if (!commit_update (self, c, &st, removed, batch, error))
     return NULL;
   return g_steal_pointer (&new_rev);
 }
@@ -1100,17 +1182,35 @@ save_counters (HbConn *c, const Batch *batch, GError **error)
 static gboolean
 emit_changed_idle (gpointer data)
 {
-  HbStore *self = data;
+  g_autoptr (HbStore) self = g_weak_ref_get (data);
 
-  g_signal_emit (self, signals[CHANGED], 0, hb_store_get_update_seq (self));
+  if (self != NULL)
+    g_signal_emit (self, signals[CHANGED], 0, hb_store_get_update_seq (self));
   return G_SOURCE_REMOVE;
 }
 
 static void
+weak_ref_free (gpointer data)
+{
+  g_weak_ref_clear (data);
+  g_free (data);
+}
+
+/* Always through a source on the owner's context: invoking directly would run the handler on
+ * a worker thread whenever that thread manages to acquire the context. */
+static void
 schedule_changed (HbStore *self)
 {
-  g_main_context_invoke_full (self->owner_context, G_PRIORITY_DEFAULT, emit_changed_idle,
-                              g_object_ref (self), g_object_unref);
+  g_autoptr (GSource) source = g_idle_source_new ();
+  GWeakRef *ref = g_new0 (GWeakRef, 1);
+
+  /* A weak reference: a program that never runs the owner's loop (a CLI) must not keep the
+   * store, and its keys, alive through pending sources. */
+  g_weak_ref_init (ref, self);
+  g_source_set_priority (source, G_PRIORITY_DEFAULT);
+  g_source_set_callback (source, emit_changed_idle, ref, weak_ref_free);
+  g_source_set_static_name (source, "[hbsync] HbStore::changed");
+  g_source_attach (source, self->owner_context);
 }
 
 typedef gboolean (*WriteFunc) (HbStore *self,
@@ -1131,10 +1231,12 @@ run_write (HbStore *self, WriteFunc func, gpointer data, GCancellable *cancellab
   if (!keys_acquire (self, error))
     return FALSE;
   g_mutex_lock (&self->write_lock);
-  batch.seq = self->update_seq;
-  ok = conn_exec (self->writer, "BEGIN IMMEDIATE", error);
+  ok = self->writer != NULL && conn_exec (self->writer, "BEGIN IMMEDIATE", error);
   if (ok)
     {
+      /* From the file, not from memory: another HbStore (another process, the CLI) may have
+       * written since this one last did. */
+      batch.seq = (guint64)meta_int (self->writer, "update_seq", 0);
       ok = func (self, self->writer, &batch, data, cancellable, error)
            && (!batch.changed || save_counters (self->writer, &batch, error))
            && conn_exec (self->writer, "COMMIT", error);
@@ -1416,6 +1518,7 @@ revs_diff_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellab
   while (json_object_iter_next (&iter, &id, &revs))
     {
       g_auto (DocState) st = { 0 };
+      g_autoptr (GError) doc_error = NULL;
       JsonArray *missing = json_array_new ();
       guint max_missing_pos = 0;
 
@@ -1426,15 +1529,25 @@ revs_diff_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellab
           return invalid (error, "revs_diff: the revisions of %s must be an array", id);
         }
       doc_key_for (self, id, &st.dk);
-      if (!load_doc (self, c, &st, error))
+      if (!load_doc (self, c, &st, &doc_error))
         {
-          json_array_unref (missing);
-          json_object_unref (response);
-          return FALSE;
+          if (is_fatal (doc_error))
+            {
+              json_array_unref (missing);
+              json_object_unref (response);
+              g_propagate_error (error, g_steal_pointer (&doc_error));
+              return FALSE;
+            }
+          /* An unreadable record holds nothing we can vouch for: every revision is missing,
+           * and writing them reports the damage for that document alone. */
+          g_clear_error (&doc_error);
+          g_clear_pointer (&st.tree, hb_rev_tree_free);
+          st.tree = hb_rev_tree_new ();
         }
       for (guint i = 0; i < json_array_get_length (json_node_get_array (revs)); i++)
         {
-          const char *rev = json_array_get_string_element (json_node_get_array (revs), i);
+          JsonNode *element = json_array_get_element (json_node_get_array (revs), i);
+          const char *rev = JSON_NODE_HOLDS_VALUE (element) ? json_node_get_string (element) : NULL;
           guint pos;
 
           if (rev == NULL || !hb_rev_parse (rev, &pos, NULL))
@@ -1485,7 +1598,7 @@ changes_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable
 {
   ChangesArgs *args = data;
   sqlite3_stmt *stmt = conn_stmt (c,
-                                  "SELECT seq, doc_key, meta FROM docs WHERE seq > ?"
+                                  "SELECT " DOC_COLUMNS " FROM docs WHERE seq > ?"
                                   " ORDER BY seq LIMIT ?",
                                   error);
   g_autoptr (JsonArray) results = json_array_new ();
@@ -1505,10 +1618,7 @@ changes_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable
 
       last = (guint64)sqlite3_column_int64 (stmt, 0);
       json_object_set_int_member (row, "seq", (gint64)last);
-      memcpy (st.dk.b, sqlite3_column_blob (stmt, 1), HB_MAC_LEN);
-      if (sqlite3_column_bytes (stmt, 1) != HB_MAC_LEN
-          || !open_meta (self, &st, sqlite3_column_blob (stmt, 2), sqlite3_column_bytes (stmt, 2),
-                         &doc_error))
+      if (!doc_from_row (self, stmt, &st, &doc_error))
         {
           if (doc_error != NULL && is_fatal (doc_error))
             {
@@ -1615,11 +1725,7 @@ find_rows (HbStore *self,
 
       if (g_cancellable_set_error_if_cancelled (cancellable, error))
         break;
-      if (sqlite3_column_bytes (stmt, 0) != HB_MAC_LEN)
-        continue;
-      memcpy (st.dk.b, sqlite3_column_blob (stmt, 0), HB_MAC_LEN);
-      if (!open_meta (self, &st, sqlite3_column_blob (stmt, 1), sqlite3_column_bytes (stmt, 1),
-                      &doc_error))
+      if (!doc_from_row (self, stmt, &st, &doc_error))
         {
           if (is_fatal (doc_error))
             {
@@ -1658,14 +1764,14 @@ find_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, G
   sqlite3_stmt *stmt;
 
   static const char *const by_field[] = {
-    "SELECT doc_key, meta FROM docs WHERE type_mac = ?",
-    "SELECT doc_key, meta FROM docs WHERE session_mac = ?",
-    "SELECT doc_key, meta FROM docs WHERE patient_mac = ?",
+    "SELECT " DOC_COLUMNS " FROM docs WHERE type_mac = ?",
+    "SELECT " DOC_COLUMNS " FROM docs WHERE session_mac = ?",
+    "SELECT " DOC_COLUMNS " FROM docs WHERE patient_mac = ?",
   };
   G_STATIC_ASSERT (G_N_ELEMENTS (by_field) == G_N_ELEMENTS (index_fields));
 
   if (args->value == NULL)
-    stmt = conn_stmt (c, "SELECT doc_key, meta FROM docs", error);
+    stmt = conn_stmt (c, "SELECT " DOC_COLUMNS " FROM docs", error);
   else
     {
       guint8 mac[INDEX_MAC_LEN];
@@ -1768,10 +1874,16 @@ write_local_func (HbStore *self,
   g_autoptr (GError) read_error = NULL;
   DocKey dk;
   const char *current_rev = NULL;
+  gboolean corrupt;
   sqlite3_stmt *stmt;
 
   current = read_local (self, c, full, &dk, &read_error);
-  if (current == NULL && !g_error_matches (read_error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND))
+  /* A damaged local document (a replication checkpoint, say) can still be deleted, or replaced
+   * by a write that does not claim to know its revision; otherwise nothing could reset it. */
+  corrupt = g_error_matches (read_error, HB_STORE_ERROR, HB_STORE_ERROR_CORRUPT)
+            && (args->remove || args->rev == NULL);
+  if (current == NULL && !corrupt
+      && !g_error_matches (read_error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND))
     {
       g_propagate_error (error, g_steal_pointer (&read_error));
       return FALSE;
@@ -1779,14 +1891,14 @@ write_local_func (HbStore *self,
   if (current != NULL)
     current_rev
         = json_object_get_string_member_with_default (json_node_get_object (current), "_rev", NULL);
-  if ((current == NULL && args->rev != NULL && args->remove)
+  if ((current == NULL && args->rev != NULL && args->remove && !corrupt)
       || (current != NULL && g_strcmp0 (current_rev, args->rev) != 0))
     {
       g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CONFLICT,
                    "Local document %s: update conflict", full);
       return FALSE;
     }
-  if (current == NULL && args->remove)
+  if (current == NULL && args->remove && !corrupt)
     {
       g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND, "No local document %s", full);
       return FALSE;
@@ -1846,6 +1958,17 @@ typedef struct
 } PurgeArgs;
 
 static gboolean
+delete_corrupt_doc (HbConn *c, DocState *st, GError **error)
+{
+  sqlite3_stmt *stmt = conn_stmt (c, "DELETE FROM bodies WHERE doc_key = ?", error);
+
+  if (stmt == NULL)
+    return FALSE;
+  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
+  return stmt_done (c, stmt, error) && delete_doc_row (c, st, error);
+}
+
+static gboolean
 purge_func (HbStore *self,
             HbConn *c,
             Batch *batch,
@@ -1857,10 +1980,22 @@ purge_func (HbStore *self,
   g_auto (DocState) st = { 0 };
   g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint64));
   g_autofree char *old_winner = NULL;
+  g_autoptr (GError) load_error = NULL;
 
   doc_key_for (self, args->id, &st.dk);
-  if (!load_doc (self, c, &st, error))
-    return FALSE;
+  if (!load_doc (self, c, &st, &load_error))
+    {
+      if (is_fatal (load_error))
+        {
+          g_propagate_error (error, g_steal_pointer (&load_error));
+          return FALSE;
+        }
+      /* A record nobody can read can only be forgotten whole: its revisions are unknown. */
+      args->purged = 1;
+      batch->changed = TRUE;
+      batch->seq++;
+      return delete_corrupt_doc (c, &st, error);
+    }
   if (!st.exists)
     {
       g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND, "No document %s", args->id);
@@ -2063,7 +2198,7 @@ on_vault_locked (HbVault *vault, GParamSpec *pspec, HbStore *self)
 {
   if (hb_vault_get_locked (vault))
     wipe_keys (self);
-  else
+  else if (!self->closed)
     (void)derive_keys (self, NULL);
 }
 
@@ -2196,10 +2331,19 @@ store_setup (HbStore *self, GError **error)
   self->uuid = meta_text (self->writer, "uuid");
   self->update_seq = (guint64)meta_int (self->writer, "update_seq", 0);
   self->revs_limit = (guint)meta_int (self->writer, "revs_limit", DEFAULT_REVS_LIMIT);
-  if (!derive_keys (self, error))
-    return FALSE;
+  /* Listen first, derive second, then look again: a lock between the two would otherwise go
+   * unnoticed and leave keys in a store whose vault is locked. */
   self->locked_handler
       = g_signal_connect (self->vault, "notify::locked", G_CALLBACK (on_vault_locked), self);
+  if (!derive_keys (self, error))
+    return FALSE;
+  if (hb_vault_get_locked (self->vault))
+    {
+      wipe_keys (self);
+      g_set_error_literal (error, HB_STORE_ERROR, HB_STORE_ERROR_LOCKED,
+                           "The vault was locked while the store opened");
+      return FALSE;
+    }
   return TRUE;
 }
 
@@ -2496,7 +2640,7 @@ hb_store_put_sync (HbStore *self, JsonNode *doc, GCancellable *cancellable, GErr
  * hb_store_delete_sync:
  * @self: a store
  * @id: the document
- * @rev: its current revision
+ * @rev: (nullable): its current revision; %NULL only works for a document that does not exist
  * @cancellable: (nullable): a cancellable
  * @error: return location for an error
  *
@@ -3076,9 +3220,10 @@ hb_store_put_async (HbStore *self,
                     GAsyncReadyCallback callback,
                     gpointer user_data)
 {
-  AsyncArgs *a = async_args (OP_PUT);
+  AsyncArgs *a;
 
   g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_PUT);
   /* A deep copy: the caller may change its document while the worker reads it. */
   a->doc = json_node_copy (doc);
   run_async (self, a, hb_store_put_async, cancellable, callback, user_data);
@@ -3119,9 +3264,10 @@ hb_store_get_async (HbStore *self,
                     GAsyncReadyCallback callback,
                     gpointer user_data)
 {
-  AsyncArgs *a = async_args (OP_GET);
+  AsyncArgs *a;
 
   g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_GET);
   a->id = g_strdup (id);
   a->rev = g_strdup (rev);
   a->flags = flags;
@@ -3161,9 +3307,10 @@ hb_store_bulk_docs_async (HbStore *self,
                           GAsyncReadyCallback callback,
                           gpointer user_data)
 {
-  AsyncArgs *a = async_args (OP_BULK_DOCS);
+  AsyncArgs *a;
 
   g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_BULK_DOCS);
   a->docs = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
   for (guint i = 0; i < docs->len; i++)
     g_ptr_array_add (a->docs, json_node_copy (g_ptr_array_index (docs, i)));
@@ -3204,9 +3351,10 @@ hb_store_get_many_async (HbStore *self,
                          GAsyncReadyCallback callback,
                          gpointer user_data)
 {
-  AsyncArgs *a = async_args (OP_GET_MANY);
+  AsyncArgs *a;
 
   g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_GET_MANY);
   a->ids = g_strdupv ((char **)ids);
   a->flags = flags;
   run_async (self, a, hb_store_get_many_async, cancellable, callback, user_data);
@@ -3245,9 +3393,10 @@ hb_store_changes_async (HbStore *self,
                         GAsyncReadyCallback callback,
                         gpointer user_data)
 {
-  AsyncArgs *a = async_args (OP_CHANGES);
+  AsyncArgs *a;
 
   g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_CHANGES);
   a->since = since;
   a->limit = limit;
   run_async (self, a, hb_store_changes_async, cancellable, callback, user_data);
@@ -3286,9 +3435,10 @@ hb_store_find_async (HbStore *self,
                      GAsyncReadyCallback callback,
                      gpointer user_data)
 {
-  AsyncArgs *a = async_args (OP_FIND);
+  AsyncArgs *a;
 
   g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_FIND);
   a->field = field;
   a->value = g_strdup (value);
   run_async (self, a, hb_store_find_async, cancellable, callback, user_data);

@@ -626,6 +626,9 @@ test_get_many_json (Fixture *f, gconstpointer data)
 
 /* ---- on disk ---------------------------------------------------------------------------- */
 
+/* The TMPDIR this process was given (see main), scanned whole for plaintext. */
+static char *private_tmp;
+
 static const char *const secrets[] = {
   "patient:7d0c2b8e-secret-id",
   "Wanjiru",
@@ -702,7 +705,7 @@ test_no_plaintext_on_disk (Fixture *f, gconstpointer data)
   /* While open: the WAL holds the recent writes. */
   g_assert_true (g_file_test (wal, G_FILE_TEST_EXISTS));
   assert_tree_clean (f->dir);
-  assert_tree_clean (g_get_tmp_dir ());
+  assert_tree_clean (private_tmp);
   hb_store_close (f->store);
   assert_tree_clean (f->dir);
 }
@@ -1115,6 +1118,232 @@ test_concurrent_readers (Fixture *f, gconstpointer data)
   g_assert_cmpuint (r.reads, >, 0);
 }
 
+/* ---- findings of review, each a regression test ---------------------------------------- */
+
+static HbStore *
+open_again (const char *path)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbVault) vault = hb_vault_new (path);
+  HbStore *store;
+
+  g_assert_true (hb_vault_unlock_sync (vault, HB_TEST_PIN, NULL, &error));
+  store = hb_store_open_sync (vault, NULL, &error);
+  g_assert_no_error (error);
+  return store;
+}
+
+static void
+test_two_stores_one_file (Fixture *f, gconstpointer data)
+{
+  g_autoptr (HbStore) other = open_again (f->path);
+  g_autoptr (JsonNode) a = NULL;
+  g_autoptr (JsonNode) b = NULL;
+  g_autoptr (GError) error = NULL;
+
+  /* Each writer takes the next sequence from the file, not from what it saw at open. */
+  g_free (put_ok (f->store, "{\"_id\":\"patient:1\"}"));
+  g_free (put_ok (other, "{\"_id\":\"patient:2\"}"));
+  g_free (put_ok (f->store, "{\"_id\":\"patient:3\"}"));
+  a = hb_store_get_sync (f->store, "patient:2", NULL, 0, NULL, &error);
+  g_assert_no_error (error);
+  b = hb_store_get_sync (other, "patient:1", NULL, 0, NULL, &error);
+  g_assert_no_error (error);
+  g_clear_pointer (&a, json_node_unref);
+  a = hb_store_get_sync (other, "patient:3", NULL, 0, NULL, &error);
+  g_assert_no_error (error);
+  hb_store_close (other);
+}
+
+static void
+test_replay_keeps_counts (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) stats = NULL;
+  g_autoptr (GPtrArray) docs = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
+  g_autoptr (GPtrArray) results = NULL;
+  static const char *const replay[] = {
+    "{\"_id\":\"a\",\"_rev\":\"1-aaaa\"}",
+    "{\"_id\":\"b\",\"_rev\":\"1-bbbb\"}",
+    "{\"_id\":\"c\",\"_rev\":\"1-cccc\"}",
+  };
+
+  insert_history (f->store, "a", "1-aaaa", FALSE, NULL);
+  insert_history (f->store, "b", "1-bbbb", FALSE, NULL);
+  /* A feed replayed after a failover: two known revisions and one new, in one batch. */
+  for (guint i = 0; i < G_N_ELEMENTS (replay); i++)
+    g_ptr_array_add (docs, hb_test_json (replay[i]));
+  results = hb_store_bulk_docs_sync (f->store, docs, FALSE, NULL, &error);
+  g_assert_no_error (error);
+  stats = hb_store_get_stats_sync (f->store, NULL, &error);
+  g_assert_cmpint (json_object_get_int_member (json_node_get_object (stats), "doc_count"), ==, 3);
+  g_assert_cmpint (json_object_get_int_member (json_node_get_object (stats), "update_seq"), ==, 3);
+}
+
+static void
+test_stemmed_root_rejoined (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) changes = NULL;
+  g_autoptr (JsonNode) keep = NULL;
+  g_autofree char *r1 = NULL;
+  g_autofree char *r2 = NULL;
+  g_autofree char *again = NULL;
+  g_autofree char *json = NULL;
+  JsonArray *leaves;
+
+  g_assert_true (hb_store_set_revs_limit (f->store, 1, &error));
+  r1 = put_ok (f->store, "{\"_id\":\"d\",\"v\":\"A\"}");
+  json = g_strdup_printf ("{\"_id\":\"d\",\"_rev\":\"%s\",\"v\":\"B\"}", r1);
+  r2 = put_ok (f->store, json);
+  /* The stemmed first revision comes back from a peer, then the same edit is made on it. */
+  insert_history (f->store, "d", r1, FALSE, "{\"v\":\"A\"}");
+  g_free (json);
+  json = g_strdup_printf ("{\"_id\":\"d\",\"_rev\":\"%s\",\"v\":\"B\"}", r1);
+  again = put_ok (f->store, json);
+  g_assert_cmpstr (again, ==, r2);
+  changes = hb_store_changes_sync (f->store, 0, 0, NULL, &error);
+  leaves = json_object_get_array_member (
+      json_array_get_object_element (
+          json_object_get_array_member (json_node_get_object (changes), "results"), 0),
+      "changes");
+  /* One leaf, named once. */
+  g_assert_cmpuint (json_array_get_length (leaves), ==, 1);
+  g_assert_false (json_object_has_member (
+      get_obj (f->store, "d", NULL, HB_GET_FLAGS_CONFLICTS, &keep), "_conflicts"));
+}
+
+typedef struct
+{
+  GThread *thread;
+  guint count;
+  gboolean done;
+} SignalSeen;
+
+static void
+on_changed_seen (HbStore *store, guint64 seq, SignalSeen *seen)
+{
+  seen->thread = g_thread_self ();
+  seen->count++;
+}
+
+static void
+on_put_done (GObject *source, GAsyncResult *result, gpointer data)
+{
+  g_autofree char *rev = hb_store_put_finish (HB_STORE (source), result, NULL);
+
+  g_assert_nonnull (rev);
+  ((SignalSeen *)data)->done = TRUE;
+}
+
+static void
+test_changed_on_owner_thread (Fixture *f, gconstpointer data)
+{
+  SignalSeen seen = { 0 };
+  g_autoptr (JsonNode) doc = hb_test_json ("{\"_id\":\"t\"}");
+
+  g_signal_connect (f->store, "changed", G_CALLBACK (on_changed_seen), &seen);
+  hb_store_put_async (f->store, doc, NULL, on_put_done, &seen);
+  /* The owner is busy while the worker commits: the signal must wait for the owner's loop. */
+  g_usleep (300 * G_TIME_SPAN_MILLISECOND);
+  g_assert_cmpuint (seen.count, ==, 0);
+  while (!seen.done || seen.count == 0)
+    g_main_context_iteration (NULL, TRUE);
+  g_assert_true (seen.thread == g_thread_self ());
+  g_signal_handlers_disconnect_by_data (f->store, &seen);
+}
+
+static void
+sql_on (const char *path, const char *sql)
+{
+  sqlite3 *db;
+
+  g_assert_cmpint (sqlite3_open (path, &db), ==, SQLITE_OK);
+  g_assert_cmpint (sqlite3_exec (db, sql, NULL, NULL, NULL), ==, SQLITE_OK);
+  g_assert_cmpint (sqlite3_changes (db), >=, 1);
+  sqlite3_close (db);
+}
+
+static void
+test_tampered_columns (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) changes = NULL;
+  g_autoptr (GPtrArray) notes = NULL;
+  g_autoptr (JsonNode) diff = NULL;
+  g_autoptr (JsonNode) req = hb_test_json ("{\"n:1\":[\"1-abcd\"],\"n:3\":[\"1-abcd\"]}");
+  JsonArray *rows;
+  guint corrupt = 0;
+
+  for (guint i = 1; i <= 4; i++)
+    {
+      g_autofree char *json = g_strdup_printf ("{\"_id\":\"n:%u\",\"type\":\"note\"}", i);
+      g_free (put_ok (f->store, json));
+    }
+  hb_store_close (f->store);
+  g_clear_object (&f->store);
+  /* An index column cleared (the document would vanish from queries), a row moved to another
+   * sequence (it would slip below a replication checkpoint), a key emptied (a crash, once). */
+  sql_on (f->path, "UPDATE docs SET type_mac = NULL WHERE seq = 1");
+  sql_on (f->path, "UPDATE docs SET seq = 100 WHERE seq = 2");
+  sql_on (f->path, "UPDATE docs SET doc_key = x'' WHERE seq = 3");
+  f->store = open_again (f->path);
+
+  changes = hb_store_changes_sync (f->store, 0, 0, NULL, &error);
+  g_assert_no_error (error);
+  rows = json_object_get_array_member (json_node_get_object (changes), "results");
+  g_assert_cmpuint (json_array_get_length (rows), ==, 4);
+  for (guint i = 0; i < 4; i++)
+    if (json_object_has_member (json_array_get_object_element (rows, i), "error"))
+      corrupt++;
+  g_assert_cmpuint (corrupt, ==, 3);
+
+  notes = hb_store_find_sync (f->store, HB_INDEX_FIELD_TYPE, "note", NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (notes->len, >=, 1);
+
+  /* A damaged record does not fail the whole revs_diff: its revisions are simply missing. */
+  diff = hb_store_revs_diff_sync (f->store, req, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_true (json_object_has_member (json_node_get_object (diff), "n:1"));
+  g_assert_true (json_object_has_member (json_node_get_object (diff), "n:3"));
+}
+
+static void
+test_corrupt_records_can_be_removed (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) local = hb_test_json ("{\"_id\":\"_local/ckpt\",\"seq\":1}");
+  g_autoptr (JsonNode) fresh = hb_test_json ("{\"_id\":\"_local/ckpt\",\"seq\":0}");
+  g_autoptr (JsonNode) got = NULL;
+  g_autofree char *lrev = NULL;
+  g_autofree char *lrev2 = NULL;
+  const char *const revs[] = { "1-x", NULL };
+
+  lrev = hb_store_put_local_sync (f->store, local, NULL, &error);
+  g_free (put_ok (f->store, "{\"_id\":\"doomed\"}"));
+  hb_store_close (f->store);
+  g_clear_object (&f->store);
+  sql_on (f->path, "UPDATE local_docs SET body = zeroblob (60)");
+  sql_on (f->path, "UPDATE docs SET meta = zeroblob (80)");
+  f->store = open_again (f->path);
+
+  g_assert_null (hb_store_get_local_sync (f->store, "_local/ckpt", NULL, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CORRUPT);
+  g_clear_error (&error);
+  /* A checkpoint that cannot be read can still be reset. */
+  lrev2 = hb_store_put_local_sync (f->store, fresh, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (lrev2, ==, "0-1");
+  got = hb_store_get_local_sync (f->store, "_local/ckpt", NULL, &error);
+  g_assert_no_error (error);
+
+  g_assert_cmpuint (hb_store_purge_sync (f->store, "doomed", revs, NULL, &error), ==, 1);
+  g_assert_no_error (error);
+  g_assert_null (hb_store_get_sync (f->store, "doomed", NULL, 0, NULL, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND);
+}
+
 int
 main (int argc, char *argv[])
 {
@@ -1123,6 +1352,7 @@ main (int argc, char *argv[])
   /* A private temp dir, so the plaintext scan sees only what this process wrote there. */
   tmp = g_dir_make_tmp ("hbsync-tmp-XXXXXX", NULL);
   g_setenv ("TMPDIR", tmp, TRUE);
+  private_tmp = tmp;
   g_test_init (&argc, &argv, NULL);
 
 #define ADD(path, func) g_test_add (path, Fixture, NULL, fixture_setup, func, fixture_teardown)
@@ -1151,6 +1381,12 @@ main (int argc, char *argv[])
   ADD ("/store/vault-locked", test_locked_vault);
   ADD ("/store/async", test_async_and_signal);
   ADD ("/store/concurrent-readers", test_concurrent_readers);
+  ADD ("/store/review/two-stores-one-file", test_two_stores_one_file);
+  ADD ("/store/review/replay-keeps-counts", test_replay_keeps_counts);
+  ADD ("/store/review/stemmed-root-rejoined", test_stemmed_root_rejoined);
+  ADD ("/store/review/changed-on-owner-thread", test_changed_on_owner_thread);
+  ADD ("/store/review/tampered-columns", test_tampered_columns);
+  ADD ("/store/review/corrupt-records-removable", test_corrupt_records_can_be_removed);
 #undef ADD
 
   {
