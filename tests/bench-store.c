@@ -1,0 +1,475 @@
+/* Benchmark: HbStore against plain SQLite, and the cost of unlocking.
+ *
+ * 10,000 clinical notes of about 1 KB each are put in batches of 100 (hb_store_bulk_docs_sync,
+ * new_edits) and read back in batches of 100 (hb_store_get_many_sync). The baseline is plain
+ * SQLite in the same temporary directory, configured like the store (WAL, synchronous=FULL), one
+ * transaction per batch of 100, table (id TEXT PRIMARY KEY, body BLOB), inserting and selecting
+ * the same JSON bytes with no crypto. Each measurement runs 3 times; the best and the median are
+ * printed. The goal is a store at no less than 0.7 of the baseline; nothing here asserts on speed.
+ *
+ * Run with `meson test -C BUILDDIR --benchmark -v`, or the bench-store binary directly. */
+
+#include <sqlite3.h>
+#include <string.h>
+
+#include "hb-test-utils.h"
+
+#define N_DOCS 10000
+#define BATCH 100
+#define N_RUNS 3
+#define GOAL 0.70
+
+static const char *const phrases[] = {
+  "Patient reports intermittent chest tightness on exertion, relieved by rest. ",
+  "No fever overnight; tolerating oral fluids and a light diet. ",
+  "Wound edges well approximated, no erythema or discharge at the incision site. ",
+  "BP rechecked after 15 minutes seated: improved. Continue current regimen. ",
+  "Discussed medication adherence; patient demonstrates correct inhaler technique. ",
+  "Mild pedal oedema bilaterally; advised leg elevation and reduced salt intake. ",
+  "Family present at bedside, questions answered about the discharge plan. ",
+  "Pain score 3/10 at rest, 5/10 on mobilisation; paracetamol given as charted. ",
+};
+
+typedef struct
+{
+  GPtrArray *ids;    /* char*, N_DOCS */
+  GPtrArray *docs;   /* JsonNode*, N_DOCS */
+  GPtrArray *bodies; /* GBytes*, the same documents serialized, N_DOCS */
+  gsize total_bytes;
+} Corpus;
+
+static char *
+random_uuid (GRand *rand)
+{
+  return g_strdup_printf ("%08x-%04x-4%03x-%04x-%08x%04x", g_rand_int (rand),
+                          g_rand_int (rand) & 0xffff, g_rand_int (rand) & 0xfff,
+                          (g_rand_int (rand) & 0x3fff) | 0x8000, g_rand_int (rand),
+                          g_rand_int (rand) & 0xffff);
+}
+
+static JsonNode *
+make_note (GRand *rand, const char *id, const char *session_id, const char *patient_id, guint n)
+{
+  g_autoptr (JsonBuilder) builder = json_builder_new ();
+  g_autoptr (GString) text = g_string_new (NULL);
+  g_autofree char *written_at
+      = g_strdup_printf ("2024-%02u-%02uT%02u:%02u:00Z", 1 + n % 12, 1 + n % 28, n % 24, n % 60);
+
+  while (text->len < 820)
+    g_string_append (text, phrases[g_rand_int_range (rand, 0, G_N_ELEMENTS (phrases))]);
+
+  json_builder_begin_object (builder);
+  json_builder_set_member_name (builder, "_id");
+  json_builder_add_string_value (builder, id);
+  json_builder_set_member_name (builder, "type");
+  json_builder_add_string_value (builder, "note");
+  json_builder_set_member_name (builder, "session_id");
+  json_builder_add_string_value (builder, session_id);
+  json_builder_set_member_name (builder, "patient_id");
+  json_builder_add_string_value (builder, patient_id);
+  json_builder_set_member_name (builder, "author");
+  json_builder_add_string_value (builder, "Dr. Nkechi Adeyemi");
+  json_builder_set_member_name (builder, "text");
+  json_builder_add_string_value (builder, text->str);
+  json_builder_set_member_name (builder, "written_at");
+  json_builder_add_string_value (builder, written_at);
+  json_builder_end_object (builder);
+
+  return json_builder_get_root (builder);
+}
+
+static void
+corpus_init (Corpus *corpus)
+{
+  g_autoptr (GRand) rand = g_rand_new_with_seed (20240502);
+  g_autofree char *session_id = NULL;
+  g_autofree char *patient_id = NULL;
+
+  corpus->ids = g_ptr_array_new_with_free_func (g_free);
+  corpus->docs = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
+  corpus->bodies = g_ptr_array_new_with_free_func ((GDestroyNotify)g_bytes_unref);
+  corpus->total_bytes = 0;
+
+  for (guint i = 0; i < N_DOCS; i++)
+    {
+      g_autofree char *uuid = random_uuid (rand);
+      char *id = g_strconcat ("note:", uuid, NULL);
+      JsonNode *doc;
+      char *json;
+      gsize len;
+
+      /* About ten notes per clinical session, three sessions per patient. */
+      if (i % 10 == 0)
+        {
+          g_autofree char *session_uuid = random_uuid (rand);
+
+          g_free (session_id);
+          session_id = g_strconcat ("session:", session_uuid, NULL);
+        }
+      if (i % 30 == 0)
+        {
+          g_autofree char *patient_uuid = random_uuid (rand);
+
+          g_free (patient_id);
+          patient_id = g_strconcat ("patient:", patient_uuid, NULL);
+        }
+
+      doc = make_note (rand, id, session_id, patient_id, i);
+      json = json_to_string (doc, FALSE);
+      len = strlen (json);
+      corpus->total_bytes += len;
+      g_ptr_array_add (corpus->ids, id);
+      g_ptr_array_add (corpus->docs, doc);
+      g_ptr_array_add (corpus->bodies, g_bytes_new_take (json, len));
+    }
+}
+
+static void
+corpus_clear (Corpus *corpus)
+{
+  g_clear_pointer (&corpus->ids, g_ptr_array_unref);
+  g_clear_pointer (&corpus->docs, g_ptr_array_unref);
+  g_clear_pointer (&corpus->bodies, g_ptr_array_unref);
+}
+
+typedef struct
+{
+  double put_seconds;
+  double get_seconds;
+  double get_json_seconds; /* the store only: hb_store_get_many_json_sync */
+} Timing;
+
+static double
+elapsed_since (gint64 start)
+{
+  return (g_get_monotonic_time () - start) / (double)G_USEC_PER_SEC;
+}
+
+static void
+die_on_error (const char *what, const GError *error)
+{
+  if (error != NULL)
+    g_error ("%s: %s", what, error->message);
+}
+
+/* HbStore */
+
+static Timing
+run_store (const Corpus *corpus)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *dir = NULL;
+  g_autoptr (HbStore) store = hb_test_store_new (&dir);
+  /* Batches prepared before the clock starts: copies, in case the store annotates them. */
+  g_autoptr (GPtrArray) batches
+      = g_ptr_array_new_with_free_func ((GDestroyNotify)g_ptr_array_unref);
+  Timing timing;
+  gint64 start;
+
+  for (guint b = 0; b < N_DOCS / BATCH; b++)
+    {
+      GPtrArray *batch = g_ptr_array_new_full (BATCH, (GDestroyNotify)json_node_unref);
+
+      for (guint i = b * BATCH; i < (b + 1) * BATCH; i++)
+        g_ptr_array_add (batch, json_node_copy (g_ptr_array_index (corpus->docs, i)));
+      g_ptr_array_add (batches, batch);
+    }
+
+  start = g_get_monotonic_time ();
+  for (guint b = 0; b < batches->len; b++)
+    {
+      g_autoptr (GPtrArray) results
+          = hb_store_bulk_docs_sync (store, g_ptr_array_index (batches, b), TRUE, NULL, &error);
+
+      die_on_error ("bulk_docs", error);
+      g_assert_cmpuint (results->len, ==, BATCH);
+      for (guint i = 0; i < results->len; i++)
+        {
+          JsonNode *result = g_ptr_array_index (results, i);
+
+          if (result == NULL || !JSON_NODE_HOLDS_OBJECT (result)
+              || json_object_has_member (json_node_get_object (result), "error"))
+            g_error ("bulk_docs: document %u of batch %u was not written", i, b);
+        }
+    }
+  timing.put_seconds = elapsed_since (start);
+
+  start = g_get_monotonic_time ();
+  for (guint b = 0; b < N_DOCS / BATCH; b++)
+    {
+      const char *ids[BATCH + 1];
+      g_autoptr (GPtrArray) docs = NULL;
+
+      for (guint i = 0; i < BATCH; i++)
+        ids[i] = g_ptr_array_index (corpus->ids, b * BATCH + i);
+      ids[BATCH] = NULL;
+      docs = hb_store_get_many_sync (store, ids, HB_GET_FLAGS_NONE, NULL, &error);
+      die_on_error ("get_many", error);
+      g_assert_cmpuint (docs->len, ==, BATCH);
+      for (guint i = 0; i < BATCH; i++)
+        {
+          JsonNode *doc = g_ptr_array_index (docs, i);
+
+          if (doc == NULL || !JSON_NODE_HOLDS_OBJECT (doc)
+              || g_strcmp0 (json_object_get_string_member_with_default (json_node_get_object (doc),
+                                                                        "_id", NULL),
+                            ids[i])
+                     != 0)
+            g_error ("get_many: document %s missing or wrong", ids[i]);
+        }
+    }
+  timing.get_seconds = elapsed_since (start);
+
+  start = g_get_monotonic_time ();
+  for (guint b = 0; b < N_DOCS / BATCH; b++)
+    {
+      const char *ids[BATCH + 1];
+      g_autoptr (GPtrArray) texts = NULL;
+
+      for (guint i = 0; i < BATCH; i++)
+        ids[i] = g_ptr_array_index (corpus->ids, b * BATCH + i);
+      ids[BATCH] = NULL;
+      texts = hb_store_get_many_json_sync (store, ids, HB_GET_FLAGS_NONE, NULL, &error);
+      die_on_error ("get_many_json", error);
+      g_assert_cmpuint (texts->len, ==, BATCH);
+      for (guint i = 0; i < BATCH; i++)
+        {
+          GBytes *text = g_ptr_array_index (texts, i);
+          gsize len = 0;
+          const char *data = text != NULL ? g_bytes_get_data (text, &len) : NULL;
+
+          if (data == NULL || g_strstr_len (data, len, ids[i]) == NULL
+              || g_strstr_len (data, len, "\"error\"") != NULL)
+            g_error ("get_many_json: document %s missing or wrong", ids[i]);
+        }
+    }
+  timing.get_json_seconds = elapsed_since (start);
+
+  hb_store_close (store);
+  hb_test_rmdir (dir);
+  return timing;
+}
+
+/* Plain SQLite */
+
+static void
+sql_exec (sqlite3 *db, const char *sql)
+{
+  char *message = NULL;
+
+  if (sqlite3_exec (db, sql, NULL, NULL, &message) != SQLITE_OK)
+    g_error ("%s: %s", sql, message);
+}
+
+static sqlite3_stmt *
+sql_prepare (sqlite3 *db, const char *sql)
+{
+  sqlite3_stmt *stmt = NULL;
+
+  if (sqlite3_prepare_v2 (db, sql, -1, &stmt, NULL) != SQLITE_OK)
+    g_error ("%s: %s", sql, sqlite3_errmsg (db));
+  return stmt;
+}
+
+static Timing
+run_sqlite (const Corpus *corpus, gboolean parse_json)
+{
+  g_autofree char *dir = hb_test_mkdtemp ();
+  g_autofree char *path = g_build_filename (dir, "plain.db", NULL);
+  g_autoptr (JsonParser) parser = json_parser_new_immutable ();
+  sqlite3 *db = NULL;
+  sqlite3_stmt *insert, *select;
+  Timing timing;
+  gint64 start;
+  gsize checksum = 0;
+
+  if (sqlite3_open (path, &db) != SQLITE_OK)
+    g_error ("sqlite3_open: %s", sqlite3_errmsg (db));
+  sql_exec (db, "PRAGMA journal_mode=WAL");
+  sql_exec (db, "PRAGMA synchronous=FULL");
+  sql_exec (db, "CREATE TABLE docs (id TEXT PRIMARY KEY, body BLOB)");
+  insert = sql_prepare (db, "INSERT INTO docs (id, body) VALUES (?1, ?2)");
+  select = sql_prepare (db, "SELECT body FROM docs WHERE id = ?1");
+
+  start = g_get_monotonic_time ();
+  for (guint b = 0; b < N_DOCS / BATCH; b++)
+    {
+      sql_exec (db, "BEGIN IMMEDIATE");
+      for (guint i = b * BATCH; i < (b + 1) * BATCH; i++)
+        {
+          gsize len;
+          const void *body = g_bytes_get_data (g_ptr_array_index (corpus->bodies, i), &len);
+
+          sqlite3_bind_text (insert, 1, g_ptr_array_index (corpus->ids, i), -1, SQLITE_STATIC);
+          sqlite3_bind_blob (insert, 2, body, len, SQLITE_STATIC);
+          if (sqlite3_step (insert) != SQLITE_DONE)
+            g_error ("insert: %s", sqlite3_errmsg (db));
+          sqlite3_reset (insert);
+        }
+      sql_exec (db, "COMMIT");
+    }
+  timing.put_seconds = elapsed_since (start);
+
+  start = g_get_monotonic_time ();
+  for (guint b = 0; b < N_DOCS / BATCH; b++)
+    {
+      sql_exec (db, "BEGIN");
+      for (guint i = b * BATCH; i < (b + 1) * BATCH; i++)
+        {
+          g_autoptr (GBytes) body = NULL;
+
+          sqlite3_bind_text (select, 1, g_ptr_array_index (corpus->ids, i), -1, SQLITE_STATIC);
+          if (sqlite3_step (select) != SQLITE_ROW)
+            g_error ("select: %s", sqlite3_errmsg (db));
+          /* Copy the bytes out, as a caller keeping the document would. */
+          body = g_bytes_new (sqlite3_column_blob (select, 0), sqlite3_column_bytes (select, 0));
+          sqlite3_reset (select);
+          checksum += g_bytes_get_size (body);
+          if (parse_json)
+            {
+              g_autoptr (GError) error = NULL;
+              gsize len;
+              const char *data = g_bytes_get_data (body, &len);
+
+              if (!json_parser_load_from_data (parser, data, len, &error))
+                g_error ("parse: %s", error->message);
+            }
+        }
+      sql_exec (db, "COMMIT");
+    }
+  timing.get_seconds = elapsed_since (start);
+  g_assert_cmpuint (checksum, ==, corpus->total_bytes);
+
+  sqlite3_finalize (insert);
+  sqlite3_finalize (select);
+  sqlite3_close (db);
+  hb_test_rmdir (dir);
+  return timing;
+}
+
+/* Unlock */
+
+static double
+run_unlock (const char *path)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbVault) vault = hb_vault_new (path);
+  double seconds;
+
+  hb_vault_unlock_sync (vault, HB_TEST_PIN, NULL, &error);
+  die_on_error ("unlock", error);
+  seconds = hb_vault_get_last_unlock_seconds (vault);
+  hb_vault_lock (vault);
+  return seconds;
+}
+
+/* Reporting */
+
+static int
+compare_doubles (gconstpointer a, gconstpointer b)
+{
+  double x = *(const double *)a, y = *(const double *)b;
+
+  return (x > y) - (x < y);
+}
+
+typedef struct
+{
+  double best;
+  double median;
+} Figures;
+
+/* Best and median of N_RUNS figures; @higher_is_better picks the end that is "best". */
+static Figures
+summarize (const double *values, gboolean higher_is_better)
+{
+  double sorted[N_RUNS];
+  Figures figures;
+
+  memcpy (sorted, values, sizeof sorted);
+  qsort (sorted, N_RUNS, sizeof (double), compare_doubles);
+  figures.best = higher_is_better ? sorted[N_RUNS - 1] : sorted[0];
+  figures.median = sorted[N_RUNS / 2];
+  return figures;
+}
+
+static void
+print_comparison (const char *what, const double *store_rates, const double *sqlite_rates)
+{
+  Figures store = summarize (store_rates, TRUE);
+  Figures sqlite = summarize (sqlite_rates, TRUE);
+  double ratio = store.best / sqlite.best;
+
+  g_print ("%s: store %.0f docs/s, sqlite %.0f docs/s, ratio %.2f (goal >= %.2f)%s\n", what,
+           store.best, sqlite.best, ratio, GOAL, ratio >= GOAL ? "" : "  BELOW GOAL");
+  g_print ("%*s  median: store %.0f docs/s, sqlite %.0f docs/s, ratio %.2f\n", (int)strlen (what),
+           "", store.median, sqlite.median, store.median / sqlite.median);
+}
+
+int
+main (void)
+{
+  Corpus corpus;
+  double store_put[N_RUNS], store_get[N_RUNS], sqlite_put[N_RUNS], sqlite_get[N_RUNS];
+  double json_get[N_RUNS], parsed_get[N_RUNS], unlock[N_RUNS];
+  g_autofree char *vault_dir = NULL;
+  g_autofree char *vault_path = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree char *recovery_key = NULL;
+  Figures unlock_figures, parsed, json;
+
+  corpus_init (&corpus);
+  g_print ("%u notes, %.0f bytes of JSON each on average, batches of %u; SQLite %s; best of %u "
+           "runs, then the median\n",
+           N_DOCS, (double)corpus.total_bytes / N_DOCS, BATCH, sqlite3_libversion (), N_RUNS);
+
+  for (guint run = 0; run < N_RUNS; run++)
+    {
+      Timing store = run_store (&corpus);
+      Timing sqlite = run_sqlite (&corpus, FALSE);
+      Timing sqlite_parsed = run_sqlite (&corpus, TRUE);
+
+      store_put[run] = N_DOCS / store.put_seconds;
+      store_get[run] = N_DOCS / store.get_seconds;
+      sqlite_put[run] = N_DOCS / sqlite.put_seconds;
+      sqlite_get[run] = N_DOCS / sqlite.get_seconds;
+      json_get[run] = N_DOCS / store.get_json_seconds;
+      parsed_get[run] = N_DOCS / sqlite_parsed.get_seconds;
+      g_print (
+          "  run %u: put store %.0f / sqlite %.0f docs/s, get store %.0f / sqlite %.0f docs/s\n",
+          run + 1, store_put[run], sqlite_put[run], store_get[run], sqlite_get[run]);
+    }
+
+  print_comparison ("put", store_put, sqlite_put);
+  print_comparison ("get", store_get, sqlite_get);
+  /* Two more figures for context; the goal is the comparison above. */
+  json = summarize (json_get, TRUE);
+  parsed = summarize (parsed_get, TRUE);
+  g_print ("  also: store get as JSON text (hb_store_get_many_json_sync, what replication "
+           "reads): best %.0f docs/s, ratio %.2f\n",
+           json.best, json.best / summarize (sqlite_get, TRUE).best);
+  g_print ("  also: sqlite get that also parses each body (get_many returns parsed documents): "
+           "best %.0f docs/s; store get is %.2f of that\n",
+           parsed.best, summarize (store_get, TRUE).best / parsed.best);
+
+  /* Unlock with the library's default Argon2id parameters and no device secret. */
+  vault_dir = hb_test_mkdtemp ();
+  vault_path = g_build_filename (vault_dir, "vault.db", NULL);
+  {
+    g_autoptr (HbVault) vault = hb_vault_new (vault_path);
+
+    hb_vault_create_sync (vault, HB_TEST_PIN, HB_VAULT_FLAGS_NO_DEVICE_SECRET, &recovery_key, NULL,
+                          &error);
+    die_on_error ("create", error);
+    hb_vault_lock (vault);
+  }
+  for (guint run = 0; run < N_RUNS; run++)
+    unlock[run] = run_unlock (vault_path);
+  unlock_figures = summarize (unlock, FALSE);
+  g_print ("unlock (default KDF parameters, no device secret): best %.3f s, median %.3f s\n",
+           unlock_figures.best, unlock_figures.median);
+  hb_test_rmdir (vault_dir);
+
+  corpus_clear (&corpus);
+  return 0;
+}
