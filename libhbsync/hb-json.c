@@ -1,4 +1,5 @@
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "hb-json-private.h"
@@ -74,37 +75,56 @@ append_double (GString *out, double d)
   g_string_append (out, buf);
 }
 
-static int
-compare_names (gconstpointer a, gconstpointer b)
+typedef struct
 {
-  return strcmp (*(const char *const *)a, *(const char *const *)b);
+  const char *name;
+  JsonNode *node;
+} Member;
+
+static int
+compare_members (gconstpointer a, gconstpointer b)
+{
+  return strcmp (((const Member *)a)->name, ((const Member *)b)->name);
+}
+
+static void
+append_members (GString *out, JsonObject *object, gboolean skip_special)
+{
+  Member stack[32];
+  guint size = json_object_get_size (object);
+  g_autofree Member *heap = size > G_N_ELEMENTS (stack) ? g_new (Member, size) : NULL;
+  Member *members = heap != NULL ? heap : stack;
+  JsonObjectIter iter;
+  guint n = 0;
+
+  json_object_iter_init (&iter, object);
+  while (json_object_iter_next (&iter, &members[n].name, &members[n].node))
+    if (!skip_special || members[n].name[0] != '_')
+      n++;
+  qsort (members, n, sizeof (Member), compare_members);
+
+  g_string_append_c (out, '{');
+  for (guint i = 0; i < n; i++)
+    {
+      if (i > 0)
+        g_string_append_c (out, ',');
+      append_string (out, members[i].name);
+      g_string_append_c (out, ':');
+      hb_json_append_canonical (out, members[i].node);
+    }
+  g_string_append_c (out, '}');
 }
 
 void
 hb_json_append_canonical_object (GString *out, JsonObject *object)
 {
-  g_autoptr (GPtrArray) names = g_ptr_array_new ();
-  JsonObjectIter iter;
-  const char *name;
-  JsonNode *member;
+  append_members (out, object, FALSE);
+}
 
-  json_object_iter_init (&iter, object);
-  while (json_object_iter_next (&iter, &name, &member))
-    g_ptr_array_add (names, (gpointer)name);
-  g_ptr_array_sort (names, compare_names);
-
-  g_string_append_c (out, '{');
-  for (guint i = 0; i < names->len; i++)
-    {
-      const char *n = g_ptr_array_index (names, i);
-
-      if (i > 0)
-        g_string_append_c (out, ',');
-      append_string (out, n);
-      g_string_append_c (out, ':');
-      hb_json_append_canonical (out, json_object_get_member (object, n));
-    }
-  g_string_append_c (out, '}');
+void
+hb_json_append_canonical_body (GString *out, JsonObject *doc)
+{
+  append_members (out, doc, TRUE);
 }
 
 void

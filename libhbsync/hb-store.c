@@ -644,7 +644,7 @@ typedef struct
   gboolean deleted;
   guint start;      /* `_revisions`, or the `_rev` alone */
   GPtrArray *ids;   /* newest first */
-  JsonObject *body; /* without special members */
+  JsonObject *body; /* the document itself; its special members are skipped when read */
   GString *canonical;
 } Incoming;
 
@@ -725,16 +725,14 @@ parse_incoming (JsonNode *node, gboolean new_edits, Incoming *in, GError **error
   if (node == NULL || !JSON_NODE_HOLDS_OBJECT (node))
     return invalid (error, "%s", "A document must be a JSON object");
   doc = json_node_get_object (node);
-  in->body = json_object_new ();
+  /* The body is the document minus its special members; serializers skip those. */
+  in->body = json_object_ref (doc);
 
   json_object_iter_init (&iter, doc);
   while (json_object_iter_next (&iter, &name, &member))
     {
       if (name[0] != '_')
-        {
-          json_object_set_member (in->body, name, json_node_ref (member));
-          continue;
-        }
+        continue;
       if (strcmp (name, "_id") == 0)
         {
           const char *id = JSON_NODE_HOLDS_VALUE (member) ? json_node_get_string (member) : NULL;
@@ -793,7 +791,7 @@ parse_incoming (JsonNode *node, gboolean new_edits, Incoming *in, GError **error
     }
 
   in->canonical = g_string_sized_new (1024);
-  hb_json_append_canonical_object (in->canonical, in->body);
+  hb_json_append_canonical_body (in->canonical, in->body);
   return TRUE;
 }
 
