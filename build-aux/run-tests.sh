@@ -24,6 +24,17 @@ passed_total=0
 failed_total=0
 summaries=()
 
+# Whatever stops this script early (a failed dependency install, an interrupt) still ends
+# with the summary line, counting the interruption as a failure.
+summary_printed=0
+on_exit() {
+  if ((!summary_printed)); then
+    echo "run-tests: stopped early"
+    echo "$passed_total passed, $((failed_total + 1)) failed"
+  fi
+}
+trap on_exit EXIT
+
 log() {
   printf '\n=== %s\n' "$*"
 }
@@ -87,7 +98,8 @@ run_config() {
   fi
   passed_total=$((passed_total + passed))
   failed_total=$((failed_total + failed))
-  summaries+=("$name: Ok: $ok  Fail: $fail  Unexpected Pass: $xpass  Skipped: $skip  Timeout: $timeout  ($((SECONDS - start)) s)")
+  local summary="$name: Ok: $ok  Fail: $fail  Unexpected Pass: $xpass  Skipped: $skip"
+  summaries+=("$summary  Timeout: $timeout  ($((SECONDS - start)) s)")
 }
 
 log "dependencies"
@@ -121,5 +133,6 @@ run_config asan "$build_root/asan" asan_build_env asan_env \
 
 log "summary"
 printf '%s\n' "${summaries[@]}"
+summary_printed=1
 echo "$passed_total passed, $failed_total failed"
 ((failed_total == 0))

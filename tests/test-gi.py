@@ -35,14 +35,15 @@ def _reexec_with_sanitizer_runtime():
     """Under an ASan build the interpreter must have libasan loaded before anything else, which
     only LD_PRELOAD can do; restart this script with it. Memory errors and undefined behaviour
     in the library are then caught as in the C tests. Leak checking is off for this process
-    only: CPython does not free its own objects at exit, so LeakSanitizer would report the
-    interpreter, not the library (the C tests check the library for leaks)."""
+    only: CPython and PyGObject do not free everything at exit (`python3 -c 'import gi'` alone
+    shows leaks; when checked, none of those reported for this test had a libhbsync frame); the
+    C tests check the library for leaks."""
     runtimes = _sanitizer_runtimes()
     if not runtimes or os.environ.get('HB_TEST_GI_PRELOADED') == '1':
         return
     env = dict(os.environ)
     env['HB_TEST_GI_PRELOADED'] = '1'
-    env['LD_PRELOAD'] = ' '.join(runtimes + [env['LD_PRELOAD']] if env.get('LD_PRELOAD') else runtimes)
+    env['LD_PRELOAD'] = ' '.join(runtimes + ([env['LD_PRELOAD']] if env.get('LD_PRELOAD') else []))
     asan_options = env.get('ASAN_OPTIONS', '')
     env['ASAN_OPTIONS'] = ':'.join(o for o in (asan_options, 'verify_asan_link_order=0',
                                                 'detect_leaks=0') if o)
@@ -170,6 +171,7 @@ class StoreTest(unittest.TestCase):
                                '"text": "Afebrile, tolerating oral fluids.", '
                                '"written_at": "2024-05-02T10:30:00Z"}')
         self.store.put_async(doc, None, done, 'token')
+
         def give_up():
             outcome['timed_out'] = True
             loop.quit()
