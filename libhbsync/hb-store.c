@@ -1396,6 +1396,9 @@ typedef struct
   const char *const *ids;
   HbGetFlags flags;
   GPtrArray *results;
+  /* How one document is read, and what stands in its place when it cannot be. */
+  gpointer (*read_one) (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GError **error);
+  gpointer (*error_item) (const char *id, const GError *error);
 } ManyArgs;
 
 static JsonNode *
@@ -1412,24 +1415,46 @@ get_many_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellabl
   for (guint i = 0; args->ids[i] != NULL; i++)
     {
       g_autoptr (GError) doc_error = NULL;
-      JsonNode *doc;
+      gpointer doc;
 
       if (g_cancellable_set_error_if_cancelled (cancellable, error))
         return FALSE;
-      doc = read_doc (self, c, args->ids[i], NULL, args->flags, &doc_error);
+      doc = args->read_one (self, c, args->ids[i], args->flags, &doc_error);
       if (doc == NULL && is_fatal (doc_error))
         {
           g_propagate_error (error, g_steal_pointer (&doc_error));
           return FALSE;
         }
-      g_ptr_array_add (args->results, doc != NULL ? doc : error_row (args->ids[i], doc_error));
+      g_ptr_array_add (args->results,
+                       doc != NULL ? doc : args->error_item (args->ids[i], doc_error));
     }
   return TRUE;
 }
 
+static gpointer
+read_winner (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GError **error)
+{
+  return read_doc (self, c, id, NULL, flags, error);
+}
+
+static gpointer
+error_item_node (const char *id, const GError *error)
+{
+  return error_row (id, error);
+}
+
+static gpointer
+error_item_bytes (const char *id, const GError *error)
+{
+  g_autoptr (JsonNode) row = error_row (id, error);
+  char *text = json_to_string (row, FALSE);
+
+  return g_bytes_new_take (text, strlen (text));
+}
+
 /* The document as JSON text without parsing its body: the special members (serialized from a
  * document with an empty body) are spliced in front of the sealed canonical text. */
-static GBytes *
+static gpointer
 read_doc_json (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GError **error)
 {
   g_auto (DocState) st = { 0 };
@@ -1461,39 +1486,6 @@ read_doc_json (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GErro
   g_string_append_len (out, (const char *)plain + 1, len - 1);
   hb_open_free (plain, len);
   return g_string_free_to_bytes (out);
-}
-
-static gboolean
-get_many_json_func (
-    HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, GError **error)
-{
-  ManyArgs *args = data;
-
-  for (guint i = 0; args->ids[i] != NULL; i++)
-    {
-      g_autoptr (GError) doc_error = NULL;
-      GBytes *doc;
-
-      if (g_cancellable_set_error_if_cancelled (cancellable, error))
-        return FALSE;
-      doc = read_doc_json (self, c, args->ids[i], args->flags, &doc_error);
-      if (doc == NULL)
-        {
-          g_autoptr (JsonNode) row = NULL;
-          char *text;
-
-          if (is_fatal (doc_error))
-            {
-              g_propagate_error (error, g_steal_pointer (&doc_error));
-              return FALSE;
-            }
-          row = error_row (args->ids[i], doc_error);
-          text = json_to_string (row, FALSE);
-          doc = g_bytes_new_take (text, strlen (text));
-        }
-      g_ptr_array_add (args->results, doc);
-    }
-  return TRUE;
 }
 
 static gboolean
@@ -2450,6 +2442,25 @@ hb_store_close (HbStore *self)
   g_mutex_unlock (&self->pool_lock);
 }
 
+/* A read that fills an array: *slot is the array inside the read's arguments. */
+static GPtrArray *
+read_array (HbStore *self,
+            ReadFunc func,
+            gpointer args,
+            GPtrArray **slot,
+            GDestroyNotify free_item,
+            GCancellable *cancellable,
+            GError **error)
+{
+  *slot = g_ptr_array_new_with_free_func (free_item);
+  if (!run_read (self, func, args, cancellable, error))
+    {
+      g_clear_pointer (slot, g_ptr_array_unref);
+      return NULL;
+    }
+  return g_steal_pointer (slot);
+}
+
 /* ---- public API ------------------------------------------------------------------------ */
 
 /**
@@ -2716,18 +2727,13 @@ hb_store_get_many_sync (HbStore *self,
                         GCancellable *cancellable,
                         GError **error)
 {
-  ManyArgs args = { ids, flags, NULL };
+  ManyArgs args = { ids, flags, NULL, read_winner, error_item_node };
 
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (ids != NULL, NULL);
 
-  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
-  if (!run_read (self, get_many_func, &args, cancellable, error))
-    {
-      g_ptr_array_unref (args.results);
-      return NULL;
-    }
-  return args.results;
+  return read_array (self, get_many_func, &args, &args.results, (GDestroyNotify)json_node_unref,
+                     cancellable, error);
 }
 
 /**
@@ -2750,18 +2756,13 @@ hb_store_get_many_json_sync (HbStore *self,
                              GCancellable *cancellable,
                              GError **error)
 {
-  ManyArgs args = { ids, flags, NULL };
+  ManyArgs args = { ids, flags, NULL, read_doc_json, error_item_bytes };
 
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (ids != NULL, NULL);
 
-  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify)g_bytes_unref);
-  if (!run_read (self, get_many_json_func, &args, cancellable, error))
-    {
-      g_ptr_array_unref (args.results);
-      return NULL;
-    }
-  return args.results;
+  return read_array (self, get_many_func, &args, &args.results, (GDestroyNotify)g_bytes_unref,
+                     cancellable, error);
 }
 
 /**
@@ -2825,13 +2826,8 @@ find_docs (
 {
   FindArgs args = { field, value, NULL };
 
-  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
-  if (!run_read (self, find_func, &args, cancellable, error))
-    {
-      g_ptr_array_unref (args.results);
-      return NULL;
-    }
-  return args.results;
+  return read_array (self, find_func, &args, &args.results, (GDestroyNotify)json_node_unref,
+                     cancellable, error);
 }
 
 /**
