@@ -3091,6 +3091,14 @@ typedef enum
   OP_GET_MANY,
   OP_CHANGES,
   OP_FIND,
+  OP_DELETE,
+  OP_REVS_DIFF,
+  OP_ALL_DOCS,
+  OP_GET_LOCAL,
+  OP_PUT_LOCAL,
+  OP_PURGE,
+  OP_COMPACT,
+  OP_STATS,
 } AsyncOp;
 
 typedef struct
@@ -3156,6 +3164,41 @@ async_thread (GTask *task, gpointer source, gpointer task_data, GCancellable *ca
       case OP_FIND:
         result = hb_store_find_sync (self, a->field, a->value, cancellable, &error);
         break;
+      case OP_DELETE:
+        result = hb_store_delete_sync (self, a->id, a->rev, cancellable, &error);
+        free_result = g_free;
+        break;
+      case OP_REVS_DIFF:
+        result = hb_store_revs_diff_sync (self, a->doc, cancellable, &error);
+        free_result = (GDestroyNotify)json_node_unref;
+        break;
+      case OP_ALL_DOCS:
+        result = hb_store_all_docs_sync (self, cancellable, &error);
+        break;
+      case OP_GET_LOCAL:
+        result = hb_store_get_local_sync (self, a->id, cancellable, &error);
+        free_result = (GDestroyNotify)json_node_unref;
+        break;
+      case OP_PUT_LOCAL:
+        result = hb_store_put_local_sync (self, a->doc, cancellable, &error);
+        free_result = g_free;
+        break;
+      case OP_STATS:
+        result = hb_store_get_stats_sync (self, cancellable, &error);
+        free_result = (GDestroyNotify)json_node_unref;
+        break;
+      case OP_PURGE:
+      case OP_COMPACT:
+        {
+          guint n = a->op == OP_PURGE ? hb_store_purge_sync (
+                        self, a->id, (const char *const *)a->ids, cancellable, &error)
+                                      : hb_store_compact_sync (self, cancellable, &error);
+          if (error != NULL)
+            g_task_return_error (task, error);
+          else
+            g_task_return_int (task, n);
+          return;
+        }
       default:
         g_assert_not_reached ();
     }
@@ -3450,4 +3493,315 @@ GPtrArray *
 hb_store_find_finish (HbStore *self, GAsyncResult *result, GError **error)
 {
   return finish_async (self, result, hb_store_find_async, error);
+}
+
+/**
+ * hb_store_delete_async:
+ * @self: a store
+ * @id: the document
+ * @rev: (nullable): its current revision
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_delete_sync().
+ */
+void
+hb_store_delete_async (HbStore *self,
+                       const char *id,
+                       const char *rev,
+                       GCancellable *cancellable,
+                       GAsyncReadyCallback callback,
+                       gpointer user_data)
+{
+  AsyncArgs *a;
+
+  g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_DELETE);
+  a->id = g_strdup (id);
+  a->rev = g_strdup (rev);
+  run_async (self, a, hb_store_delete_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_delete_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full): the tombstone's revision, or %NULL with @error set
+ */
+char *
+hb_store_delete_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  return finish_async (self, result, hb_store_delete_async, error);
+}
+
+/**
+ * hb_store_revs_diff_async:
+ * @self: a store
+ * @request: `{id: [rev, ...]}`
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_revs_diff_sync().
+ */
+void
+hb_store_revs_diff_async (HbStore *self,
+                          JsonNode *request,
+                          GCancellable *cancellable,
+                          GAsyncReadyCallback callback,
+                          gpointer user_data)
+{
+  AsyncArgs *a;
+
+  g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_REVS_DIFF);
+  a->doc = json_node_copy (request);
+  run_async (self, a, hb_store_revs_diff_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_revs_diff_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full): the missing revisions, or %NULL with @error set
+ */
+JsonNode *
+hb_store_revs_diff_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  return finish_async (self, result, hb_store_revs_diff_async, error);
+}
+
+/**
+ * hb_store_all_docs_async:
+ * @self: a store
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_all_docs_sync().
+ */
+void
+hb_store_all_docs_async (HbStore *self,
+                         GCancellable *cancellable,
+                         GAsyncReadyCallback callback,
+                         gpointer user_data)
+{
+  AsyncArgs *a;
+
+  g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_ALL_DOCS);
+  run_async (self, a, hb_store_all_docs_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_all_docs_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full) (element-type Json.Node): the documents, or %NULL with @error set
+ */
+GPtrArray *
+hb_store_all_docs_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  return finish_async (self, result, hb_store_all_docs_async, error);
+}
+
+/**
+ * hb_store_get_local_async:
+ * @self: a store
+ * @id: the local document's id
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_get_local_sync().
+ */
+void
+hb_store_get_local_async (HbStore *self,
+                          const char *id,
+                          GCancellable *cancellable,
+                          GAsyncReadyCallback callback,
+                          gpointer user_data)
+{
+  AsyncArgs *a;
+
+  g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_GET_LOCAL);
+  a->id = g_strdup (id);
+  run_async (self, a, hb_store_get_local_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_get_local_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full): the document, or %NULL with @error set
+ */
+JsonNode *
+hb_store_get_local_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  return finish_async (self, result, hb_store_get_local_async, error);
+}
+
+/**
+ * hb_store_put_local_async:
+ * @self: a store
+ * @doc: the local document
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_put_local_sync().
+ */
+void
+hb_store_put_local_async (HbStore *self,
+                          JsonNode *doc,
+                          GCancellable *cancellable,
+                          GAsyncReadyCallback callback,
+                          gpointer user_data)
+{
+  AsyncArgs *a;
+
+  g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_PUT_LOCAL);
+  a->doc = json_node_copy (doc);
+  run_async (self, a, hb_store_put_local_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_put_local_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full): the new revision, or %NULL with @error set
+ */
+char *
+hb_store_put_local_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  return finish_async (self, result, hb_store_put_local_async, error);
+}
+
+/**
+ * hb_store_get_stats_async:
+ * @self: a store
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_get_stats_sync().
+ */
+void
+hb_store_get_stats_async (HbStore *self,
+                          GCancellable *cancellable,
+                          GAsyncReadyCallback callback,
+                          gpointer user_data)
+{
+  AsyncArgs *a;
+
+  g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_STATS);
+  run_async (self, a, hb_store_get_stats_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_get_stats_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full): the counts, or %NULL with @error set
+ */
+JsonNode *
+hb_store_get_stats_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  return finish_async (self, result, hb_store_get_stats_async, error);
+}
+
+/**
+ * hb_store_purge_async:
+ * @self: a store
+ * @id: the document
+ * @revs: (array zero-terminated=1): leaf revisions to purge
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_purge_sync().
+ */
+void
+hb_store_purge_async (HbStore *self,
+                      const char *id,
+                      const char *const *revs,
+                      GCancellable *cancellable,
+                      GAsyncReadyCallback callback,
+                      gpointer user_data)
+{
+  AsyncArgs *a;
+
+  g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_PURGE);
+  a->id = g_strdup (id);
+  a->ids = g_strdupv ((char **)revs);
+  run_async (self, a, hb_store_purge_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_purge_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: how many revisions were purged (0 with @error set on failure)
+ */
+guint
+hb_store_purge_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), 0);
+  return (guint)g_task_propagate_int (G_TASK (result), error);
+}
+
+/**
+ * hb_store_compact_async:
+ * @self: a store
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_compact_sync().
+ */
+void
+hb_store_compact_async (HbStore *self,
+                        GCancellable *cancellable,
+                        GAsyncReadyCallback callback,
+                        gpointer user_data)
+{
+  AsyncArgs *a;
+
+  g_return_if_fail (HB_IS_STORE (self));
+  a = async_args (OP_COMPACT);
+  run_async (self, a, hb_store_compact_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_compact_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: how many bodies were dropped (0 with @error set on failure)
+ */
+guint
+hb_store_compact_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), 0);
+  return (guint)g_task_propagate_int (G_TASK (result), error);
 }

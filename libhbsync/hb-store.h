@@ -236,4 +236,75 @@ JsonNode *hb_store_get_stats_sync (HbStore *self, GCancellable *cancellable, GEr
 HB_AVAILABLE_IN_ALL
 void hb_store_close (HbStore *self);
 
+HB_AVAILABLE_IN_ALL
+void hb_store_delete_async (HbStore *self,
+                            const char *id,
+                            const char *rev,
+                            GCancellable *cancellable,
+                            GAsyncReadyCallback callback,
+                            gpointer user_data);
+HB_AVAILABLE_IN_ALL
+char *hb_store_delete_finish (HbStore *self, GAsyncResult *result, GError **error);
+
+HB_AVAILABLE_IN_ALL
+void hb_store_revs_diff_async (HbStore *self,
+                               JsonNode *request,
+                               GCancellable *cancellable,
+                               GAsyncReadyCallback callback,
+                               gpointer user_data);
+HB_AVAILABLE_IN_ALL
+JsonNode *hb_store_revs_diff_finish (HbStore *self, GAsyncResult *result, GError **error);
+
+HB_AVAILABLE_IN_ALL
+void hb_store_all_docs_async (HbStore *self,
+                              GCancellable *cancellable,
+                              GAsyncReadyCallback callback,
+                              gpointer user_data);
+HB_AVAILABLE_IN_ALL
+GPtrArray *hb_store_all_docs_finish (HbStore *self, GAsyncResult *result, GError **error);
+
+HB_AVAILABLE_IN_ALL
+void hb_store_get_local_async (HbStore *self,
+                               const char *id,
+                               GCancellable *cancellable,
+                               GAsyncReadyCallback callback,
+                               gpointer user_data);
+HB_AVAILABLE_IN_ALL
+JsonNode *hb_store_get_local_finish (HbStore *self, GAsyncResult *result, GError **error);
+
+HB_AVAILABLE_IN_ALL
+void hb_store_put_local_async (HbStore *self,
+                               JsonNode *doc,
+                               GCancellable *cancellable,
+                               GAsyncReadyCallback callback,
+                               gpointer user_data);
+HB_AVAILABLE_IN_ALL
+char *hb_store_put_local_finish (HbStore *self, GAsyncResult *result, GError **error);
+
+HB_AVAILABLE_IN_ALL
+void hb_store_get_stats_async (HbStore *self,
+                               GCancellable *cancellable,
+                               GAsyncReadyCallback callback,
+                               gpointer user_data);
+HB_AVAILABLE_IN_ALL
+JsonNode *hb_store_get_stats_finish (HbStore *self, GAsyncResult *result, GError **error);
+
+HB_AVAILABLE_IN_ALL
+void hb_store_purge_async (HbStore *self,
+                           const char *id,
+                           const char *const *revs,
+                           GCancellable *cancellable,
+                           GAsyncReadyCallback callback,
+                           gpointer user_data);
+HB_AVAILABLE_IN_ALL
+guint hb_store_purge_finish (HbStore *self, GAsyncResult *result, GError **error);
+
+HB_AVAILABLE_IN_ALL
+void hb_store_compact_async (HbStore *self,
+                             GCancellable *cancellable,
+                             GAsyncReadyCallback callback,
+                             gpointer user_data);
+HB_AVAILABLE_IN_ALL
+guint hb_store_compact_finish (HbStore *self, GAsyncResult *result, GError **error);
+
 G_END_DECLS

@@ -1060,6 +1060,85 @@ test_async_and_signal (Fixture *f, gconstpointer data)
   g_signal_handlers_disconnect_by_data (f->store, &st);
 }
 
+static void
+on_result (GObject *source, GAsyncResult *result, gpointer data)
+{
+  *(GAsyncResult **)data = g_object_ref (result);
+}
+
+static GAsyncResult *
+wait_result (GAsyncResult **slot)
+{
+  while (*slot == NULL)
+    g_main_context_iteration (NULL, TRUE);
+  return *slot;
+}
+
+/* Every asynchronous form against its synchronous twin's effect. */
+static void
+test_async_forms (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) local = hb_test_json ("{\"_id\":\"_local/a\",\"v\":1}");
+  g_autoptr (JsonNode) req = hb_test_json ("{\"x\":[\"1-ffff\"]}");
+  g_autoptr (JsonNode) diff = NULL;
+  g_autoptr (JsonNode) got = NULL;
+  g_autoptr (JsonNode) stats = NULL;
+  g_autoptr (GPtrArray) all = NULL;
+  g_autofree char *rev = put_ok (f->store, "{\"_id\":\"x\",\"v\":1}");
+  g_autofree char *json = g_strdup_printf ("{\"_id\":\"x\",\"_rev\":\"%s\",\"v\":2}", rev);
+  g_autofree char *rev2 = put_ok (f->store, json);
+  g_autofree char *lrev = NULL;
+  g_autofree char *tomb = NULL;
+  GAsyncResult *r = NULL;
+  const char *const purge[] = { "1-aaaa", NULL };
+
+#define WAIT(call)                                                                                 \
+  g_clear_object (&r);                                                                             \
+  call;                                                                                            \
+  wait_result (&r)
+
+  WAIT (hb_store_put_local_async (f->store, local, NULL, on_result, &r));
+  lrev = hb_store_put_local_finish (f->store, r, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (lrev, ==, "0-1");
+  WAIT (hb_store_get_local_async (f->store, "_local/a", NULL, on_result, &r));
+  got = hb_store_get_local_finish (f->store, r, &error);
+  g_assert_no_error (error);
+  g_assert_cmpint (json_object_get_int_member (json_node_get_object (got), "v"), ==, 1);
+  WAIT (hb_store_revs_diff_async (f->store, req, NULL, on_result, &r));
+  diff = hb_store_revs_diff_finish (f->store, r, &error);
+  g_assert_no_error (error);
+  g_assert_true (json_object_has_member (json_node_get_object (diff), "x"));
+  WAIT (hb_store_all_docs_async (f->store, NULL, on_result, &r));
+  all = hb_store_all_docs_finish (f->store, r, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (all->len, ==, 1);
+  WAIT (hb_store_compact_async (f->store, NULL, on_result, &r));
+  g_assert_cmpuint (hb_store_compact_finish (f->store, r, &error), ==, 1);
+  g_assert_no_error (error);
+  WAIT (hb_store_delete_async (f->store, "x", rev2, NULL, on_result, &r));
+  tomb = hb_store_delete_finish (f->store, r, &error);
+  g_assert_no_error (error);
+  g_assert_true (g_str_has_prefix (tomb, "3-"));
+  insert_history (f->store, "y", "1-aaaa", FALSE, NULL);
+  WAIT (hb_store_purge_async (f->store, "y", purge, NULL, on_result, &r));
+  g_assert_cmpuint (hb_store_purge_finish (f->store, r, &error), ==, 1);
+  g_assert_no_error (error);
+  WAIT (hb_store_get_stats_async (f->store, NULL, on_result, &r));
+  stats = hb_store_get_stats_finish (f->store, r, &error);
+  g_assert_no_error (error);
+  g_assert_cmpint (json_object_get_int_member (json_node_get_object (stats), "doc_count"), ==, 0);
+  g_assert_cmpint (json_object_get_int_member (json_node_get_object (stats), "deleted_doc_count"),
+                   ==, 1);
+  /* Errors come through the finish call too. */
+  WAIT (hb_store_get_local_async (f->store, "_local/none", NULL, on_result, &r));
+  g_assert_null (hb_store_get_local_finish (f->store, r, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND);
+  g_clear_object (&r);
+#undef WAIT
+}
+
 typedef struct
 {
   HbStore *store;
@@ -1380,6 +1459,7 @@ main (int argc, char *argv[])
   ADD ("/store/disk/newer-schema", test_newer_schema_refused);
   ADD ("/store/vault-locked", test_locked_vault);
   ADD ("/store/async", test_async_and_signal);
+  ADD ("/store/async-forms", test_async_forms);
   ADD ("/store/concurrent-readers", test_concurrent_readers);
   ADD ("/store/review/two-stores-one-file", test_two_stores_one_file);
   ADD ("/store/review/replay-keeps-counts", test_replay_keeps_counts);
