@@ -608,8 +608,9 @@ build_doc (DocState *st, gint index, JsonObject *body, HbGetFlags flags)
 
   json_object_set_string_member (doc, "_id", st->id);
   json_object_set_string_member (doc, "_rev", rev_string_tmp (st->tree, index));
-  json_object_iter_init (&iter, body);
-  while (json_object_iter_next (&iter, &name, &member))
+  /* In the body's order, which is the canonical (sorted) one, so output is stable. */
+  json_object_iter_init_ordered (&iter, body);
+  while (json_object_iter_next_ordered (&iter, &name, &member))
     json_object_set_member (doc, name, json_node_ref (member));
   if (node->deleted)
     json_object_set_boolean_member (doc, "_deleted", TRUE);
