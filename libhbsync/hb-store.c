@@ -1,10 +1,12 @@
 /* HbStore: the CouchDB document model in one SQLite file, every identifying byte sealed.
  *
  * Tables (documents are found by HMAC-SHA256(id-key, _id), never by the id):
- *   docs        seq (rowid), doc_key, meta = seal(id + revision tree), and the blind index:
+ *   docs        seq (rowid), doc_key, meta = seal(id + revision tree), body = the winning
+ *               revision's sealed body, and the blind index:
  *               type_mac, session_mac, patient_mac = HMAC(index-key, field || value)
- *   bodies      id (named by the revision tree), doc_key, body = seal(canonical JSON body),
- *               bound to its document and revision
+ *   bodies      id (named by the revision tree), doc_key, body = seal(canonical JSON body)
+ *               of revisions other than the winner; every body is bound to its document and
+ *               revision, so it moves between the two tables as ciphertext
  *   local_docs  doc_key, body = seal(whole _local document)
  *   hb_meta     schema version, store UUID, counters (no clinical data)
  *
@@ -25,6 +27,12 @@
 #define SCHEMA_VERSION 1
 #define DEFAULT_REVS_LIMIT 1000
 #define INDEX_MAC_LEN 16
+
+/* Where a revision's body is, in HbRevNode.body: a row of the bodies table (> 0), none, or in
+ * the document's own row, which is where the winner's body lives so that reading a document
+ * is one row. */
+#define BODY_NONE (-1)
+#define BODY_INLINE 0
 
 enum
 {
@@ -406,6 +414,7 @@ typedef struct
   guint8 macs[G_N_ELEMENTS (index_fields)][INDEX_MAC_LEN];
   gboolean has_mac[G_N_ELEMENTS (index_fields)];
   guint64 seq;
+  GBytes *inline_body; /* the sealed body in the document's row, or NULL */
 } DocState;
 
 static void
@@ -413,6 +422,7 @@ doc_state_clear (DocState *st)
 {
   g_clear_pointer (&st->id, g_free);
   g_clear_pointer (&st->tree, hb_rev_tree_free);
+  g_clear_pointer (&st->inline_body, g_bytes_unref);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (DocState, doc_state_clear)
@@ -440,7 +450,7 @@ meta_ad (const DocState *st)
   return g_byte_array_free_to_bytes (extra);
 }
 
-#define DOC_COLUMNS "seq, doc_key, meta, type_mac, session_mac, patient_mac"
+#define DOC_COLUMNS "seq, doc_key, meta, type_mac, session_mac, patient_mac, body"
 
 /* Fills st from a row selected with DOC_COLUMNS at column 0. */
 static gboolean
@@ -463,6 +473,8 @@ doc_from_row (HbStore *self, sqlite3_stmt *stmt, DocState *st, GError **error)
         return corrupt_error (error, "document record (bad index column)");
       memcpy (st->macs[f], sqlite3_column_blob (stmt, 3 + f), INDEX_MAC_LEN);
     }
+  if (sqlite3_column_type (stmt, 6) != SQLITE_NULL)
+    st->inline_body = g_bytes_new (sqlite3_column_blob (stmt, 6), sqlite3_column_bytes (stmt, 6));
   extra = meta_ad (st);
   if (!unseal (self, 'M', &st->dk, extra, sqlite3_column_blob (stmt, 2),
                sqlite3_column_bytes (stmt, 2), &plain, &plain_len, "document record", error))
@@ -520,11 +532,24 @@ load_body_text (HbStore *self, HbConn *c, DocState *st, gint index, gsize *out_l
   guint8 *plain = NULL;
   int rc;
 
-  if (node->body < 0)
+  if (node->body == BODY_NONE)
     {
       g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND,
                    "Revision %s has no body (compacted or never received)", rev);
       return NULL;
+    }
+  if (node->body == BODY_INLINE)
+    {
+      g_autoptr (GBytes) extra = rev_ad (rev);
+
+      if (st->inline_body == NULL)
+        {
+          corrupt_error (error, "document body (missing)");
+          return NULL;
+        }
+      unseal (self, 'B', &st->dk, extra, g_bytes_get_data (st->inline_body, NULL),
+              g_bytes_get_size (st->inline_body), &plain, out_len, "document body", error);
+      return plain;
     }
   stmt = conn_stmt (c, "SELECT body FROM bodies WHERE id = ?", error);
   if (stmt == NULL)
@@ -824,22 +849,21 @@ new_rev_hash (const char *parent_rev, gboolean deleted, const GString *canonical
   return hex;
 }
 
-static gboolean
-store_body (
-    HbStore *self, HbConn *c, DocState *st, gint index, const GString *canonical, GError **error)
+static GBytes *
+seal_body (HbStore *self, DocState *st, const char *rev, const GString *canonical, GError **error)
 {
-  HbRevNode *node = hb_rev_tree_node (st->tree, index);
-  g_autofree char *rev = hb_rev_tree_rev_string (st->tree, index);
   g_autoptr (GBytes) extra = rev_ad (rev);
-  g_autoptr (GBytes) sealed = NULL;
-  sqlite3_stmt *stmt;
 
-  sealed = seal (self, 'B', &st->dk, extra, canonical->str, canonical->len, error);
-  if (sealed == NULL)
-    return FALSE;
-  /* Bodies are appended to a rowid table and found by the row the tree records, so a write
-   * touches the end of one B-tree instead of a random page of a keyed one. */
-  stmt = conn_stmt (c, "INSERT INTO bodies (doc_key, body) VALUES (?, ?)", error);
+  return seal (self, 'B', &st->dk, extra, canonical->str, canonical->len, error);
+}
+
+/* Bodies are appended to a rowid table and found by the row the tree records, so a write
+ * touches the end of one B-tree instead of a random page of a keyed one. */
+static gboolean
+insert_body (HbConn *c, DocState *st, GBytes *sealed, gint64 *out_row, GError **error)
+{
+  sqlite3_stmt *stmt = conn_stmt (c, "INSERT INTO bodies (doc_key, body) VALUES (?, ?)", error);
+
   if (stmt == NULL)
     return FALSE;
   sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
@@ -847,7 +871,73 @@ store_body (
                      SQLITE_STATIC);
   if (!stmt_done (c, stmt, error))
     return FALSE;
-  node->body = sqlite3_last_insert_rowid (c->db);
+  *out_row = sqlite3_last_insert_rowid (c->db);
+  return TRUE;
+}
+
+/* Takes a body out of the bodies table, as ciphertext, to become the inline one. */
+static GBytes *
+take_body (HbConn *c, gint64 row, GError **error)
+{
+  sqlite3_stmt *stmt = conn_stmt (c, "SELECT body FROM bodies WHERE id = ?", error);
+  g_autoptr (GBytes) sealed = NULL;
+  int rc;
+
+  if (stmt == NULL)
+    return NULL;
+  sqlite3_bind_int64 (stmt, 1, row);
+  rc = sqlite3_step (stmt);
+  if (rc == SQLITE_ROW)
+    sealed = g_bytes_new (sqlite3_column_blob (stmt, 0), sqlite3_column_bytes (stmt, 0));
+  else if (rc == SQLITE_DONE)
+    corrupt_error (error, "document body (missing row)");
+  else
+    sql_error (c->db, rc, "Reading a document body", error);
+  sqlite3_reset (stmt);
+  if (sealed == NULL)
+    return NULL;
+  stmt = conn_stmt (c, "DELETE FROM bodies WHERE id = ?", error);
+  if (stmt == NULL)
+    return NULL;
+  sqlite3_bind_int64 (stmt, 1, row);
+  return stmt_done (c, stmt, error) ? g_steal_pointer (&sealed) : NULL;
+}
+
+/* Puts every body where it belongs after the tree changed: the winner's in the row; the new
+ * revision's (new_sealed, if any) and a displaced former winner's in the bodies table. */
+static gboolean
+place_bodies (HbConn *c, DocState *st, const char *new_rev, GBytes *new_sealed, GError **error)
+{
+  gint winner = hb_rev_tree_winner (st->tree);
+  gint fresh = new_sealed != NULL ? hb_rev_tree_find_rev (st->tree, new_rev) : -1;
+  g_autoptr (GBytes) inline_body = NULL;
+  HbRevNode *top;
+
+  for (guint i = 0; i < st->tree->nodes->len; i++)
+    {
+      HbRevNode *node = hb_rev_tree_node (st->tree, i);
+
+      if (node->body != BODY_INLINE || (gint)i == winner)
+        continue;
+      if (st->inline_body == NULL)
+        node->body = BODY_NONE;
+      else if (!insert_body (c, st, st->inline_body, &node->body, error))
+        return FALSE;
+    }
+  if (fresh >= 0 && fresh != winner
+      && !insert_body (c, st, new_sealed, &hb_rev_tree_node (st->tree, fresh)->body, error))
+    return FALSE;
+
+  top = hb_rev_tree_node (st->tree, winner);
+  if (winner == fresh)
+    inline_body = g_bytes_ref (new_sealed);
+  else if (top->body > 0 && (inline_body = take_body (c, top->body, error)) == NULL)
+    return FALSE;
+  else if (top->body == BODY_INLINE && st->inline_body != NULL)
+    inline_body = g_bytes_ref (st->inline_body);
+  top->body = inline_body != NULL ? BODY_INLINE : BODY_NONE;
+  g_clear_pointer (&st->inline_body, g_bytes_unref);
+  st->inline_body = g_steal_pointer (&inline_body);
   return TRUE;
 }
 
@@ -856,10 +946,16 @@ delete_bodies (HbConn *c, GArray *bodies, GError **error)
 {
   for (guint i = 0; i < bodies->len; i++)
     {
-      sqlite3_stmt *stmt = conn_stmt (c, "DELETE FROM bodies WHERE id = ?", error);
+      gint64 row = g_array_index (bodies, gint64, i);
+      sqlite3_stmt *stmt;
+
+      /* An inline body goes with the row, which is rewritten anyway. */
+      if (row <= 0)
+        continue;
+      stmt = conn_stmt (c, "DELETE FROM bodies WHERE id = ?", error);
       if (stmt == NULL)
         return FALSE;
-      sqlite3_bind_int64 (stmt, 1, g_array_index (bodies, gint64, i));
+      sqlite3_bind_int64 (stmt, 1, row);
       if (!stmt_done (c, stmt, error))
         return FALSE;
     }
@@ -900,8 +996,8 @@ save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
   if (!stmt_done (c, stmt, error))
     return FALSE;
   stmt = conn_stmt (c,
-                    "INSERT INTO docs (seq, doc_key, meta, type_mac, session_mac, patient_mac)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO docs (seq, doc_key, meta, type_mac, session_mac, patient_mac,"
+                    " body) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     error);
   if (stmt == NULL)
     return FALSE;
@@ -911,6 +1007,11 @@ save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
                      SQLITE_STATIC);
   for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
     bind_mac (stmt, 4 + f, st, f);
+  if (st->inline_body != NULL)
+    sqlite3_bind_blob (stmt, 7, g_bytes_get_data (st->inline_body, NULL),
+                       g_bytes_get_size (st->inline_body), SQLITE_STATIC);
+  else
+    sqlite3_bind_null (stmt, 7);
   return stmt_done (c, stmt, error);
 }
 
@@ -986,10 +1087,17 @@ prepare_update (HbStore *self,
   return TRUE;
 }
 
-/* The writes of a prepared update: drop stemmed or purged bodies, then the row. */
+/* The writes of a prepared update: drop stemmed or purged bodies, place the others (new_sealed
+ * is the new revision's, if it brings one), then the row. */
 static gboolean
-commit_update (
-    HbStore *self, HbConn *c, DocState *st, GArray *removed, Batch *batch, GError **error)
+commit_update (HbStore *self,
+               HbConn *c,
+               DocState *st,
+               const char *new_rev,
+               GBytes *new_sealed,
+               GArray *removed,
+               Batch *batch,
+               GError **error)
 {
   if (!delete_bodies (c, removed, error))
     return FALSE;
@@ -997,7 +1105,8 @@ commit_update (
   batch->seq++;
   if (st->tree->nodes->len == 0)
     return delete_doc_row (c, st, error);
-  if (!save_row (self, c, st, batch->seq, error))
+  if (!place_bodies (c, st, new_rev, new_sealed, error)
+      || !save_row (self, c, st, batch->seq, error))
     return FALSE;
   count_winner (st->tree, 1, batch);
   return TRUE;
@@ -1067,6 +1176,7 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
   g_autofree char *old_winner = NULL;
   g_autofree char *new_rev = NULL;
   g_autoptr (GArray) removed = g_array_new (FALSE, FALSE, sizeof (gint64));
+  g_autoptr (GBytes) new_sealed = NULL;
   gboolean present = FALSE;
   gint index;
 
@@ -1102,14 +1212,11 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
     return NULL;
 
   new_rev = hb_rev_tree_rev_string (st.tree, index);
-  if (!prepare_update (self, c, &st, old_winner, new_rev, in->body, removed, error))
+  if (!(present && hb_rev_tree_node (st.tree, index)->body != BODY_NONE)
+      && (new_sealed = seal_body (self, &st, new_rev, in->canonical, error)) == NULL)
     return NULL;
-  /* Stemming renumbered the tree: the new revision is found again by its name. */
-  index = hb_rev_tree_find_rev (st.tree, new_rev);
-  if (!(present && hb_rev_tree_node (st.tree, index)->body >= 0)
-      && !store_body (self, c, &st, index, in->canonical, error))
-    return NULL;
-  if (!commit_update (self, c, &st, removed, batch, error))
+  if (!prepare_update (self, c, &st, old_winner, new_rev, in->body, removed, error)
+      || !commit_update (self, c, &st, new_rev, new_sealed, removed, batch, error))
     return NULL;
   return g_steal_pointer (&new_rev);
 }
@@ -2010,7 +2117,7 @@ purge_func (HbStore *self,
       return TRUE;
     }
   return prepare_update (self, c, &st, old_winner, NULL, NULL, removed, error)
-         && commit_update (self, c, &st, removed, batch, error);
+         && commit_update (self, c, &st, NULL, NULL, removed, batch, error);
 }
 
 static gboolean
@@ -2065,10 +2172,10 @@ compact_func (HbStore *self,
       for (guint n = 0; n < st.tree->nodes->len; n++)
         {
           HbRevNode *node = hb_rev_tree_node (st.tree, n);
-          if (node->body >= 0 && !hb_rev_tree_is_leaf (st.tree, n))
+          if (node->body > 0 && !hb_rev_tree_is_leaf (st.tree, n))
             {
               g_array_append_val (removed, node->body);
-              node->body = -1;
+              node->body = BODY_NONE;
             }
         }
       if (removed->len == 0)
@@ -2084,9 +2191,8 @@ compact_func (HbStore *self,
 /* ---- schema ---------------------------------------------------------------------------- */
 
 static const char schema_v1[]
-    = "CREATE TABLE docs (seq INTEGER PRIMARY KEY, doc_key BLOB NOT NULL UNIQUE, meta BLOB NOT "
-      "NULL,"
-      "  type_mac BLOB, session_mac BLOB, patient_mac BLOB);"
+    = "CREATE TABLE docs (seq INTEGER PRIMARY KEY, doc_key BLOB NOT NULL UNIQUE,"
+      "  meta BLOB NOT NULL, type_mac BLOB, session_mac BLOB, patient_mac BLOB, body BLOB);"
       "CREATE INDEX docs_type ON docs (type_mac) WHERE type_mac IS NOT NULL;"
       "CREATE INDEX docs_session ON docs (session_mac) WHERE session_mac IS NOT NULL;"
       "CREATE INDEX docs_patient ON docs (patient_mac) WHERE patient_mac IS NOT NULL;"
@@ -3050,7 +3156,9 @@ stats_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, 
   json_object_set_int_member (obj, "doc_count", meta_int (c, "doc_count", 0));
   json_object_set_int_member (obj, "deleted_doc_count", meta_int (c, "deleted_doc_count", 0));
   json_object_set_int_member (obj, "revs_limit", meta_int (c, "revs_limit", DEFAULT_REVS_LIMIT));
-  json_object_set_int_member (obj, "stored_bodies", count_rows (c, "SELECT count(*) FROM bodies"));
+  json_object_set_int_member (obj, "stored_bodies",
+                              count_rows (c, "SELECT (SELECT count(*) FROM bodies)"
+                                             " + (SELECT count(*) FROM docs WHERE body NOT NULL)"));
   json_object_set_int_member (obj, "local_doc_count",
                               count_rows (c, "SELECT count(*) FROM local_docs"));
   json_object_set_int_member (obj, "file_size", file_size (self->path));

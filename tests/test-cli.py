@@ -170,19 +170,10 @@ class CliTestCase(unittest.TestCase):
         return {n: con.execute('PRAGMA table_info("%s")' % n).fetchall() for n in names}
 
     def body_column(self, con):
-        """The table and column holding the sealed document bodies."""
-        tables = self.tables(con)
-        for pattern in (r"bod", r"rev"):
-            for name, cols in sorted(tables.items()):
-                if not re.search(pattern, name) or "local" in name:
-                    continue
-                blobs = [c[1] for c in cols if c[2].upper() == "BLOB"]
-                for col in blobs:
-                    if re.search(r"body|data|sealed", col):
-                        return name, col
-                if blobs:
-                    return name, blobs[-1]
-        self.fail("no table of sealed bodies in %s" % sorted(tables))
+        """The table and column holding the sealed winning bodies (docs.body)."""
+        cols = [c[1] for c in con.execute('PRAGMA table_info("docs")').fetchall()]
+        self.assertIn("body", cols, "the store schema changed: docs.body is gone")
+        return "docs", "body"
 
     def body_blobs(self, path):
         con = sqlite3.connect(path)

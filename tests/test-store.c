@@ -624,6 +624,76 @@ test_get_many_json (Fixture *f, gconstpointer data)
     }
 }
 
+static void
+assert_body (HbStore *store, const char *id, const char *rev, gint64 v)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) doc = hb_store_get_sync (store, id, rev, HB_GET_FLAGS_DELETED, NULL, &error);
+
+  g_assert_no_error (error);
+  g_assert_cmpint (json_object_get_int_member (json_node_get_object (doc), "v"), ==, v);
+}
+
+static gint64
+stored_bodies (HbStore *store)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) stats = hb_store_get_stats_sync (store, NULL, &error);
+
+  g_assert_no_error (error);
+  return json_object_get_int_member (json_node_get_object (stats), "stored_bodies");
+}
+
+/* The winner's body lives in the document's row and the others in the bodies table; every
+ * change of winner moves them. Each revision must stay readable with its own body throughout. */
+static void
+test_bodies_follow_winner (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *r1 = put_ok (f->store, "{\"_id\":\"w\",\"v\":1}");
+  g_autofree char *json = g_strdup_printf ("{\"_id\":\"w\",\"_rev\":\"%s\",\"v\":2}", r1);
+  g_autofree char *r2 = put_ok (f->store, json);
+  g_autofree char *tomb = NULL;
+  g_autoptr (JsonNode) keep = NULL;
+  g_autofree char *hist_hi = g_strdup_printf ("2-ffffffffffffffffffffffffffffffff %s", r1);
+  g_autofree char *hist_lo = g_strdup_printf ("2-00000000000000000000000000000000 %s", r1);
+  const char *const purge[] = { r2, NULL };
+
+  assert_body (f->store, "w", r1, 1);
+  assert_body (f->store, "w", r2, 2);
+  /* A replicated branch that wins, then one that loses. */
+  insert_history (f->store, "w", hist_hi, FALSE, "{\"v\":3}");
+  insert_history (f->store, "w", hist_lo, FALSE, "{\"v\":4}");
+  g_assert_cmpstr (json_object_get_string_member (get_obj (f->store, "w", NULL, 0, &keep), "_rev"),
+                   ==, "2-ffffffffffffffffffffffffffffffff");
+  assert_body (f->store, "w", NULL, 3);
+  assert_body (f->store, "w", r1, 1);
+  assert_body (f->store, "w", r2, 2);
+  assert_body (f->store, "w", "2-00000000000000000000000000000000", 4);
+  g_assert_cmpint (stored_bodies (f->store), ==, 4);
+
+  /* Deleting the winner hands the row to a body from the bodies table. */
+  tomb = hb_store_delete_sync (f->store, "w", "2-ffffffffffffffffffffffffffffffff", NULL, &error);
+  g_assert_no_error (error);
+  assert_body (f->store, "w", NULL, 2);
+  assert_body (f->store, "w", "2-ffffffffffffffffffffffffffffffff", 3);
+  assert_body (f->store, "w", "2-00000000000000000000000000000000", 4);
+
+  /* Purging it does so again. */
+  g_assert_cmpuint (hb_store_purge_sync (f->store, "w", purge, NULL, &error), ==, 1);
+  g_assert_no_error (error);
+  assert_body (f->store, "w", NULL, 4);
+  assert_body (f->store, "w", r1, 1);
+
+  /* Compaction keeps the leaves' bodies (the tombstone's too) and drops r1's. */
+  g_assert_cmpuint (hb_store_compact_sync (f->store, NULL, &error), ==, 2);
+  g_assert_no_error (error);
+  assert_body (f->store, "w", NULL, 4);
+  g_assert_null (hb_store_get_sync (f->store, "w", r1, 0, NULL, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND);
+  g_assert_cmpint (stored_bodies (f->store), ==, 2);
+}
+
 /* ---- on disk ---------------------------------------------------------------------------- */
 
 /* The TMPDIR this process was given (see main), scanned whole for plaintext. */
@@ -820,15 +890,16 @@ test_tamper (Fixture *f, gconstpointer data)
   /* Three bodies flipped (first byte of the nonce, one in the middle, the tag's last byte),
    * two other documents' records flipped, one body replaced by another document's body, and
    * the local document flipped: six documents and one local document damaged. */
-  body_keys = row_keys (f->path, "bodies");
+  /* A document's winning body lives in its row (docs.body); older ones in the bodies table. */
+  body_keys = row_keys (f->path, "docs");
   g_assert_cmpuint (body_keys->len, ==, N_TAMPER_DOCS);
-  tamper (f->path, "bodies", "body", body_keys->pdata[0], 0, NULL);
-  tamper (f->path, "bodies", "body", body_keys->pdata[1], 20, NULL);
-  tamper (f->path, "bodies", "body", body_keys->pdata[2], -1, NULL);
+  tamper (f->path, "docs", "body", body_keys->pdata[0], 0, NULL);
+  tamper (f->path, "docs", "body", body_keys->pdata[1], 20, NULL);
+  tamper (f->path, "docs", "body", body_keys->pdata[2], -1, NULL);
   tamper (f->path, "docs", "meta", body_keys->pdata[3], 14, NULL);
   tamper (f->path, "docs", "meta", body_keys->pdata[4], -3, NULL);
-  moved = column_of (f->path, "bodies", "body", body_keys->pdata[6]);
-  tamper (f->path, "bodies", "body", body_keys->pdata[5], 0, moved);
+  moved = column_of (f->path, "docs", "body", body_keys->pdata[6]);
+  tamper (f->path, "docs", "body", body_keys->pdata[5], 0, moved);
   {
     g_autoptr (GPtrArray) local_keys = row_keys (f->path, "local_docs");
     tamper (f->path, "local_docs", "body", local_keys->pdata[0], 30, NULL);
@@ -896,7 +967,7 @@ static GPtrArray *
 sealed_rows (const char *path)
 {
   static const char *const queries[] = {
-    "SELECT doc_key, meta FROM docs ORDER BY seq",
+    "SELECT doc_key, meta || coalesce (body, x'') FROM docs ORDER BY seq",
     "SELECT doc_key || id, body FROM bodies ORDER BY id",
     "SELECT doc_key, body FROM local_docs ORDER BY doc_key",
     "SELECT seq, coalesce (type_mac, x'') || coalesce (session_mac, x'')"
@@ -1453,6 +1524,7 @@ main (int argc, char *argv[])
   ADD ("/store/local", test_local_documents);
   ADD ("/store/find", test_find);
   ADD ("/store/get-many-json", test_get_many_json);
+  ADD ("/store/bodies-follow-winner", test_bodies_follow_winner);
   ADD ("/store/disk/no-plaintext", test_no_plaintext_on_disk);
   ADD ("/store/disk/tamper", test_tamper);
   ADD ("/store/disk/change-pin-keeps-records", test_change_pin_keeps_records);
