@@ -42,6 +42,16 @@ gboolean hb_open (const guint8 key[HB_KEY_LEN],
                   gsize *out_plain_len,
                   GError **error);
 void hb_open_free (guint8 *plain, gsize len);
+/* The same into a caller's buffer (for instance secure memory) of out_size bytes. */
+gboolean hb_open_into (const guint8 key[HB_KEY_LEN],
+                       const guint8 *sealed,
+                       gsize sealed_len,
+                       const guint8 *ad,
+                       gsize ad_len,
+                       guint8 *out,
+                       gsize out_size,
+                       gsize *out_len,
+                       GError **error);
 
 void hb_hmac_sha256 (
     const guint8 *key, gsize key_len, const guint8 *data, gsize data_len, guint8 out[HB_MAC_LEN]);

@@ -134,6 +134,40 @@ hb_seal (const guint8 key[HB_KEY_LEN],
 }
 
 gboolean
+hb_open_into (const guint8 key[HB_KEY_LEN],
+              const guint8 *sealed,
+              gsize sealed_len,
+              const guint8 *ad,
+              gsize ad_len,
+              guint8 *out,
+              gsize out_size,
+              gsize *out_len,
+              GError **error)
+{
+  gnutls_aead_cipher_hd_t hd;
+  gsize plain_len;
+  int rc;
+
+  *out_len = 0;
+  if (sealed_len < HB_SEAL_OVERHEAD || sealed_len - HB_SEAL_OVERHEAD > out_size)
+    return FALSE;
+  if (!aead_init (&hd, key, error))
+    return FALSE;
+  plain_len = out_size;
+  rc = gnutls_aead_cipher_decrypt (hd, sealed, HB_NONCE_LEN, ad, ad_len, HB_TAG_LEN,
+                                   sealed + HB_NONCE_LEN, sealed_len - HB_NONCE_LEN, out,
+                                   &plain_len);
+  gnutls_aead_cipher_deinit (hd);
+  if (rc < 0)
+    {
+      hb_wipe (out, out_size);
+      return FALSE;
+    }
+  *out_len = plain_len;
+  return TRUE;
+}
+
+gboolean
 hb_open (const guint8 key[HB_KEY_LEN],
          const guint8 *sealed,
          gsize sealed_len,
@@ -143,31 +177,22 @@ hb_open (const guint8 key[HB_KEY_LEN],
          gsize *out_plain_len,
          GError **error)
 {
-  gnutls_aead_cipher_hd_t hd;
+  gsize size;
   guint8 *plain;
-  gsize plain_len;
-  int rc;
 
   *out_plain = NULL;
   *out_plain_len = 0;
   if (sealed_len < HB_SEAL_OVERHEAD)
     return FALSE;
-  if (!aead_init (&hd, key, error))
-    return FALSE;
-  plain_len = sealed_len - HB_SEAL_OVERHEAD;
   /* One spare byte so callers can treat the result as a NUL-terminated string. */
-  plain = g_malloc0 (plain_len + 1);
-  rc = gnutls_aead_cipher_decrypt (hd, sealed, HB_NONCE_LEN, ad, ad_len, HB_TAG_LEN,
-                                   sealed + HB_NONCE_LEN, sealed_len - HB_NONCE_LEN, plain,
-                                   &plain_len);
-  gnutls_aead_cipher_deinit (hd);
-  if (rc < 0)
+  size = sealed_len - HB_SEAL_OVERHEAD;
+  plain = g_malloc0 (size + 1);
+  if (!hb_open_into (key, sealed, sealed_len, ad, ad_len, plain, size, out_plain_len, error))
     {
-      hb_open_free (plain, sealed_len - HB_SEAL_OVERHEAD + 1);
+      hb_open_free (plain, size + 1);
       return FALSE;
     }
   *out_plain = plain;
-  *out_plain_len = plain_len;
   return TRUE;
 }
 
@@ -225,6 +250,31 @@ hb_hkdf (const guint8 *ikm,
   return TRUE;
 }
 
+/* Argon2's working memory starts as a function of the PIN alone: keep it out of core dumps
+ * (and in RAM where the limit allows), and wipe it before it is unmapped. */
+static int
+argon2_allocate (uint8_t **memory, size_t size)
+{
+  gpointer mem = mmap (NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+  if (mem == MAP_FAILED)
+    return ARGON2_MEMORY_ALLOCATION_ERROR;
+#ifdef MADV_DONTDUMP
+  (void)madvise (mem, size, MADV_DONTDUMP);
+#endif
+  (void)mlock (mem, size);
+  *memory = mem;
+  return ARGON2_OK;
+}
+
+static void
+argon2_deallocate (uint8_t *memory, size_t size)
+{
+  hb_wipe (memory, size);
+  (void)munlock (memory, size);
+  (void)munmap (memory, size);
+}
+
 gboolean
 hb_argon2id (const char *secret,
              gsize secret_len,
@@ -237,8 +287,23 @@ hb_argon2id (const char *secret,
              gsize out_len,
              GError **error)
 {
-  int rc = argon2id_hash_raw (t_cost, m_cost_kib, parallelism, secret, secret_len, salt, salt_len,
-                              out, out_len);
+  argon2_context ctx = {
+    .out = out,
+    .outlen = out_len,
+    .pwd = (uint8_t *)secret,
+    .pwdlen = secret_len,
+    .salt = (uint8_t *)salt,
+    .saltlen = salt_len,
+    .t_cost = t_cost,
+    .m_cost = m_cost_kib,
+    .lanes = parallelism,
+    .threads = parallelism,
+    .version = ARGON2_VERSION_13,
+    .allocate_cbk = argon2_allocate,
+    .free_cbk = argon2_deallocate,
+    .flags = ARGON2_DEFAULT_FLAGS,
+  };
+  int rc = argon2_ctx (&ctx, Argon2_id);
 
   if (rc != ARGON2_OK)
     {

@@ -78,6 +78,8 @@ struct _HbVault
   GMutex mutex;
   guint8 *dek;
   guint key_id;
+  /* Bumped by every hb_vault_lock(): an operation started before a lock must not unlock. */
+  guint lock_generation;
 
   /* The rest is touched only on the owner's thread. */
   guint failed_attempts;
@@ -318,15 +320,20 @@ derive_pin_kek (const char *pin,
                 Scratch *s,
                 GError **error)
 {
+  /* NFC, so a passphrase typed with composed or decomposed accents is the same passphrase. */
+  g_autofree char *nfc = g_utf8_normalize (pin, -1, G_NORMALIZE_NFC);
+  const char *secret = nfc != NULL ? nfc : pin;
   gboolean ok;
 
   /* The device secret is the HKDF salt: without the Secret Service's copy, a stolen file's
    * PIN slot cannot be attacked offline however short the PIN is. */
-  ok = hb_argon2id (pin, strlen (pin), salt, SALT_LEN, t_cost, m_cost_kib, parallelism,
+  ok = hb_argon2id (secret, strlen (secret), salt, SALT_LEN, t_cost, m_cost_kib, parallelism,
                     s->stretched, HB_KEY_LEN, error)
        && hb_hkdf (s->stretched, HB_KEY_LEN, device_secret, device_secret ? HB_KEY_LEN : 0,
                    PIN_KEK_INFO, s->kek, HB_KEY_LEN, error);
   hb_wipe (s->stretched, HB_KEY_LEN);
+  if (nfc != NULL)
+    hb_wipe (nfc, strlen (nfc));
   return ok;
 }
 
@@ -340,16 +347,49 @@ derive_recovery_kek (Scratch *s, GError **error)
   return hb_hkdf (s->recovery, HB_KEY_LEN, NULL, 0, RECOVERY_KEK_INFO, s->kek, HB_KEY_LEN, error);
 }
 
-/* Binds a slot to its purpose, its vault and its key generation. */
+/* How a PIN slot's key is derived; bound into the slot so the row cannot be edited to change it
+ * (for instance to drop the device secret before a recovery re-wraps the key without it). */
+typedef struct
+{
+  const guint8 *salt;
+  guint32 m_cost_kib;
+  guint32 t_cost;
+  guint32 parallelism;
+} SlotKdf;
+
+static void
+append_u32 (GByteArray *ad, guint32 v)
+{
+  guint8 be[4] = { v >> 24, v >> 16, v >> 8, v };
+
+  g_byte_array_append (ad, be, sizeof be);
+}
+
+/* Binds a slot to its purpose, its vault, its key generation, whether the device secret is part
+ * of its key and, for the PIN slot, the KDF parameters and salt. */
 static GBytes *
-slot_ad (const char *label, const char *uuid, guint key_id)
+slot_ad (const char *label,
+         const char *uuid,
+         guint key_id,
+         gboolean uses_device_secret,
+         const SlotKdf *kdf)
 {
   GByteArray *ad = g_byte_array_new ();
-  guint8 id_be[4] = { key_id >> 24, key_id >> 16, key_id >> 8, key_id };
+  guint8 flag = uses_device_secret ? 1 : 0;
 
   g_byte_array_append (ad, (const guint8 *)label, strlen (label) + 1);
   g_byte_array_append (ad, (const guint8 *)uuid, strlen (uuid) + 1);
-  g_byte_array_append (ad, id_be, sizeof id_be);
+  append_u32 (ad, key_id);
+  append_u32 (ad, VAULT_FORMAT_VERSION);
+  g_byte_array_append (ad, &flag, 1);
+  if (kdf != NULL)
+    {
+      g_byte_array_append (ad, (const guint8 *)"argon2id", 9);
+      append_u32 (ad, kdf->m_cost_kib);
+      append_u32 (ad, kdf->t_cost);
+      append_u32 (ad, kdf->parallelism);
+      g_byte_array_append (ad, kdf->salt, SALT_LEN);
+    }
   return g_byte_array_free_to_bytes (ad);
 }
 
@@ -359,9 +399,11 @@ slot_seal (const guint8 kek[HB_KEY_LEN],
            const char *label,
            const char *uuid,
            guint key_id,
+           gboolean uses_device_secret,
+           const SlotKdf *kdf,
            GError **error)
 {
-  g_autoptr (GBytes) ad = slot_ad (label, uuid, key_id);
+  g_autoptr (GBytes) ad = slot_ad (label, uuid, key_id, uses_device_secret, kdf);
   g_autoptr (GError) local_error = NULL;
   GBytes *slot;
 
@@ -381,32 +423,32 @@ slot_open (const guint8 kek[HB_KEY_LEN],
            const char *label,
            const char *uuid,
            guint key_id,
+           gboolean uses_device_secret,
+           const SlotKdf *kdf,
            GError **error)
 {
-  g_autoptr (GBytes) ad = slot_ad (label, uuid, key_id);
+  g_autoptr (GBytes) ad = slot_ad (label, uuid, key_id, uses_device_secret, kdf);
   g_autoptr (GError) local_error = NULL;
-  guint8 *plain = NULL;
-  gsize plain_len = 0;
-  guint8 *dek;
+  guint8 *dek = hb_secure_alloc (HB_KEY_LEN);
+  gsize len = 0;
 
-  if (!hb_open (kek, slot, SLOT_LEN, g_bytes_get_data (ad, NULL), g_bytes_get_size (ad), &plain,
-                &plain_len, &local_error))
+  /* Straight into locked memory: the data key never passes through the ordinary heap. */
+  if (!hb_open_into (kek, slot, SLOT_LEN, g_bytes_get_data (ad, NULL), g_bytes_get_size (ad), dek,
+                     HB_KEY_LEN, &len, &local_error))
     {
+      dek_free (dek);
       if (local_error != NULL)
         g_set_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_FAILED, "Cannot unwrap the data key: %s",
                      local_error->message);
       return NULL;
     }
-  if (plain_len != HB_KEY_LEN)
+  if (len != HB_KEY_LEN)
     {
-      hb_open_free (plain, plain_len + 1);
+      dek_free (dek);
       g_set_error_literal (error, HB_VAULT_ERROR, HB_VAULT_ERROR_CORRUPT,
                            "The wrapped data key has the wrong length");
       return NULL;
     }
-  dek = hb_secure_alloc (HB_KEY_LEN);
-  memcpy (dek, plain, HB_KEY_LEN);
-  hb_open_free (plain, plain_len + 1);
   return dek;
 }
 
@@ -736,6 +778,36 @@ db_prepare (sqlite3 *db, const char *path, const char *sql, sqlite3_stmt **stmt,
 }
 
 static gboolean
+db_rewind_failure_time (sqlite3 *db, const char *path, gint64 now, GError **error)
+{
+  g_autoptr (sqlite3_stmt) stmt = NULL;
+
+  if (!db_prepare (db, path,
+                   "UPDATE hb_vault SET last_failure_at = ?1 WHERE id = 1 AND last_failure_at > ?1",
+                   &stmt, error))
+    return FALSE;
+  sqlite3_bind_int64 (stmt, 1, now);
+  return db_step_done (db, stmt, path, error);
+}
+
+/* After a right PIN: forgets the attempts counted up to and including this one, and keeps any
+ * that another process counted meanwhile (they were made after this attempt began). */
+static gboolean
+db_forget_attempts (sqlite3 *db, const char *path, guint counted, GError **error)
+{
+  g_autoptr (sqlite3_stmt) stmt = NULL;
+
+  if (!db_prepare (db, path,
+                   "UPDATE hb_vault SET failed_attempts = max (failed_attempts - ?1, 0),"
+                   " last_failure_at = CASE WHEN failed_attempts > ?1 THEN last_failure_at"
+                   " ELSE 0 END WHERE id = 1",
+                   &stmt, error))
+    return FALSE;
+  sqlite3_bind_int64 (stmt, 1, counted);
+  return db_step_done (db, stmt, path, error);
+}
+
+static gboolean
 db_set_counter (sqlite3 *db, const char *path, guint failed, gint64 at, GError **error)
 {
   g_autoptr (sqlite3_stmt) stmt = NULL;
@@ -890,6 +962,7 @@ typedef struct
   gboolean derived;
   double derive_seconds;
   char *recovery_key;
+  guint lock_generation;
 } VaultOp;
 
 static VaultOp *
@@ -906,6 +979,9 @@ op_new (HbVault *self, OpKind kind, const char *secret, const char *new_secret)
   op->parallelism = self->parallelism;
   op->secret = secret ? secure_strdup (secret) : NULL;
   op->new_secret = new_secret ? secure_strdup (new_secret) : NULL;
+  g_mutex_lock (&self->mutex);
+  op->lock_generation = self->lock_generation;
+  g_mutex_unlock (&self->mutex);
   return op;
 }
 
@@ -1090,6 +1166,7 @@ op_create (VaultOp *op, GCancellable *cancellable, GError **error)
   gboolean created_file = FALSE;
   guint8 *dek = NULL;
   guint8 salt[SALT_LEN];
+  SlotKdf kdf = { salt, op->m_cost_kib, op->t_cost, op->parallelism };
 
   if (!check_new_pin (op->secret, error)
       || g_cancellable_set_error_if_cancelled (cancellable, error)
@@ -1117,9 +1194,11 @@ op_create (VaultOp *op, GCancellable *cancellable, GError **error)
 
   if (!op_derive_pin_kek (op, op->secret, salt, op->m_cost_kib, op->t_cost, op->parallelism,
                           use_device_secret, s, error)
-      || !(pin_slot = slot_seal (s->kek, dek, PIN_SLOT_LABEL, uuid, VAULT_KEY_ID, error))
+      || !(pin_slot = slot_seal (s->kek, dek, PIN_SLOT_LABEL, uuid, VAULT_KEY_ID, use_device_secret,
+                                 &kdf, error))
       || !derive_recovery_kek (s, error)
-      || !(recovery_slot = slot_seal (s->kek, dek, RECOVERY_SLOT_LABEL, uuid, VAULT_KEY_ID, error))
+      || !(recovery_slot = slot_seal (s->kek, dek, RECOVERY_SLOT_LABEL, uuid, VAULT_KEY_ID,
+                                      use_device_secret, NULL, error))
       || !precreate_file (op->path, &created_file, error) || !(db = db_open (op->path, TRUE, error))
       || !db_insert_vault (db, op->path, op, uuid, salt, use_device_secret, pin_slot, recovery_slot,
                            error))
@@ -1173,7 +1252,8 @@ verify_pin (VaultOp *op,
   /* Persist a clock that went backwards, so the delay counted from now can actually elapse. */
   if (row->failed_attempts > 0 && now < row->last_failure_at)
     {
-      if (!db_set_counter (db, op->path, row->failed_attempts, now, error))
+      /* Only the time: the count may have moved since it was read. */
+      if (!db_rewind_failure_time (db, op->path, now, error))
         return NULL;
       row->last_failure_at = now;
     }
@@ -1212,7 +1292,12 @@ verify_pin (VaultOp *op,
   if (!op_derive_pin_kek (op, pin, row->salt, row->m_cost_kib, row->t_cost, row->parallelism,
                           row->uses_device_secret, s, error))
     return NULL;
-  dek = slot_open (s->kek, row->pin_slot, PIN_SLOT_LABEL, row->uuid, row->key_id, &local_error);
+  {
+    SlotKdf kdf = { row->salt, row->m_cost_kib, row->t_cost, row->parallelism };
+
+    dek = slot_open (s->kek, row->pin_slot, PIN_SLOT_LABEL, row->uuid, row->key_id,
+                     row->uses_device_secret, &kdf, &local_error);
+  }
   hb_wipe (s->kek, HB_KEY_LEN);
   if (dek == NULL)
     {
@@ -1222,7 +1307,7 @@ verify_pin (VaultOp *op,
         set_wrong_pin_error (error, op->failed_attempts, now);
       return NULL;
     }
-  if (!db_set_counter (db, op->path, 0, 0, error))
+  if (!db_forget_attempts (db, op->path, op->failed_attempts, error))
     {
       dek_free (dek);
       return NULL;
@@ -1280,7 +1365,13 @@ rewrap_pin_slot (VaultOp *op,
   ok = derive_pin_kek (new_pin, salt, op->m_cost_kib, op->t_cost, op->parallelism,
                        row->uses_device_secret ? s->device_secret : NULL, s, error);
   if (ok)
-    slot = slot_seal (s->kek, dek, PIN_SLOT_LABEL, row->uuid, row->key_id, error);
+    {
+      SlotKdf kdf = { salt, op->m_cost_kib, op->t_cost, op->parallelism };
+
+      /* row->uses_device_secret was authenticated by the slot just opened (PIN or recovery). */
+      slot = slot_seal (s->kek, dek, PIN_SLOT_LABEL, row->uuid, row->key_id,
+                        row->uses_device_secret, &kdf, error);
+    }
   hb_wipe (s->kek, HB_KEY_LEN);
   return slot != NULL
          && db_set_pin_slot (db, op->path, salt, op->m_cost_kib, op->t_cost, op->parallelism, slot,
@@ -1343,7 +1434,7 @@ op_recover (VaultOp *op, GCancellable *cancellable, GError **error)
     return FALSE;
 
   dek = slot_open (s->kek, row.recovery_slot, RECOVERY_SLOT_LABEL, row.uuid, row.key_id,
-                   &local_error);
+                   row.uses_device_secret, NULL, &local_error);
   hb_wipe (s->kek, HB_KEY_LEN);
   if (dek == NULL)
     {
@@ -1420,7 +1511,8 @@ vault_apply (HbVault *self, VaultOp *op)
 
   g_mutex_lock (&self->mutex);
   was_locked = self->dek == NULL;
-  if (op->dek != NULL)
+  /* A lock that came while this operation ran wins: its key is dropped, its count kept. */
+  if (op->dek != NULL && op->lock_generation == self->lock_generation)
     {
       g_clear_pointer (&self->dek, dek_free);
       self->dek = g_steal_pointer (&op->dek);
@@ -1642,7 +1734,7 @@ hb_vault_init (HbVault *self)
 
 /**
  * hb_vault_new:
- * @path: the SQLite file holding (or to hold) the vault
+ * @path: (type filename): the SQLite file holding (or to hold) the vault
  *
  * Creates a vault object for @path; nothing is read or written yet.
  *
@@ -1660,7 +1752,7 @@ hb_vault_new (const char *path)
  * hb_vault_get_path:
  * @self: a #HbVault
  *
- * Returns: (transfer none): the file holding the vault
+ * Returns: (transfer none) (type filename): the file holding the vault
  */
 const char *
 hb_vault_get_path (HbVault *self)
@@ -1843,8 +1935,9 @@ hb_vault_get_last_unlock_seconds (HbVault *self)
  * @self: a #HbVault
  * @pin: the PIN: at least 6 digits, or a passphrase of at least 8 characters
  * @flags: #HbVaultFlags
- * @out_recovery_key: (out) (optional) (transfer full): return location for the recovery key,
- *   to show the user once; it is not stored anywhere
+ * @out_recovery_key: (out) (transfer full): return location for the recovery key, to show
+ *   the user once; it is not stored anywhere, so it is required: a vault whose recovery key was
+ *   thrown away is lost after ten wrong PINs
  * @cancellable: (nullable): a #GCancellable
  * @error: return location for a #GError
  *
@@ -1869,6 +1962,7 @@ hb_vault_create_sync (HbVault *self,
 
   g_return_val_if_fail (HB_IS_VAULT (self), FALSE);
   g_return_val_if_fail (pin != NULL, FALSE);
+  g_return_val_if_fail (out_recovery_key != NULL, FALSE);
   g_return_val_if_fail (cancellable == NULL || G_IS_CANCELLABLE (cancellable), FALSE);
   g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
 
@@ -1876,8 +1970,7 @@ hb_vault_create_sync (HbVault *self,
   op->flags = flags;
   if (!vault_run_sync (self, op, cancellable, error))
     return FALSE;
-  if (out_recovery_key != NULL)
-    *out_recovery_key = g_steal_pointer (&op->recovery_key);
+  *out_recovery_key = g_steal_pointer (&op->recovery_key);
   return TRUE;
 }
 
@@ -2143,6 +2236,7 @@ hb_vault_lock (HbVault *self)
   g_mutex_lock (&self->mutex);
   was_unlocked = self->dek != NULL;
   g_clear_pointer (&self->dek, dek_free);
+  self->lock_generation++;
   g_mutex_unlock (&self->mutex);
 
   if (was_unlocked)

@@ -181,6 +181,16 @@ table_dump (const char *path, const char *table)
 /* ------------------------------------------------------------------------------------------ */
 /* Helpers                                                                                    */
 
+/* Where a test that has no use for the recovery key puts it (the API requires a place). */
+static char **
+recovery_sink (void)
+{
+  static char *sink;
+
+  g_clear_pointer (&sink, g_free);
+  return &sink;
+}
+
 static HbVault *
 fast_vault_new (const char *path, HbVaultFlags flags, char **out_recovery)
 {
@@ -188,7 +198,8 @@ fast_vault_new (const char *path, HbVaultFlags flags, char **out_recovery)
   HbVault *vault = hb_vault_new (path);
 
   hb_vault_set_kdf_params (vault, FAST_M_COST, 1, 1);
-  hb_vault_create_sync (vault, HB_TEST_PIN, flags, out_recovery, NULL, &error);
+  hb_vault_create_sync (vault, HB_TEST_PIN, flags, out_recovery ? out_recovery : recovery_sink (),
+                        NULL, &error);
   g_assert_no_error (error);
   return vault;
 }
@@ -307,8 +318,8 @@ test_create_unlock_lock (Fixture *f, gconstpointer data)
   g_assert_cmpmem (key, HB_KEY_LEN, again, HB_KEY_LEN);
 
   /* A vault is never overwritten. */
-  g_assert_false (hb_vault_create_sync (other, "11112222", HB_VAULT_FLAGS_NO_DEVICE_SECRET, NULL,
-                                        NULL, &error));
+  g_assert_false (hb_vault_create_sync (other, "11112222", HB_VAULT_FLAGS_NO_DEVICE_SECRET,
+                                        recovery_sink (), NULL, &error));
   g_assert_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_EXISTS);
   g_clear_error (&error);
   derive (vault, "test", again);
@@ -378,8 +389,8 @@ test_counted_before_derivation (Fixture *f, gconstpointer data)
 
   /* Slow enough that the child is surely still deriving when it is killed. */
   hb_vault_set_kdf_params (vault, 131072, 3, 1);
-  g_assert_true (hb_vault_create_sync (vault, HB_TEST_PIN, HB_VAULT_FLAGS_NO_DEVICE_SECRET, NULL,
-                                       NULL, &error));
+  g_assert_true (hb_vault_create_sync (vault, HB_TEST_PIN, HB_VAULT_FLAGS_NO_DEVICE_SECRET,
+                                       recovery_sink (), NULL, &error));
   g_assert_no_error (error);
   g_test_message ("creating with 128 MiB, t=3 took %.3f s",
                   hb_vault_get_last_unlock_seconds (vault));
@@ -644,8 +655,8 @@ test_weak_pins (Fixture *f, gconstpointer data)
   hb_vault_set_kdf_params (vault, FAST_M_COST, 1, 1);
   for (gsize i = 0; i < G_N_ELEMENTS (weak); i++)
     {
-      g_assert_false (hb_vault_create_sync (vault, weak[i], HB_VAULT_FLAGS_NO_DEVICE_SECRET, NULL,
-                                            NULL, &error));
+      g_assert_false (hb_vault_create_sync (vault, weak[i], HB_VAULT_FLAGS_NO_DEVICE_SECRET,
+                                            recovery_sink (), NULL, &error));
       g_assert_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_WEAK_PIN);
       g_clear_error (&error);
       g_assert_false (hb_vault_exists (vault));
@@ -660,7 +671,7 @@ test_weak_pins (Fixture *f, gconstpointer data)
 
       hb_vault_set_kdf_params (strong_vault, FAST_M_COST, 1, 1);
       g_assert_true (hb_vault_create_sync (strong_vault, strong[i], HB_VAULT_FLAGS_NO_DEVICE_SECRET,
-                                           NULL, NULL, &error));
+                                           recovery_sink (), NULL, &error));
       g_assert_no_error (error);
       hb_vault_lock (strong_vault);
       g_assert_true (hb_vault_unlock_sync (strong_vault, strong[i], NULL, &error));
@@ -951,8 +962,8 @@ test_tampered (Fixture *f, gconstpointer data)
   g_assert_false (hb_vault_unlock_sync (garbage, HB_TEST_PIN, NULL, &error));
   g_assert_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_CORRUPT);
   g_clear_error (&error);
-  g_assert_false (hb_vault_create_sync (garbage, HB_TEST_PIN, HB_VAULT_FLAGS_NO_DEVICE_SECRET, NULL,
-                                        NULL, &error));
+  g_assert_false (hb_vault_create_sync (garbage, HB_TEST_PIN, HB_VAULT_FLAGS_NO_DEVICE_SECRET,
+                                        recovery_sink (), NULL, &error));
   g_assert_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_CORRUPT);
   g_clear_error (&error);
 
@@ -1145,8 +1156,8 @@ test_default_kdf_params (Fixture *f, gconstpointer data)
   g_autoptr (HbVault) reader = NULL;
   g_autofree char *fast_path = g_build_filename (f->dir, "fast.db", NULL);
 
-  g_assert_true (hb_vault_create_sync (vault, HB_TEST_PIN, HB_VAULT_FLAGS_NO_DEVICE_SECRET, NULL,
-                                       NULL, &error));
+  g_assert_true (hb_vault_create_sync (vault, HB_TEST_PIN, HB_VAULT_FLAGS_NO_DEVICE_SECRET,
+                                       recovery_sink (), NULL, &error));
   g_assert_no_error (error);
   g_assert_cmpint (row_int (f->path, "kdf_m_cost_kib"), ==, 65536);
   g_assert_cmpint (row_int (f->path, "kdf_t_cost"), ==, 3);
@@ -1164,6 +1175,126 @@ test_default_kdf_params (Fixture *f, gconstpointer data)
   fast = fast_vault_new (fast_path, HB_VAULT_FLAGS_NO_DEVICE_SECRET, NULL);
   reader = hb_vault_new (fast_path);
   g_assert_true (hb_vault_unlock_sync (reader, HB_TEST_PIN, NULL, &error));
+  g_assert_no_error (error);
+}
+
+/* ---- regression tests for the security review ------------------------------------------- */
+
+/* The row says whether the device secret is part of the key; editing it must not let recovery
+ * re-wrap the key without the secret (which would make a stolen copy guessable offline). */
+static void
+test_device_flag_bound (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *recovery = NULL;
+  g_autoptr (HbVault) vault = NULL;
+  g_autoptr (HbVault) again = NULL;
+
+  if (!have_session_bus ())
+    return;
+  vault = fast_vault_new (f->path, HB_VAULT_FLAGS_NONE, &recovery);
+  hb_vault_lock (vault);
+  db_exec (f->path, "UPDATE hb_vault SET uses_device_secret = 0");
+  again = hb_vault_new (f->path);
+  g_assert_false (hb_vault_recover_sync (again, recovery, NEW_PIN, NULL, &error));
+  g_assert_nonnull (error);
+  g_clear_error (&error);
+  /* Put back, everything works as before. */
+  db_exec (f->path, "UPDATE hb_vault SET uses_device_secret = 1");
+  g_assert_true (hb_vault_unlock_sync (again, HB_TEST_PIN, NULL, &error));
+  g_assert_no_error (error);
+  {
+    g_autofree char *uuid = NULL;
+    sqlite3 *db = db_open (f->path);
+    sqlite3_stmt *stmt;
+
+    g_assert_cmpint (sqlite3_prepare_v2 (db, "SELECT vault_uuid FROM hb_vault", -1, &stmt, NULL),
+                     ==, SQLITE_OK);
+    g_assert_cmpint (sqlite3_step (stmt), ==, SQLITE_ROW);
+    uuid = g_strdup ((const char *)sqlite3_column_text (stmt, 0));
+    sqlite3_finalize (stmt);
+    sqlite3_close (db);
+    secret_password_clear_sync (&device_secret_schema, NULL, NULL, "vault-uuid", uuid, NULL);
+  }
+}
+
+static void
+test_lock_during_async_unlock (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbVault) vault = fast_vault_new (f->path, HB_VAULT_FLAGS_NO_DEVICE_SECRET, NULL);
+  AsyncWait wait = { 0 };
+
+  hb_vault_lock (vault);
+  hb_vault_unlock_async (vault, HB_TEST_PIN, NULL, async_done, &wait);
+  /* The user locks (or the session does) while the derivation runs: the lock must win. */
+  hb_vault_lock (vault);
+  while (wait.result == NULL)
+    g_main_context_iteration (NULL, TRUE);
+  (void)hb_vault_unlock_finish (vault, wait.result, &error);
+  g_clear_error (&error);
+  g_clear_object (&wait.result);
+  g_assert_true (hb_vault_get_locked (vault));
+  g_assert_cmpuint (hb_vault_get_failed_attempts (vault), ==, 0);
+}
+
+typedef struct
+{
+  const char *path;
+  const char *pin;
+  gboolean ok;
+} Attempt;
+
+static gpointer
+attempt_thread (gpointer data)
+{
+  Attempt *a = data;
+  g_autoptr (HbVault) vault = hb_vault_new (a->path);
+
+  a->ok = hb_vault_unlock_sync (vault, a->pin, NULL, NULL);
+  return NULL;
+}
+
+/* A wrong attempt made while a right one derives its key must stay counted. */
+static void
+test_concurrent_attempt_kept (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbVault) vault = hb_vault_new (f->path);
+  g_autofree char *recovery = NULL;
+  Attempt right = { f->path, HB_TEST_PIN, FALSE };
+  Attempt wrong = { f->path, WRONG_PIN, TRUE };
+  GThread *a, *b;
+
+  /* Slow enough (tens of milliseconds per derivation) for the two to overlap. */
+  hb_vault_set_kdf_params (vault, 65536, 2, 1);
+  g_assert_true (hb_vault_create_sync (vault, HB_TEST_PIN, HB_VAULT_FLAGS_NO_DEVICE_SECRET,
+                                       &recovery, NULL, &error));
+  a = g_thread_new ("right", attempt_thread, &right);
+  g_usleep (30 * G_TIME_SPAN_MILLISECOND);
+  b = g_thread_new ("wrong", attempt_thread, &wrong);
+  g_thread_join (a);
+  g_thread_join (b);
+  g_assert_true (right.ok);
+  g_assert_false (wrong.ok);
+  g_assert_cmpuint (hb_vault_get_failed_attempts (vault), ==, 1);
+}
+
+static void
+test_passphrase_normalized (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbVault) vault = hb_vault_new (f->path);
+  g_autofree char *recovery = NULL;
+  /* "café au lait" composed, then with a combining acute accent. */
+  const char *nfc = "caf\xc3\xa9 au lait";
+  const char *nfd = "cafe\xcc\x81 au lait";
+
+  hb_vault_set_kdf_params (vault, FAST_M_COST, 1, 1);
+  g_assert_true (
+      hb_vault_create_sync (vault, nfc, HB_VAULT_FLAGS_NO_DEVICE_SECRET, &recovery, NULL, &error));
+  hb_vault_lock (vault);
+  g_assert_true (hb_vault_unlock_sync (vault, nfd, NULL, &error));
   g_assert_no_error (error);
 }
 
@@ -1189,6 +1320,10 @@ main (int argc, char **argv)
   ADD ("/vault/device-secret", test_device_secret);
   ADD ("/vault/no-secret-service", test_no_secret_service);
   ADD ("/vault/default-kdf-params", test_default_kdf_params);
+  ADD ("/vault/review/device-flag-bound", test_device_flag_bound);
+  ADD ("/vault/review/lock-during-async-unlock", test_lock_during_async_unlock);
+  ADD ("/vault/review/concurrent-attempt-kept", test_concurrent_attempt_kept);
+  ADD ("/vault/review/passphrase-normalized", test_passphrase_normalized);
 #undef ADD
 
   return g_test_run ();
