@@ -415,6 +415,7 @@ typedef struct
   gboolean has_mac[G_N_ELEMENTS (index_fields)];
   guint64 seq;
   GBytes *inline_body; /* the sealed body in the document's row, or NULL */
+  GBytes *winner_body; /* read by prepare_update: the winner's body, to move into the row */
 } DocState;
 
 static void
@@ -423,6 +424,7 @@ doc_state_clear (DocState *st)
   g_clear_pointer (&st->id, g_free);
   g_clear_pointer (&st->tree, hb_rev_tree_free);
   g_clear_pointer (&st->inline_body, g_bytes_unref);
+  g_clear_pointer (&st->winner_body, g_bytes_unref);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (DocState, doc_state_clear)
@@ -875,17 +877,30 @@ insert_body (HbConn *c, DocState *st, GBytes *sealed, gint64 *out_row, GError **
   return TRUE;
 }
 
-/* Takes a body out of the bodies table, as ciphertext, to become the inline one. */
-static GBytes *
-take_body (HbConn *c, gint64 row, GError **error)
+static gboolean
+delete_body_row (HbConn *c, gint64 row, GError **error)
 {
-  sqlite3_stmt *stmt = conn_stmt (c, "SELECT body FROM bodies WHERE id = ?", error);
-  g_autoptr (GBytes) sealed = NULL;
+  sqlite3_stmt *stmt = conn_stmt (c, "DELETE FROM bodies WHERE id = ?", error);
+
+  if (stmt == NULL)
+    return FALSE;
+  sqlite3_bind_int64 (stmt, 1, row);
+  return stmt_done (c, stmt, error);
+}
+
+/* Reads a body of this document from the bodies table, as ciphertext. The row must belong to
+ * the document: a damaged tree must not pull in another document's body. */
+static GBytes *
+fetch_body (HbConn *c, DocState *st, gint64 row, GError **error)
+{
+  sqlite3_stmt *stmt = conn_stmt (c, "SELECT body FROM bodies WHERE id = ? AND doc_key = ?", error);
+  GBytes *sealed = NULL;
   int rc;
 
   if (stmt == NULL)
     return NULL;
   sqlite3_bind_int64 (stmt, 1, row);
+  sqlite3_bind_blob (stmt, 2, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
     sealed = g_bytes_new (sqlite3_column_blob (stmt, 0), sqlite3_column_bytes (stmt, 0));
@@ -894,13 +909,27 @@ take_body (HbConn *c, gint64 row, GError **error)
   else
     sql_error (c->db, rc, "Reading a document body", error);
   sqlite3_reset (stmt);
-  if (sealed == NULL)
-    return NULL;
-  stmt = conn_stmt (c, "DELETE FROM bodies WHERE id = ?", error);
-  if (stmt == NULL)
-    return NULL;
-  sqlite3_bind_int64 (stmt, 1, row);
-  return stmt_done (c, stmt, error) ? g_steal_pointer (&sealed) : NULL;
+  return sealed;
+}
+
+/* The reads place_bodies will need, done before anything is written so that a damaged record
+ * fails its document without leaving half a write behind. */
+static gboolean
+prefetch_bodies (HbConn *c, DocState *st, GError **error)
+{
+  gint winner = hb_rev_tree_winner (st->tree);
+  HbRevNode *top;
+
+  if (winner < 0)
+    return TRUE;
+  for (guint i = 0; i < st->tree->nodes->len; i++)
+    if (hb_rev_tree_node (st->tree, i)->body == BODY_INLINE && (gint)i != winner
+        && st->inline_body == NULL)
+      return corrupt_error (error, "document body (missing)");
+  top = hb_rev_tree_node (st->tree, winner);
+  if (top->body > 0 && (st->winner_body = fetch_body (c, st, top->body, error)) == NULL)
+    return FALSE;
+  return TRUE;
 }
 
 /* Puts every body where it belongs after the tree changed: the winner's in the row; the new
@@ -931,11 +960,20 @@ place_bodies (HbConn *c, DocState *st, const char *new_rev, GBytes *new_sealed, 
   top = hb_rev_tree_node (st->tree, winner);
   if (winner == fresh)
     inline_body = g_bytes_ref (new_sealed);
-  else if (top->body > 0 && (inline_body = take_body (c, top->body, error)) == NULL)
-    return FALSE;
+  else if (top->body > 0)
+    {
+      if (!delete_body_row (c, top->body, error))
+        return FALSE;
+      inline_body = g_steal_pointer (&st->winner_body);
+    }
   else if (top->body == BODY_INLINE && st->inline_body != NULL)
     inline_body = g_bytes_ref (st->inline_body);
-  top->body = inline_body != NULL ? BODY_INLINE : BODY_NONE;
+  /* A winner whose inline body went missing stays marked inline, so it keeps reading as
+   * corrupt instead of turning into a revision that merely has no body. */
+  if (inline_body != NULL || top->body == BODY_INLINE)
+    top->body = BODY_INLINE;
+  else
+    top->body = BODY_NONE;
   g_clear_pointer (&st->inline_body, g_bytes_unref);
   st->inline_body = g_steal_pointer (&inline_body);
   return TRUE;
@@ -947,16 +985,9 @@ delete_bodies (HbConn *c, GArray *bodies, GError **error)
   for (guint i = 0; i < bodies->len; i++)
     {
       gint64 row = g_array_index (bodies, gint64, i);
-      sqlite3_stmt *stmt;
 
       /* An inline body goes with the row, which is rewritten anyway. */
-      if (row <= 0)
-        continue;
-      stmt = conn_stmt (c, "DELETE FROM bodies WHERE id = ?", error);
-      if (stmt == NULL)
-        return FALSE;
-      sqlite3_bind_int64 (stmt, 1, row);
-      if (!stmt_done (c, stmt, error))
+      if (row > 0 && !delete_body_row (c, row, error))
         return FALSE;
     }
   return TRUE;
@@ -1070,6 +1101,8 @@ prepare_update (HbStore *self,
   gint winner;
 
   hb_rev_tree_stem (st->tree, g_atomic_int_get (&self->revs_limit), removed);
+  if (!prefetch_bodies (c, st, error))
+    return FALSE;
   winner = hb_rev_tree_winner (st->tree);
   if (winner < 0)
     return TRUE;
@@ -2196,7 +2229,8 @@ static const char schema_v1[]
       "CREATE INDEX docs_type ON docs (type_mac) WHERE type_mac IS NOT NULL;"
       "CREATE INDEX docs_session ON docs (session_mac) WHERE session_mac IS NOT NULL;"
       "CREATE INDEX docs_patient ON docs (patient_mac) WHERE patient_mac IS NOT NULL;"
-      "CREATE TABLE bodies (id INTEGER PRIMARY KEY, doc_key BLOB NOT NULL, body BLOB NOT NULL);"
+      "CREATE TABLE bodies (id INTEGER PRIMARY KEY AUTOINCREMENT, doc_key BLOB NOT NULL,"
+      "  body BLOB NOT NULL);"
       "CREATE TABLE local_docs (doc_key BLOB PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;"
       "INSERT INTO hb_meta (key, value) VALUES ('update_seq', 0), ('doc_count', 0),"
       "  ('deleted_doc_count', 0), ('revs_limit', 1000);";

@@ -1494,6 +1494,62 @@ test_corrupt_records_can_be_removed (Fixture *f, gconstpointer data)
   g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND);
 }
 
+static gint64
+count_sql (const char *path, const char *sql)
+{
+  sqlite3 *db;
+  sqlite3_stmt *stmt;
+  gint64 n;
+
+  g_assert_cmpint (sqlite3_open (path, &db), ==, SQLITE_OK);
+  g_assert_cmpint (sqlite3_prepare_v2 (db, sql, -1, &stmt, NULL), ==, SQLITE_OK);
+  g_assert_cmpint (sqlite3_step (stmt), ==, SQLITE_ROW);
+  n = sqlite3_column_int64 (stmt, 0);
+  sqlite3_finalize (stmt);
+  sqlite3_close (db);
+  return n;
+}
+
+/* A document whose records are damaged fails alone and writes nothing: no orphaned bodies, no
+ * other revision's body taken in place of the missing one, no damage turned into "no body". */
+static void
+test_damaged_document_writes_nothing (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) keep = NULL;
+  g_autofree char *r1 = put_ok (f->store, "{\"_id\":\"d\",\"v\":1}");
+  const char *hist = "2-ffffffffffffffffffffffffffffffff 1-aaaa";
+  g_autofree char *tomb = NULL;
+  gint64 bodies_before;
+
+  /* A deleted conflict that will win once the live branch is deleted: its body sits in the
+   * bodies table, and that row goes missing. */
+  insert_history (f->store, "d", hist, TRUE, "{\"v\":2}");
+  hb_store_close (f->store);
+  g_clear_object (&f->store);
+  sql_on (f->path, "DELETE FROM bodies");
+  f->store = open_again (f->path);
+  bodies_before = count_sql (f->path, "SELECT count(*) FROM bodies");
+
+  tomb = hb_store_delete_sync (f->store, "d", r1, NULL, &error);
+  g_assert_null (tomb);
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CORRUPT);
+  g_clear_error (&error);
+  g_assert_cmpint (count_sql (f->path, "SELECT count(*) FROM bodies"), ==, bodies_before);
+  /* The healthy revision is untouched. */
+  assert_body (f->store, "d", r1, 1);
+
+  /* The inline body itself missing: a losing revision may still arrive, and the winner keeps
+   * reporting corrupt rather than "no body". */
+  hb_store_close (f->store);
+  g_clear_object (&f->store);
+  sql_on (f->path, "UPDATE docs SET body = NULL");
+  f->store = open_again (f->path);
+  insert_history (f->store, "d", "1-0", FALSE, "{\"v\":3}");
+  g_assert_null (hb_store_get_sync (f->store, "d", r1, 0, NULL, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CORRUPT);
+}
+
 int
 main (int argc, char *argv[])
 {
@@ -1539,6 +1595,7 @@ main (int argc, char *argv[])
   ADD ("/store/review/changed-on-owner-thread", test_changed_on_owner_thread);
   ADD ("/store/review/tampered-columns", test_tampered_columns);
   ADD ("/store/review/corrupt-records-removable", test_corrupt_records_can_be_removed);
+  ADD ("/store/review/damaged-document-writes-nothing", test_damaged_document_writes_nothing);
 #undef ADD
 
   {
