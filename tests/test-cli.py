@@ -596,6 +596,28 @@ class TestImportExport(CliTestCase):
             self.assertEqual(out, {"imported": 3, "errors": []})
             self.assertEqual(self.ok("list", store=store), docs)
 
+    def test_import_refuses_what_it_cannot_import(self):
+        # A dump made without include_docs: no row may vanish silently.
+        dump = json.dumps({"total_rows": 2, "rows": [
+            {"id": "patient:1", "key": "patient:1", "value": {"rev": rev_of(1, "a")}},
+            {"id": "patient:2", "key": "patient:2", "value": {"rev": rev_of(1, "b")},
+             "doc": {"_id": "patient:2", "_rev": rev_of(1, "b"), "type": "patient"}},
+        ]})
+        out = self.import_text(dump, expect=1)
+        self.assertEqual(out["imported"], 1)
+        self.assertEqual(len(out["errors"]), 1)
+        self.assertIn("include_docs", json.dumps(out["errors"]))
+        # Text after a NUL byte would be cut off: the whole input is refused instead.
+        name = self.write("nul.ndjson", '{"_id":"a"}\n\0{"_id":"b"}\n')
+        result = self.fails(1, "import", name)
+        self.assertIn("NUL", result.stderr)
+
+    def test_parse_errors_do_not_echo_content(self):
+        name = self.write("bad.json", '{"_id": "x", "family_name" "%s"}' % SECRET_NAME)
+        result = self.fails(1, "put", name)
+        self.assertNotIn(SECRET_NAME, result.stderr)
+        self.assertIn("line 1", result.stderr)
+
     def test_export_round_trip(self):
         rev = self.put({"_id": "patient:1", "type": "patient", "given_name": SECRET_NAME})
         rev = self.put({"_id": "patient:1", "_rev": rev, "type": "patient",
@@ -611,10 +633,17 @@ class TestImportExport(CliTestCase):
              "_revisions": {"start": 1, "ids": ["a" * 32]}},
             {"_id": "patient:c", "_rev": rev_of(1, "b"), "type": "patient",
              "_revisions": {"start": 1, "ids": ["b" * 32]}},
+            {"_id": "patient:c", "_rev": rev_of(2, "d"), "_deleted": True,
+             "_revisions": {"start": 2, "ids": ["d" * 32, "c" * 32]}},
         ]) + "\n")
+        conflicted = self.get("patient:c", "--conflicts")
+        self.assertEqual(conflicted["_rev"], rev_of(1, "b"))
+        self.assertEqual(conflicted["_conflicts"], [rev_of(1, "a")])
+        self.assertEqual(conflicted["_deleted_conflicts"], [rev_of(2, "d")])
 
+        # Every leaf, not just the winner: patient:c has three.
         exported = self.ok("export")
-        self.assertEqual(len(exported), 5)
+        self.assertEqual(len(exported), 7)
         for doc in exported:
             self.assertRegex(doc["_rev"], REV_RE)
             self.assertEqual(doc["_revisions"]["start"], int(doc["_rev"].split("-")[0]))
@@ -626,7 +655,7 @@ class TestImportExport(CliTestCase):
         self.init(store=other)
         dump = self.write("export.ndjson", result.stdout)
         out = self.ok("import", dump, store=other)
-        self.assertEqual(out, {"imported": 5, "errors": []})
+        self.assertEqual(out, {"imported": 7, "errors": []})
 
         by_id = lambda docs: sorted(docs, key=lambda d: d["_id"])
         self.assertEqual(by_id(self.ok("export", store=other)), by_id(exported))
@@ -636,6 +665,8 @@ class TestImportExport(CliTestCase):
                 self.assertEqual(self.get(doc["_id"], "--revs", store=other),
                                  self.get(doc["_id"], "--revs"))
         self.fails(4, "get", "observation:1", store=other)
+        # Conflicts and deleted conflicts survive the round trip.
+        self.assertEqual(self.get("patient:c", "--conflicts", store=other), conflicted)
 
 
 class TestPin(CliTestCase):

@@ -226,13 +226,24 @@ static JsonNode *
 parse_json (const char *data, gssize len, GError **error)
 {
   g_autoptr (JsonParser) parser = json_parser_new ();
+  g_autoptr (GError) parse_error = NULL;
   JsonNode *root;
 
   /* An empty GBytes has no data pointer at all. */
   if (data == NULL)
     data = "";
-  if (!json_parser_load_from_data (parser, data, len, error))
-    return NULL;
+  if (!json_parser_load_from_data (parser, data, len, &parse_error))
+    {
+      guint line = 0, column = 0;
+
+      /* json-glib's message quotes the offending text, which may be clinical: keep only where. */
+      if (sscanf (parse_error->message, "<data>:%u:%u", &line, &column) == 2)
+        g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "invalid JSON at line %u, column %u",
+                     line, column);
+      else
+        g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "invalid JSON");
+      return NULL;
+    }
   root = json_parser_steal_root (parser);
   if (root == NULL)
     g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "no JSON in the input");
@@ -513,8 +524,19 @@ ask_on_tty (HbCli *cli, const char *prompt, const char *what, GError **error)
   for (guint i = 0; i < G_N_ELEMENTS (tty_signals); i++)
     sigaction (tty_signals[i], &action, &previous[i]);
 
-  /* Echo goes off before the prompt shows, so nothing typed after it can be echoed. */
-  tcsetattr (cli->tty_fd, TCSAFLUSH, &quiet);
+  /* Echo goes off before the prompt shows, so nothing typed after it can be echoed; if it
+   * cannot go off, nothing is read. */
+  if (tcsetattr (cli->tty_fd, TCSAFLUSH, &quiet) != 0)
+    {
+      int saved_errno = errno;
+
+      for (guint i = 0; i < G_N_ELEMENTS (tty_signals); i++)
+        sigaction (tty_signals[i], &previous[i], NULL);
+      signal_tty_fd = -1;
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "cannot turn off echo: %s",
+                   g_strerror (saved_errno));
+      return NULL;
+    }
   if (write_all (cli->tty_fd, prompt, error))
     secret = read_secret_line (cli->tty_fd, what, error);
   else
@@ -534,7 +556,8 @@ read_secret (HbCli *cli, const char *prompt, const char *what, GError **error)
 {
   g_autoptr (HbCliSecret) secret = NULL;
 
-  if (cli->pin_fd >= 0)
+  /* --pin-fd naming a terminal gets the terminal treatment: no echo. */
+  if (cli->pin_fd >= 0 && !isatty (cli->pin_fd))
     secret = read_secret_line (cli->pin_fd, what, error);
   else
     secret = ask_on_tty (cli, prompt, what, error);
@@ -909,6 +932,13 @@ cmd_init (HbCli *cli, GError **error)
   fputc ('\n', stdout);
   fflush (stdout);
   explicit_bzero (output, strlen (output));
+  /* The node holds its own copy of the key. */
+  {
+    JsonNode *member = json_object_get_member (object, "recovery_key");
+    char *copy = (char *)json_node_get_string (member);
+
+    explicit_bzero (copy, strlen (copy));
+  }
   fputs ("hbsync: write down the recovery key and keep it apart from this machine: it is shown "
          "only this once, and after 10 wrong PINs only it unlocks the store\n",
          stderr);
@@ -1346,8 +1376,10 @@ import_value (HbCli *cli, Import *import, JsonNode *root, GError **error)
                           object_get_string (row, "error"), object_get_string (row, "reason"));
       else if (row == NULL)
         import_add_error (import, NULL, 0, "bad_request", "a row must be a JSON object");
-      else if (doc != NULL && JSON_NODE_HOLDS_OBJECT (doc)
-               && !import_add (cli, import, doc, 0, error))
+      else if (doc == NULL || !JSON_NODE_HOLDS_OBJECT (doc))
+        import_add_error (import, object_get_string (row, "id"), 0, "bad_request",
+                          "the row has no document (was the dump made with include_docs=true?)");
+      else if (!import_add (cli, import, doc, 0, error))
         return FALSE;
     }
   return TRUE;
@@ -1417,6 +1449,13 @@ cmd_import (HbCli *cli, GError **error)
   if (input == NULL && (input = read_input (args[0], error)) == NULL)
     return FALSE;
 
+  if (g_bytes_get_size (input) > 0
+      && memchr (g_bytes_get_data (input, NULL), '\0', g_bytes_get_size (input)) != NULL)
+    {
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED, "%s: the input contains a NUL byte",
+                   is_stdin (args[0]) ? "standard input" : args[0]);
+      return FALSE;
+    }
   text = g_strndup (g_bytes_get_data (input, NULL), g_bytes_get_size (input));
   if (!looks_like_ndjson (text) && (root = parse_json (text, -1, error)) == NULL)
     {
@@ -1449,10 +1488,40 @@ cmd_import (HbCli *cli, GError **error)
 
 /* ---- export --------------------------------------------------------------------------- */
 
+/* Prints the other leaves of a document (conflicts, deleted conflicts) after its winner, each with
+ * its history, so that importing the export rebuilds the same revision tree's leaves. */
+static void
+export_other_leaves (
+    HbCli *cli, const char *id, JsonObject *row, guint *n_failed, GError **first_error)
+{
+  JsonArray *leaves = json_object_get_array_member (row, "changes");
+
+  for (guint l = 1; leaves != NULL && l < json_array_get_length (leaves); l++)
+    {
+      const char *rev = object_get_string (json_array_get_object_element (leaves, l), "rev");
+      g_autoptr (GError) local_error = NULL;
+      g_autoptr (JsonNode) doc = NULL;
+
+      if (rev == NULL)
+        continue;
+      doc = hb_store_get_sync (cli->store, id, rev, HB_GET_FLAGS_REVISIONS | HB_GET_FLAGS_DELETED,
+                               NULL, &local_error);
+      if (doc != NULL)
+        print_json_line (doc);
+      else
+        {
+          (*n_failed)++;
+          if (*first_error == NULL)
+            *first_error = g_steal_pointer (&local_error);
+        }
+    }
+}
+
 static gboolean
 export_page (HbCli *cli, JsonArray *changes, guint *n_failed, GError **first_error, GError **error)
 {
   g_autoptr (GPtrArray) ids = g_ptr_array_new ();
+  g_autoptr (GPtrArray) rows = g_ptr_array_new ();
   g_autoptr (GPtrArray) docs = NULL;
 
   for (guint i = 0; i < json_array_get_length (changes); i++)
@@ -1461,7 +1530,10 @@ export_page (HbCli *cli, JsonArray *changes, guint *n_failed, GError **first_err
       const char *id = object_get_string (json_node_get_object (row), "id");
 
       if (id != NULL)
-        g_ptr_array_add (ids, (gpointer)id);
+        {
+          g_ptr_array_add (ids, (gpointer)id);
+          g_ptr_array_add (rows, json_node_get_object (row));
+        }
       else
         check_row (row, n_failed, first_error);
     }
@@ -1476,8 +1548,11 @@ export_page (HbCli *cli, JsonArray *changes, guint *n_failed, GError **first_err
     {
       JsonNode *doc = g_ptr_array_index (docs, i);
 
-      if (check_row (doc, n_failed, first_error))
-        print_json_line (doc);
+      if (!check_row (doc, n_failed, first_error))
+        continue;
+      print_json_line (doc);
+      export_other_leaves (cli, g_ptr_array_index (ids, i), g_ptr_array_index (rows, i), n_failed,
+                           first_error);
     }
   return TRUE;
 }
@@ -1606,7 +1681,8 @@ static const HbCliCommand commands[] = {
   { "list", "", "Print every document, or those of one --type, as an array", cmd_list },
   { "changes", "", "Print the changes feed (--since N, --limit N)", cmd_changes },
   { "import", "FILE|-", "Import NDJSON or a CouchDB _all_docs?include_docs=true dump", cmd_import },
-  { "export", "", "Print every document's winning revision with _revisions (NDJSON)", cmd_export },
+  { "export", "", "Print every leaf revision of every document with _revisions (NDJSON)",
+    cmd_export },
   { "stats", "", "Print the store's statistics", cmd_stats },
   { "change-pin", "", "Change the PIN (reads the current PIN, then the new one)", cmd_change_pin },
   { "recover", "", "Set a new PIN with the recovery key (reads it, then the new PIN)",
