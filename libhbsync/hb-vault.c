@@ -1790,8 +1790,13 @@ vault_peek (HbVault *self, VaultRow *row)
 
   if (!g_file_test (self->path, G_FILE_TEST_EXISTS))
     return FALSE;
-  db = db_open (self->path, FALSE, &error);
-  if (db != NULL && vault_read_row (db, self->path, row, &error))
+  /* Read-only, no pragmas, a short wait: the getters are called from the owner's thread, where
+   * a write or a long lock wait would stall the UI. A file that is busy reads as no answer. */
+  if (sqlite3_open_v2 (self->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL)
+      != SQLITE_OK)
+    return FALSE;
+  sqlite3_busy_timeout (db, 100);
+  if (vault_read_row (db, self->path, row, &error))
     return TRUE;
   if (!g_error_matches (error, HB_VAULT_ERROR, HB_VAULT_ERROR_NOT_FOUND))
     g_debug ("%s", error->message);
