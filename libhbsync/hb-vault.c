@@ -32,8 +32,11 @@
 #define UUID_LEN 36
 
 /* Measured at about 0.33 s on the reference workstation; the issue asks for at least 0.25 s. */
-#define DEFAULT_M_COST_KIB 65536
-#define DEFAULT_T_COST 3
+/* 128 MiB, 2 passes: 0.33 s measured where the memory is locked and pre-faulted (root), about
+ * 0.5 s where it is not; issue 2 asks for at least 0.25 s. Memory over passes, as RFC 9106
+ * advises: memory is what makes guessing on GPUs expensive. */
+#define DEFAULT_M_COST_KIB 131072
+#define DEFAULT_T_COST 2
 #define DEFAULT_PARALLELISM 1
 
 /* Bounds on parameters read back from the file, so a tampered row cannot make unlock allocate
@@ -1823,6 +1826,29 @@ hb_vault_exists (HbVault *self)
 }
 
 /**
+ * hb_vault_get_kdf_params:
+ * @self: a #HbVault
+ * @memory_kib: (out) (optional): the Argon2id memory cost in KiB
+ * @iterations: (out) (optional): the Argon2id time cost
+ * @parallelism: (out) (optional): the Argon2id lanes
+ *
+ * The Argon2id parameters this object will use for the next PIN slot it writes: the defaults, or
+ * what hb_vault_set_kdf_params() set.
+ */
+void
+hb_vault_get_kdf_params (HbVault *self, guint *memory_kib, guint *iterations, guint *parallelism)
+{
+  g_return_if_fail (HB_IS_VAULT (self));
+
+  if (memory_kib != NULL)
+    *memory_kib = self->m_cost_kib;
+  if (iterations != NULL)
+    *iterations = self->t_cost;
+  if (parallelism != NULL)
+    *parallelism = self->parallelism;
+}
+
+/**
  * hb_vault_set_kdf_params:
  * @self: a #HbVault
  * @memory_kib: Argon2id memory cost in KiB, at least 8 × @parallelism
@@ -1831,7 +1857,7 @@ hb_vault_exists (HbVault *self)
  *
  * Sets the Argon2id parameters for the PIN slots written from now on by this object (create,
  * change PIN, recover). They are stored with the vault; unlocking always uses the stored ones.
- * The defaults (64 MiB, 3 iterations, 1 lane) take about a third of a second; lower values are
+ * The defaults (128 MiB, 2 iterations, 1 lane) take a third to half a second; lower values are
  * meant for tests.
  */
 void

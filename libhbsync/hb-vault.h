@@ -90,6 +90,9 @@ gboolean hb_vault_exists (HbVault *self);
 HB_AVAILABLE_IN_ALL
 void hb_vault_set_kdf_params (HbVault *self, guint memory_kib, guint iterations, guint parallelism);
 HB_AVAILABLE_IN_ALL
+void
+hb_vault_get_kdf_params (HbVault *self, guint *memory_kib, guint *iterations, guint *parallelism);
+HB_AVAILABLE_IN_ALL
 guint hb_vault_get_failed_attempts (HbVault *self);
 HB_AVAILABLE_IN_ALL
 guint hb_vault_get_attempts_left (HbVault *self);

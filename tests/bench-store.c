@@ -19,17 +19,6 @@
 #define N_RUNS 3
 #define GOAL 0.70
 
-static const char *const phrases[] = {
-  "Patient reports intermittent chest tightness on exertion, relieved by rest. ",
-  "No fever overnight; tolerating oral fluids and a light diet. ",
-  "Wound edges well approximated, no erythema or discharge at the incision site. ",
-  "BP rechecked after 15 minutes seated: improved. Continue current regimen. ",
-  "Discussed medication adherence; patient demonstrates correct inhaler technique. ",
-  "Mild pedal oedema bilaterally; advised leg elevation and reduced salt intake. ",
-  "Family present at bedside, questions answered about the discharge plan. ",
-  "Pain score 3/10 at rest, 5/10 on mobilisation; paracetamol given as charted. ",
-};
-
 typedef struct
 {
   GPtrArray *ids;    /* char*, N_DOCS */
@@ -50,32 +39,10 @@ random_uuid (GRand *rand)
 static JsonNode *
 make_note (GRand *rand, const char *id, const char *session_id, const char *patient_id, guint n)
 {
-  g_autoptr (JsonBuilder) builder = json_builder_new ();
-  g_autoptr (GString) text = g_string_new (NULL);
   g_autofree char *written_at
       = g_strdup_printf ("2024-%02u-%02uT%02u:%02u:00Z", 1 + n % 12, 1 + n % 28, n % 24, n % 60);
 
-  while (text->len < 820)
-    g_string_append (text, phrases[g_rand_int_range (rand, 0, G_N_ELEMENTS (phrases))]);
-
-  json_builder_begin_object (builder);
-  json_builder_set_member_name (builder, "_id");
-  json_builder_add_string_value (builder, id);
-  json_builder_set_member_name (builder, "type");
-  json_builder_add_string_value (builder, "note");
-  json_builder_set_member_name (builder, "session_id");
-  json_builder_add_string_value (builder, session_id);
-  json_builder_set_member_name (builder, "patient_id");
-  json_builder_add_string_value (builder, patient_id);
-  json_builder_set_member_name (builder, "author");
-  json_builder_add_string_value (builder, "Dr. Nkechi Adeyemi");
-  json_builder_set_member_name (builder, "text");
-  json_builder_add_string_value (builder, text->str);
-  json_builder_set_member_name (builder, "written_at");
-  json_builder_add_string_value (builder, written_at);
-  json_builder_end_object (builder);
-
-  return json_builder_get_root (builder);
+  return hb_test_note (rand, id, session_id, patient_id, written_at, 820);
 }
 
 static void

@@ -88,3 +88,39 @@ hb_test_wait_for (gboolean *flag)
   while (!*flag)
     g_main_context_iteration (NULL, TRUE);
 }
+
+static const char *const note_phrases[] = {
+  "Patient reports intermittent chest tightness on exertion, relieved by rest. ",
+  "No fever overnight; tolerating oral fluids and a light diet. ",
+  "Wound edges well approximated, no erythema or discharge at the incision site. ",
+  "BP rechecked after 15 minutes seated: improved. Continue current regimen. ",
+  "Discussed medication adherence; patient demonstrates correct inhaler technique. ",
+  "Mild pedal oedema bilaterally; advised leg elevation and reduced salt intake. ",
+  "Family present at bedside, questions answered about the discharge plan. ",
+  "Pain score 3/10 at rest, 5/10 on mobilisation; paracetamol given as charted. ",
+};
+
+JsonNode *
+hb_test_note (GRand *rand,
+              const char *id,
+              const char *session_id,
+              const char *patient_id,
+              const char *written_at,
+              gsize text_len)
+{
+  g_autoptr (GString) text = g_string_new (NULL);
+  JsonObject *note = json_object_new ();
+  JsonNode *node = json_node_new (JSON_NODE_OBJECT);
+
+  while (text->len < text_len)
+    g_string_append (text, note_phrases[g_rand_int_range (rand, 0, G_N_ELEMENTS (note_phrases))]);
+  json_object_set_string_member (note, "_id", id);
+  json_object_set_string_member (note, "type", "note");
+  json_object_set_string_member (note, "session_id", session_id);
+  json_object_set_string_member (note, "patient_id", patient_id);
+  json_object_set_string_member (note, "author", "Dr. Nkechi Adeyemi");
+  json_object_set_string_member (note, "text", text->str);
+  json_object_set_string_member (note, "written_at", written_at);
+  json_node_take_object (node, note);
+  return node;
+}

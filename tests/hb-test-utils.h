@@ -21,6 +21,14 @@ HbStore *hb_test_store_new (char **out_dir);
 JsonNode *hb_test_json (const char *text);
 char *hb_test_to_string (JsonNode *node);
 
+/* A clinical note of about text_len bytes of text, as the clinic's app writes them. */
+JsonNode *hb_test_note (GRand *rand,
+                        const char *id,
+                        const char *session_id,
+                        const char *patient_id,
+                        const char *written_at,
+                        gsize text_len);
+
 /* Run the default main context until *flag becomes TRUE. */
 void hb_test_wait_for (gboolean *flag);
 

@@ -27,57 +27,25 @@
 
 /* The writer */
 
-static const char *const note_phrases[] = {
-  "Patient reports intermittent chest tightness on exertion, relieved by rest. ",
-  "No fever overnight; tolerating oral fluids and a light diet. ",
-  "Wound edges well approximated, no erythema or discharge at the incision site. ",
-  "BP rechecked after 15 minutes seated: improved. Continue current regimen. ",
-  "Discussed medication adherence; patient demonstrates correct inhaler technique. ",
-  "Mild pedal oedema bilaterally; advised leg elevation and reduced salt intake. ",
-  "Family present at bedside, questions answered about the discharge plan. ",
-  "Pain score 3/10 at rest, 5/10 on mobilisation; paracetamol given as charted. ",
-};
-
 static JsonNode *
 make_note (const char *id, const char *rev, guint counter)
 {
-  g_autoptr (JsonBuilder) builder = json_builder_new ();
-  g_autoptr (GString) text = g_string_new (NULL);
+  static GRand *rand;
   g_autoptr (GDateTime) now = g_date_time_new_now_utc ();
   g_autofree char *written_at = g_date_time_format_iso8601 (now);
   g_autofree char *session_uuid = g_uuid_string_random ();
   g_autofree char *patient_uuid = g_uuid_string_random ();
   g_autofree char *session_id = g_strconcat ("session:", session_uuid, NULL);
   g_autofree char *patient_id = g_strconcat ("patient:", patient_uuid, NULL);
+  JsonNode *note;
 
-  while (text->len < 850)
-    g_string_append (text, note_phrases[g_random_int_range (0, G_N_ELEMENTS (note_phrases))]);
-
-  json_builder_begin_object (builder);
-  json_builder_set_member_name (builder, "_id");
-  json_builder_add_string_value (builder, id);
+  if (rand == NULL)
+    rand = g_rand_new ();
+  note = hb_test_note (rand, id, session_id, patient_id, written_at, 850);
   if (rev != NULL)
-    {
-      json_builder_set_member_name (builder, "_rev");
-      json_builder_add_string_value (builder, rev);
-    }
-  json_builder_set_member_name (builder, "type");
-  json_builder_add_string_value (builder, "note");
-  json_builder_set_member_name (builder, "session_id");
-  json_builder_add_string_value (builder, session_id);
-  json_builder_set_member_name (builder, "patient_id");
-  json_builder_add_string_value (builder, patient_id);
-  json_builder_set_member_name (builder, "author");
-  json_builder_add_string_value (builder, "Dr. Nkechi Adeyemi");
-  json_builder_set_member_name (builder, "text");
-  json_builder_add_string_value (builder, text->str);
-  json_builder_set_member_name (builder, "written_at");
-  json_builder_add_string_value (builder, written_at);
-  json_builder_set_member_name (builder, "seq");
-  json_builder_add_int_value (builder, counter);
-  json_builder_end_object (builder);
-
-  return json_builder_get_root (builder);
+    json_object_set_string_member (json_node_get_object (note), "_rev", rev);
+  json_object_set_int_member (json_node_get_object (note), "seq", counter);
+  return note;
 }
 
 static char *

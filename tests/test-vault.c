@@ -1159,13 +1159,13 @@ test_default_kdf_params (Fixture *f, gconstpointer data)
   g_assert_true (hb_vault_create_sync (vault, HB_TEST_PIN, HB_VAULT_FLAGS_NO_DEVICE_SECRET,
                                        recovery_sink (), NULL, &error));
   g_assert_no_error (error);
-  g_assert_cmpint (row_int (f->path, "kdf_m_cost_kib"), ==, 65536);
-  g_assert_cmpint (row_int (f->path, "kdf_t_cost"), ==, 3);
+  g_assert_cmpint (row_int (f->path, "kdf_m_cost_kib"), ==, 131072);
+  g_assert_cmpint (row_int (f->path, "kdf_t_cost"), ==, 2);
   g_assert_cmpint (row_int (f->path, "kdf_parallelism"), ==, 1);
   hb_vault_lock (vault);
   g_assert_true (hb_vault_unlock_sync (vault, HB_TEST_PIN, NULL, &error));
   g_assert_no_error (error);
-  g_test_message ("Unlock with the default Argon2id parameters (64 MiB, t=3, p=1) took %.3f s "
+  g_test_message ("Unlock with the default Argon2id parameters (128 MiB, t=2, p=1) took %.3f s "
                   "(the goal is at least 0.25 s)",
                   hb_vault_get_last_unlock_seconds (vault));
   g_assert_cmpfloat (hb_vault_get_last_unlock_seconds (vault), >, 0);

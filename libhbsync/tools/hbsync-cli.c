@@ -37,14 +37,11 @@ typedef enum
 #define HB_CLI_ERROR (hb_cli_error_quark ())
 
 #define SECRET_MAX_LEN 1024
-/* Argon2id bounds and defaults as hb_vault_set_kdf_params() documents them; the minimum memory
- * is the lowest worth allowing at all, meant for tests. */
+/* Argon2id bounds as hb_vault_set_kdf_params() documents them; the minimum memory is the lowest
+ * worth allowing at all, meant for tests. */
 #define MIN_KDF_MEMORY_KIB 8192
 #define MAX_KDF_MEMORY_KIB (4u * 1024 * 1024)
-#define DEFAULT_KDF_MEMORY_KIB 65536
 #define MAX_KDF_ITERATIONS 64
-#define DEFAULT_KDF_ITERATIONS 3
-#define KDF_PARALLELISM 1
 #define IMPORT_BATCH 256
 #define EXPORT_BATCH 256
 
@@ -759,9 +756,9 @@ add_kdf_options (GOptionContext *context, KdfOptions *kdf)
 {
   const GOptionEntry entries[] = {
     { "kdf-memory", 0, 0, G_OPTION_ARG_STRING, &kdf->memory,
-      "Argon2id memory for the new PIN, in KiB (at least 8192; default 65536)", "KIB" },
+      "Argon2id memory for the new PIN, in KiB (at least 8192; default 131072)", "KIB" },
     { "kdf-iterations", 0, 0, G_OPTION_ARG_STRING, &kdf->iterations,
-      "Argon2id iterations for the new PIN (at least 1; default 3)", "N" },
+      "Argon2id iterations for the new PIN (at least 1; default 2)", "N" },
     G_OPTION_ENTRY_NULL,
   };
 
@@ -846,10 +843,15 @@ parse_command_line (HbCli *cli,
 static gboolean
 apply_kdf_options (HbCli *cli, const KdfOptions *kdf, GError **error)
 {
-  guint64 memory = DEFAULT_KDF_MEMORY_KIB, iterations = DEFAULT_KDF_ITERATIONS;
+  guint default_memory, default_iterations, parallelism;
+  guint64 memory, iterations;
 
   if (kdf->memory == NULL && kdf->iterations == NULL)
     return TRUE;
+  /* An option not given keeps the library's default. */
+  hb_vault_get_kdf_params (cli->vault, &default_memory, &default_iterations, &parallelism);
+  memory = default_memory;
+  iterations = default_iterations;
   if (kdf->memory != NULL
       && !parse_uint ("--kdf-memory", kdf->memory, MIN_KDF_MEMORY_KIB, MAX_KDF_MEMORY_KIB, &memory,
                       error))
@@ -859,7 +861,7 @@ apply_kdf_options (HbCli *cli, const KdfOptions *kdf, GError **error)
                       error))
     return FALSE;
 
-  hb_vault_set_kdf_params (cli->vault, (guint)memory, (guint)iterations, KDF_PARALLELISM);
+  hb_vault_set_kdf_params (cli->vault, (guint)memory, (guint)iterations, parallelism);
   return TRUE;
 }
 
