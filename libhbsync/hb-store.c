@@ -1002,6 +1002,17 @@ bind_mac (sqlite3_stmt *stmt, int col, DocState *st, guint f)
     sqlite3_bind_null (stmt, col);
 }
 
+static gboolean
+delete_doc_row (HbConn *c, DocState *st, GError **error)
+{
+  sqlite3_stmt *stmt = conn_stmt (c, "DELETE FROM docs WHERE doc_key = ?", error);
+
+  if (stmt == NULL)
+    return FALSE;
+  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
+  return stmt_done (c, stmt, error);
+}
+
 /* Writes the document's row under sequence seq, replacing its previous row. A plain INSERT:
  * a sequence already taken is an error, never a silent replacement of another document. */
 static gboolean
@@ -1020,11 +1031,8 @@ save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
   hb_wipe ((gpointer)data, len);
   if (sealed == NULL)
     return FALSE;
-  stmt = conn_stmt (c, "DELETE FROM docs WHERE doc_key = ?", error);
-  if (stmt == NULL)
-    return FALSE;
-  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
-  if (!stmt_done (c, stmt, error))
+  /* A new document has no row to replace; the UNIQUE doc_key still guards the insert. */
+  if (st->exists && !delete_doc_row (c, st, error))
     return FALSE;
   stmt = conn_stmt (c,
                     "INSERT INTO docs (seq, doc_key, meta, type_mac, session_mac, patient_mac,"
@@ -1043,17 +1051,6 @@ save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
                        g_bytes_get_size (st->inline_body), SQLITE_STATIC);
   else
     sqlite3_bind_null (stmt, 7);
-  return stmt_done (c, stmt, error);
-}
-
-static gboolean
-delete_doc_row (HbConn *c, DocState *st, GError **error)
-{
-  sqlite3_stmt *stmt = conn_stmt (c, "DELETE FROM docs WHERE doc_key = ?", error);
-
-  if (stmt == NULL)
-    return FALSE;
-  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
   return stmt_done (c, stmt, error);
 }
 
