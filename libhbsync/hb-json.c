@@ -4,8 +4,8 @@
 
 #include "hb-json-private.h"
 
-static void
-append_string (GString *out, const char *s)
+void
+hb_json_append_string (GString *out, const char *s)
 {
   static const char hex[] = "0123456789abcdef";
   const guchar *p = (const guchar *)s;
@@ -108,7 +108,7 @@ append_members (GString *out, JsonObject *object, gboolean skip_special)
     {
       if (i > 0)
         g_string_append_c (out, ',');
-      append_string (out, members[i].name);
+      hb_json_append_string (out, members[i].name);
       g_string_append_c (out, ':');
       hb_json_append_canonical (out, members[i].node);
     }
@@ -175,7 +175,7 @@ hb_json_append_canonical (GString *out, JsonNode *node)
               g_string_append (out, json_node_get_boolean (node) ? "true" : "false");
               break;
             case G_TYPE_STRING:
-              append_string (out, json_node_get_string (node));
+              hb_json_append_string (out, json_node_get_string (node));
               break;
             default:
               g_string_append (out, "null");

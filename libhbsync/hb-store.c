@@ -1615,10 +1615,22 @@ read_doc_json (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GErro
       corrupt_error (error, "document body");
       return NULL;
     }
-  specials = build_doc (&st, index, empty, flags);
-  head = hb_json_to_canonical (specials, &head_len);
-  out = g_string_sized_new (head_len + len);
-  g_string_append_len (out, head, head_len - 1);
+  out = g_string_sized_new (len + 128);
+  if ((flags & (HB_GET_FLAGS_CONFLICTS | HB_GET_FLAGS_REVISIONS)) == 0
+      && !hb_rev_tree_node (st.tree, index)->deleted)
+    {
+      /* The common case, written directly: {"_id":...,"_rev":"..." */
+      g_string_append (out, "{\"_id\":");
+      hb_json_append_string (out, st.id);
+      g_string_append (out, ",\"_rev\":");
+      hb_json_append_string (out, rev_string_tmp (st.tree, index));
+    }
+  else
+    {
+      specials = build_doc (&st, index, empty, flags);
+      head = hb_json_to_canonical (specials, &head_len);
+      g_string_append_len (out, head, head_len - 1);
+    }
   if (len > 2)
     g_string_append_c (out, ',');
   g_string_append_len (out, (const char *)plain + 1, len - 1);

@@ -607,20 +607,26 @@ test_get_many_json (Fixture *f, gconstpointer data)
   del = hb_store_delete_sync (f->store, "gone", rev, NULL, &error);
   g_assert_no_error (error);
 
-  nodes = hb_store_get_many_sync (f->store, ids, flags, NULL, &error);
-  g_assert_no_error (error);
-  texts = hb_store_get_many_json_sync (f->store, ids, flags, NULL, &error);
-  g_assert_no_error (error);
-  g_assert_cmpuint (texts->len, ==, nodes->len);
-  for (guint i = 0; i < texts->len; i++)
+  /* With and without the extras: the plain form is written by a shorter path. */
+  for (guint pass = 0; pass < 2; pass++, flags = HB_GET_FLAGS_NONE)
     {
-      gsize len;
-      const char *text = g_bytes_get_data (texts->pdata[i], &len);
-      g_autofree char *copy = g_strndup (text, len);
-      g_autoptr (JsonNode) parsed = hb_test_json (copy);
+      g_clear_pointer (&nodes, g_ptr_array_unref);
+      g_clear_pointer (&texts, g_ptr_array_unref);
+      nodes = hb_store_get_many_sync (f->store, ids, flags, NULL, &error);
+      g_assert_no_error (error);
+      texts = hb_store_get_many_json_sync (f->store, ids, flags, NULL, &error);
+      g_assert_no_error (error);
+      g_assert_cmpuint (texts->len, ==, nodes->len);
+      for (guint i = 0; i < texts->len; i++)
+        {
+          gsize len;
+          const char *text = g_bytes_get_data (texts->pdata[i], &len);
+          g_autofree char *copy = g_strndup (text, len);
+          g_autoptr (JsonNode) parsed = hb_test_json (copy);
 
-      /* The same document, whichever way it was read. */
-      g_assert_true (json_node_equal (parsed, nodes->pdata[i]));
+          /* The same document, whichever way it was read. */
+          g_assert_true (json_node_equal (parsed, nodes->pdata[i]));
+        }
     }
 }
 
