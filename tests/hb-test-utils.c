@@ -1,4 +1,5 @@
 #include <glib/gstdio.h>
+#include <sqlite3.h>
 
 #include "hb-test-utils.h"
 
@@ -123,4 +124,43 @@ hb_test_note (GRand *rand,
   json_object_set_string_member (note, "written_at", written_at);
   json_node_take_object (node, note);
   return node;
+}
+
+static sqlite3 *
+sql_open (const char *path)
+{
+  sqlite3 *db = NULL;
+
+  g_assert_cmpint (sqlite3_open_v2 (path, &db, SQLITE_OPEN_READWRITE, NULL), ==, SQLITE_OK);
+  sqlite3_busy_timeout (db, 10000);
+  return db;
+}
+
+int
+hb_test_sql_exec (const char *path, const char *sql)
+{
+  sqlite3 *db = sql_open (path);
+  char *message = NULL;
+  int changes;
+
+  sqlite3_exec (db, sql, NULL, NULL, &message);
+  g_assert_null (message);
+  changes = sqlite3_changes (db);
+  sqlite3_close (db);
+  return changes;
+}
+
+gint64
+hb_test_sql_int (const char *path, const char *sql)
+{
+  sqlite3 *db = sql_open (path);
+  sqlite3_stmt *stmt;
+  gint64 n;
+
+  g_assert_cmpint (sqlite3_prepare_v2 (db, sql, -1, &stmt, NULL), ==, SQLITE_OK);
+  g_assert_cmpint (sqlite3_step (stmt), ==, SQLITE_ROW);
+  n = sqlite3_column_int64 (stmt, 0);
+  sqlite3_finalize (stmt);
+  sqlite3_close (db);
+  return n;
 }

@@ -29,6 +29,12 @@ JsonNode *hb_test_note (GRand *rand,
                         const char *written_at,
                         gsize text_len);
 
+/* Runs SQL on a store file with a connection of its own, behind the library's back (to tamper,
+ * to inspect); aborts the test on an SQL error. Returns how many rows the last statement
+ * changed, or the first column of the first row for hb_test_sql_int(). */
+int hb_test_sql_exec (const char *path, const char *sql);
+gint64 hb_test_sql_int (const char *path, const char *sql);
+
 /* Run the default main context until *flag becomes TRUE. */
 void hb_test_wait_for (gboolean *flag);
 

@@ -1061,13 +1061,10 @@ test_newer_schema_refused (Fixture *f, gconstpointer data)
   g_autoptr (GError) error = NULL;
   g_autoptr (HbStore) again = NULL;
   HbVault *vault = hb_store_get_vault (f->store);
-  sqlite3 *db;
 
-  g_assert_cmpint (sqlite3_open (f->path, &db), ==, SQLITE_OK);
-  g_assert_cmpint (sqlite3_exec (db, "UPDATE hb_meta SET value = 99 WHERE key = 'schema_version'",
-                                 NULL, NULL, NULL),
-                   ==, SQLITE_OK);
-  sqlite3_close (db);
+  g_assert_cmpint (
+      hb_test_sql_exec (f->path, "UPDATE hb_meta SET value = 99 WHERE key = 'schema_version'"), ==,
+      1);
   again = hb_store_open_sync (vault, NULL, &error);
   g_assert_null (again);
   g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_VERSION);
@@ -1410,17 +1407,6 @@ test_changed_on_owner_thread (Fixture *f, gconstpointer data)
 }
 
 static void
-sql_on (const char *path, const char *sql)
-{
-  sqlite3 *db;
-
-  g_assert_cmpint (sqlite3_open (path, &db), ==, SQLITE_OK);
-  g_assert_cmpint (sqlite3_exec (db, sql, NULL, NULL, NULL), ==, SQLITE_OK);
-  g_assert_cmpint (sqlite3_changes (db), >=, 1);
-  sqlite3_close (db);
-}
-
-static void
 test_tampered_columns (Fixture *f, gconstpointer data)
 {
   g_autoptr (GError) error = NULL;
@@ -1440,9 +1426,11 @@ test_tampered_columns (Fixture *f, gconstpointer data)
   g_clear_object (&f->store);
   /* An index column cleared (the document would vanish from queries), a row moved to another
    * sequence (it would slip below a replication checkpoint), a key emptied (a crash, once). */
-  sql_on (f->path, "UPDATE docs SET type_mac = NULL WHERE seq = 1");
-  sql_on (f->path, "UPDATE docs SET seq = 100 WHERE seq = 2");
-  sql_on (f->path, "UPDATE docs SET doc_key = x'' WHERE seq = 3");
+  g_assert_cmpint (hb_test_sql_exec (f->path, "UPDATE docs SET type_mac = NULL WHERE seq = 1"), >=,
+                   1);
+  g_assert_cmpint (hb_test_sql_exec (f->path, "UPDATE docs SET seq = 100 WHERE seq = 2"), >=, 1);
+  g_assert_cmpint (hb_test_sql_exec (f->path, "UPDATE docs SET doc_key = x'' WHERE seq = 3"), >=,
+                   1);
   f->store = open_again (f->path);
 
   changes = hb_store_changes_sync (f->store, 0, 0, NULL, &error);
@@ -1480,8 +1468,8 @@ test_corrupt_records_can_be_removed (Fixture *f, gconstpointer data)
   g_free (put_ok (f->store, "{\"_id\":\"doomed\"}"));
   hb_store_close (f->store);
   g_clear_object (&f->store);
-  sql_on (f->path, "UPDATE local_docs SET body = zeroblob (60)");
-  sql_on (f->path, "UPDATE docs SET meta = zeroblob (80)");
+  g_assert_cmpint (hb_test_sql_exec (f->path, "UPDATE local_docs SET body = zeroblob (60)"), >=, 1);
+  g_assert_cmpint (hb_test_sql_exec (f->path, "UPDATE docs SET meta = zeroblob (80)"), >=, 1);
   f->store = open_again (f->path);
 
   g_assert_null (hb_store_get_local_sync (f->store, "_local/ckpt", NULL, &error));
@@ -1498,22 +1486,6 @@ test_corrupt_records_can_be_removed (Fixture *f, gconstpointer data)
   g_assert_no_error (error);
   g_assert_null (hb_store_get_sync (f->store, "doomed", NULL, 0, NULL, &error));
   g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND);
-}
-
-static gint64
-count_sql (const char *path, const char *sql)
-{
-  sqlite3 *db;
-  sqlite3_stmt *stmt;
-  gint64 n;
-
-  g_assert_cmpint (sqlite3_open (path, &db), ==, SQLITE_OK);
-  g_assert_cmpint (sqlite3_prepare_v2 (db, sql, -1, &stmt, NULL), ==, SQLITE_OK);
-  g_assert_cmpint (sqlite3_step (stmt), ==, SQLITE_ROW);
-  n = sqlite3_column_int64 (stmt, 0);
-  sqlite3_finalize (stmt);
-  sqlite3_close (db);
-  return n;
 }
 
 /* A document whose records are damaged fails alone and writes nothing: no orphaned bodies, no
@@ -1533,15 +1505,15 @@ test_damaged_document_writes_nothing (Fixture *f, gconstpointer data)
   insert_history (f->store, "d", hist, TRUE, "{\"v\":2}");
   hb_store_close (f->store);
   g_clear_object (&f->store);
-  sql_on (f->path, "DELETE FROM bodies");
+  g_assert_cmpint (hb_test_sql_exec (f->path, "DELETE FROM bodies"), >=, 1);
   f->store = open_again (f->path);
-  bodies_before = count_sql (f->path, "SELECT count(*) FROM bodies");
+  bodies_before = hb_test_sql_int (f->path, "SELECT count(*) FROM bodies");
 
   tomb = hb_store_delete_sync (f->store, "d", r1, NULL, &error);
   g_assert_null (tomb);
   g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CORRUPT);
   g_clear_error (&error);
-  g_assert_cmpint (count_sql (f->path, "SELECT count(*) FROM bodies"), ==, bodies_before);
+  g_assert_cmpint (hb_test_sql_int (f->path, "SELECT count(*) FROM bodies"), ==, bodies_before);
   /* The healthy revision is untouched. */
   assert_body (f->store, "d", r1, 1);
 
@@ -1549,7 +1521,7 @@ test_damaged_document_writes_nothing (Fixture *f, gconstpointer data)
    * reporting corrupt rather than "no body". */
   hb_store_close (f->store);
   g_clear_object (&f->store);
-  sql_on (f->path, "UPDATE docs SET body = NULL");
+  g_assert_cmpint (hb_test_sql_exec (f->path, "UPDATE docs SET body = NULL"), >=, 1);
   f->store = open_again (f->path);
   insert_history (f->store, "d", "1-0", FALSE, "{\"v\":3}");
   g_assert_null (hb_store_get_sync (f->store, "d", r1, 0, NULL, &error));

@@ -123,17 +123,6 @@ row_text (const char *path, const char *column)
 }
 
 static void
-db_exec (const char *path, const char *sql)
-{
-  sqlite3 *db = db_open (path);
-  char *message = NULL;
-
-  sqlite3_exec (db, sql, NULL, NULL, &message);
-  g_assert_null (message);
-  sqlite3_close (db);
-}
-
-static void
 flip_blob_byte (const char *path, const char *column, gsize index)
 {
   g_autoptr (GBytes) value = row_blob (path, column);
@@ -712,9 +701,9 @@ test_change_pin (Fixture *f, gconstpointer data)
   guint notifies = 0;
 
   /* Stand-in for the store's sealed records, sharing the file. */
-  db_exec (f->path, "CREATE TABLE sealed (k BLOB, v BLOB);"
-                    "INSERT INTO sealed VALUES (randomblob(32), randomblob(300));"
-                    "INSERT INTO sealed VALUES (randomblob(32), randomblob(1000));");
+  hb_test_sql_exec (f->path, "CREATE TABLE sealed (k BLOB, v BLOB);"
+                             "INSERT INTO sealed VALUES (randomblob(32), randomblob(300));"
+                             "INSERT INTO sealed VALUES (randomblob(32), randomblob(1000));");
   records = table_dump (f->path, "sealed");
   derive (vault, "test", key);
   g_signal_connect_swapped (vault, "notify::locked", G_CALLBACK (count_notify), &notifies);
@@ -968,18 +957,18 @@ test_tampered (Fixture *f, gconstpointer data)
   g_clear_error (&error);
 
   /* Absurd parameters are refused before any derivation or count. */
-  db_exec (f->path, "UPDATE hb_vault SET kdf_m_cost_kib = 1099511627776");
+  hb_test_sql_exec (f->path, "UPDATE hb_vault SET kdf_m_cost_kib = 1099511627776");
   g_assert_false (hb_vault_unlock_sync (vault, HB_TEST_PIN, NULL, &error));
   g_assert_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_CORRUPT);
   g_clear_error (&error);
-  db_exec (f->path, "UPDATE hb_vault SET kdf_m_cost_kib = 8192");
+  hb_test_sql_exec (f->path, "UPDATE hb_vault SET kdf_m_cost_kib = 8192");
   g_assert_cmpint (row_int (f->path, "failed_attempts"), ==, 0);
 
-  db_exec (f->path, "UPDATE hb_vault SET format_version = 2");
+  hb_test_sql_exec (f->path, "UPDATE hb_vault SET format_version = 2");
   g_assert_false (hb_vault_unlock_sync (vault, HB_TEST_PIN, NULL, &error));
   assert_error_contains (error, HB_VAULT_ERROR_FAILED, "newer");
   g_clear_error (&error);
-  db_exec (f->path, "UPDATE hb_vault SET format_version = 1");
+  hb_test_sql_exec (f->path, "UPDATE hb_vault SET format_version = 1");
 
   /* A flipped bit in a slot: AES-GCM cannot tell it from a wrong key. */
   flip_blob_byte (f->path, "pin_slot", 20);
@@ -1140,7 +1129,7 @@ test_no_secret_service (Fixture *f, gconstpointer data)
 
   /* A vault that needs its device secret reports the missing service, without counting. */
   hb_vault_lock (vault);
-  db_exec (f->path, "UPDATE hb_vault SET uses_device_secret = 1");
+  hb_test_sql_exec (f->path, "UPDATE hb_vault SET uses_device_secret = 1");
   g_assert_false (hb_vault_unlock_sync (vault, HB_TEST_PIN, NULL, &error));
   g_assert_error (error, HB_VAULT_ERROR, HB_VAULT_ERROR_NO_SECRET_SERVICE);
   g_clear_error (&error);
@@ -1194,13 +1183,13 @@ test_device_flag_bound (Fixture *f, gconstpointer data)
     return;
   vault = fast_vault_new (f->path, HB_VAULT_FLAGS_NONE, &recovery);
   hb_vault_lock (vault);
-  db_exec (f->path, "UPDATE hb_vault SET uses_device_secret = 0");
+  hb_test_sql_exec (f->path, "UPDATE hb_vault SET uses_device_secret = 0");
   again = hb_vault_new (f->path);
   g_assert_false (hb_vault_recover_sync (again, recovery, NEW_PIN, NULL, &error));
   g_assert_nonnull (error);
   g_clear_error (&error);
   /* Put back, everything works as before. */
-  db_exec (f->path, "UPDATE hb_vault SET uses_device_secret = 1");
+  hb_test_sql_exec (f->path, "UPDATE hb_vault SET uses_device_secret = 1");
   g_assert_true (hb_vault_unlock_sync (again, HB_TEST_PIN, NULL, &error));
   g_assert_no_error (error);
   {
