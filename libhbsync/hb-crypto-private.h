@@ -79,6 +79,4 @@ gboolean hb_argon2id (const char *secret,
                       gsize out_len,
                       GError **error);
 
-gboolean hb_memeq_const (const guint8 *a, const guint8 *b, gsize len);
-
 G_END_DECLS

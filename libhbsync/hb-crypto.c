@@ -313,13 +313,3 @@ hb_argon2id (const char *secret,
     }
   return TRUE;
 }
-
-gboolean
-hb_memeq_const (const guint8 *a, const guint8 *b, gsize len)
-{
-  guint8 d = 0;
-
-  for (gsize i = 0; i < len; i++)
-    d |= a[i] ^ b[i];
-  return d == 0;
-}

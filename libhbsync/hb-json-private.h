@@ -10,7 +10,6 @@ G_BEGIN_DECLS
  * the same bytes, which is what revision hashes and blind indexes depend on. */
 void hb_json_append_canonical (GString *out, JsonNode *node);
 void hb_json_append_string (GString *out, const char *s);
-void hb_json_append_canonical_object (GString *out, JsonObject *object);
 /* A document's body: the object without its top-level special members (`_id`, `_rev`, ...). */
 void hb_json_append_canonical_body (GString *out, JsonObject *doc);
 char *hb_json_to_canonical (JsonNode *node, gsize *out_len);

@@ -115,8 +115,8 @@ append_members (GString *out, JsonObject *object, gboolean skip_special)
   g_string_append_c (out, '}');
 }
 
-void
-hb_json_append_canonical_object (GString *out, JsonObject *object)
+static void
+append_canonical_object (GString *out, JsonObject *object)
 {
   append_members (out, object, FALSE);
 }
@@ -139,7 +139,7 @@ hb_json_append_canonical (GString *out, JsonNode *node)
   switch (json_node_get_node_type (node))
     {
       case JSON_NODE_OBJECT:
-        hb_json_append_canonical_object (out, json_node_get_object (node));
+        append_canonical_object (out, json_node_get_object (node));
         break;
 
       case JSON_NODE_ARRAY:

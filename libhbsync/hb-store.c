@@ -453,6 +453,8 @@ meta_ad (const DocState *st)
 }
 
 #define DOC_COLUMNS "seq, doc_key, meta, type_mac, session_mac, patient_mac, body"
+/* The same for readers that never touch a body (the changes feed): no copy of it is made. */
+#define DOC_COLUMNS_NO_BODY "seq, doc_key, meta, type_mac, session_mac, patient_mac, NULL"
 
 /* Fills st from a row selected with DOC_COLUMNS at column 0. */
 static gboolean
@@ -1738,7 +1740,7 @@ changes_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable
 {
   ChangesArgs *args = data;
   sqlite3_stmt *stmt = conn_stmt (c,
-                                  "SELECT " DOC_COLUMNS " FROM docs WHERE seq > ?"
+                                  "SELECT " DOC_COLUMNS_NO_BODY " FROM docs WHERE seq > ?"
                                   " ORDER BY seq LIMIT ?",
                                   error);
   g_autoptr (JsonArray) results = json_array_new ();
