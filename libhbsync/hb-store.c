@@ -311,39 +311,59 @@ doc_key_for (HbStore *self, const char *id, DocKey *out)
  * extra bytes: for bodies the revision, for document records the row's sequence and blind-index
  * columns. A record moved to another row, document, revision or sequence, or whose index
  * columns were altered, no longer opens. */
-static GByteArray *
-make_ad (HbStore *self, char kind, const DocKey *dk, GBytes *extra)
-{
-  GByteArray *ad = g_byte_array_sized_new (64);
-  guint8 kid[4] = { self->key_id >> 24, self->key_id >> 16, self->key_id >> 8, self->key_id };
+#define AD_HEAD_LEN (8 + 1 + 4 + HB_MAC_LEN)
 
-  g_byte_array_append (ad, (const guint8 *)"hbsync-1", 8);
-  g_byte_array_append (ad, (const guint8 *)&kind, 1);
-  g_byte_array_append (ad, kid, 4);
-  g_byte_array_append (ad, dk->b, HB_MAC_LEN);
-  if (extra != NULL)
-    g_byte_array_append (ad, g_bytes_get_data (extra, NULL), g_bytes_get_size (extra));
-  return ad;
+/* Built on the stack: every record read or written makes one. */
+typedef struct
+{
+  guint8 *data;
+  gsize len;
+  guint8 inline_data[AD_HEAD_LEN + 96];
+} Ad;
+
+static void
+ad_init (Ad *ad, HbStore *self, char kind, const DocKey *dk, const void *extra, gsize extra_len)
+{
+  guint8 *p;
+
+  ad->len = AD_HEAD_LEN + extra_len;
+  ad->data = ad->len <= sizeof ad->inline_data ? ad->inline_data : g_malloc (ad->len);
+  p = ad->data;
+  memcpy (p, "hbsync-1", 8);
+  p[8] = (guint8)kind;
+  p[9] = (guint8)(self->key_id >> 24);
+  p[10] = (guint8)(self->key_id >> 16);
+  p[11] = (guint8)(self->key_id >> 8);
+  p[12] = (guint8)self->key_id;
+  memcpy (p + 13, dk->b, HB_MAC_LEN);
+  if (extra_len > 0)
+    memcpy (p + AD_HEAD_LEN, extra, extra_len);
 }
 
-static GBytes *
-rev_ad (const char *rev)
+static void
+ad_clear (Ad *ad)
 {
-  return g_bytes_new (rev, strlen (rev));
+  if (ad->data != ad->inline_data)
+    g_free (ad->data);
 }
 
 static GBytes *
 seal (HbStore *self,
       char kind,
       const DocKey *dk,
-      GBytes *extra,
+      const void *extra,
+      gsize extra_len,
       const void *data,
       gsize len,
       GError **error)
 {
-  g_autoptr (GByteArray) ad = make_ad (self, kind, dk, extra);
+  Ad ad;
+  GBytes *sealed;
 
-  return hb_seal (key (self, KEY_SEAL), data, len, ad->data, ad->len, error);
+  ad_init (&ad, self, kind, dk, extra, extra_len);
+  sealed = hb_seal (key (self, KEY_SEAL), data, len, ad.data, ad.len, error);
+  ad_clear (&ad);
+  return sealed;
 }
 
 static gboolean
@@ -359,7 +379,8 @@ static gboolean
 unseal (HbStore *self,
         char kind,
         const DocKey *dk,
-        GBytes *extra,
+        const void *extra,
+        gsize extra_len,
         const void *sealed,
         gsize sealed_len,
         guint8 **out,
@@ -367,10 +388,14 @@ unseal (HbStore *self,
         const char *what,
         GError **error)
 {
-  g_autoptr (GByteArray) ad = make_ad (self, kind, dk, extra);
+  Ad ad;
   GError *local = NULL;
+  gboolean ok;
 
-  if (hb_open (key (self, KEY_SEAL), sealed, sealed_len, ad->data, ad->len, out, out_len, &local))
+  ad_init (&ad, self, kind, dk, extra, extra_len);
+  ok = hb_open (key (self, KEY_SEAL), sealed, sealed_len, ad.data, ad.len, out, out_len, &local);
+  ad_clear (&ad);
+  if (ok)
     return TRUE;
   if (local != NULL)
     {
@@ -383,13 +408,16 @@ unseal (HbStore *self,
 static void
 index_mac (HbStore *self, guint field, const char *value, guint8 out[INDEX_MAC_LEN])
 {
-  g_autoptr (GByteArray) msg = g_byte_array_sized_new (64);
+  gsize len = strlen (value);
+  guint8 inline_msg[128];
+  guint8 *msg = len < sizeof inline_msg ? inline_msg : g_malloc (len + 1);
   guint8 full[HB_MAC_LEN];
-  guint8 f = field;
 
-  g_byte_array_append (msg, &f, 1);
-  g_byte_array_append (msg, (const guint8 *)value, strlen (value));
-  hb_hmac_sha256 (key (self, KEY_INDEX), HB_KEY_LEN, msg->data, msg->len, full);
+  msg[0] = (guint8)field;
+  memcpy (msg + 1, value, len);
+  hb_hmac_sha256 (key (self, KEY_INDEX), HB_KEY_LEN, msg, len + 1, full);
+  if (msg != inline_msg)
+    g_free (msg);
   memcpy (out, full, INDEX_MAC_LEN);
 }
 
@@ -431,25 +459,24 @@ G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (DocState, doc_state_clear)
 
 /* What a document record is bound to besides its document: its row's sequence and blind-index
  * columns, so neither can be altered or moved without the record failing to open. */
-static GBytes *
-meta_ad (const DocState *st)
+#define META_AD_LEN (8 + G_N_ELEMENTS (index_fields) * (1 + INDEX_MAC_LEN))
+
+static void
+meta_ad (const DocState *st, guint8 out[META_AD_LEN])
 {
-  GByteArray *extra
-      = g_byte_array_sized_new (8 + G_N_ELEMENTS (index_fields) * (1 + INDEX_MAC_LEN));
-  static const guint8 zeros[INDEX_MAC_LEN] = { 0 };
+  guint8 *p = out;
 
   for (int shift = 56; shift >= 0; shift -= 8)
-    {
-      guint8 b = (guint8)(st->seq >> shift);
-      g_byte_array_append (extra, &b, 1);
-    }
+    *p++ = (guint8)(st->seq >> shift);
   for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
     {
-      guint8 flag = st->has_mac[f];
-      g_byte_array_append (extra, &flag, 1);
-      g_byte_array_append (extra, st->has_mac[f] ? st->macs[f] : zeros, INDEX_MAC_LEN);
+      *p++ = st->has_mac[f];
+      if (st->has_mac[f])
+        memcpy (p, st->macs[f], INDEX_MAC_LEN);
+      else
+        memset (p, 0, INDEX_MAC_LEN);
+      p += INDEX_MAC_LEN;
     }
-  return g_byte_array_free_to_bytes (extra);
 }
 
 #define DOC_COLUMNS "seq, doc_key, meta, type_mac, session_mac, patient_mac, body"
@@ -460,7 +487,7 @@ meta_ad (const DocState *st)
 static gboolean
 doc_from_row (HbStore *self, sqlite3_stmt *stmt, DocState *st, GError **error)
 {
-  g_autoptr (GBytes) extra = NULL;
+  guint8 extra[META_AD_LEN];
   guint8 *plain = NULL;
   gsize plain_len = 0;
 
@@ -479,8 +506,8 @@ doc_from_row (HbStore *self, sqlite3_stmt *stmt, DocState *st, GError **error)
     }
   if (sqlite3_column_type (stmt, 6) != SQLITE_NULL)
     st->inline_body = g_bytes_new (sqlite3_column_blob (stmt, 6), sqlite3_column_bytes (stmt, 6));
-  extra = meta_ad (st);
-  if (!unseal (self, 'M', &st->dk, extra, sqlite3_column_blob (stmt, 2),
+  meta_ad (st, extra);
+  if (!unseal (self, 'M', &st->dk, extra, sizeof extra, sqlite3_column_blob (stmt, 2),
                sqlite3_column_bytes (stmt, 2), &plain, &plain_len, "document record", error))
     return FALSE;
   st->tree = hb_rev_tree_deserialize (plain, plain_len, &st->id);
@@ -526,12 +553,40 @@ parse_body (const guint8 *plain, gsize len)
   return json_object_ref (json_node_get_object (root));
 }
 
+static void
+string_free_all (gpointer string)
+{
+  g_string_free (string, TRUE);
+}
+
+/* The revision string as a JSON string node's value; the returned pointer lives until the
+ * next call on this thread, which is all json_*_set_string_* needs (they copy). Formatted
+ * into one buffer per thread: reads call this for every document. */
+static const char *
+rev_string_tmp (HbRevTree *tree, gint index)
+{
+  static GPrivate buf = G_PRIVATE_INIT (string_free_all);
+  GString *rev = g_private_get (&buf);
+  HbRevNode *node = hb_rev_tree_node (tree, index);
+  char pos[16];
+
+  if (rev == NULL)
+    {
+      rev = g_string_sized_new (64);
+      g_private_set (&buf, rev);
+    }
+  g_snprintf (pos, sizeof pos, "%u-", node->pos);
+  g_string_assign (rev, pos);
+  g_string_append (rev, node->hash);
+  return rev->str;
+}
+
 /* The sealed body of one revision, as canonical JSON text. Free with hb_open_free(). */
 static guint8 *
 load_body_text (HbStore *self, HbConn *c, DocState *st, gint index, gsize *out_len, GError **error)
 {
   HbRevNode *node = hb_rev_tree_node (st->tree, index);
-  g_autofree char *rev = hb_rev_tree_rev_string (st->tree, index);
+  const char *rev = rev_string_tmp (st->tree, index);
   sqlite3_stmt *stmt;
   guint8 *plain = NULL;
   int rc;
@@ -544,14 +599,12 @@ load_body_text (HbStore *self, HbConn *c, DocState *st, gint index, gsize *out_l
     }
   if (node->body == BODY_INLINE)
     {
-      g_autoptr (GBytes) extra = rev_ad (rev);
-
       if (st->inline_body == NULL)
         {
           corrupt_error (error, "document body (missing)");
           return NULL;
         }
-      unseal (self, 'B', &st->dk, extra, g_bytes_get_data (st->inline_body, NULL),
+      unseal (self, 'B', &st->dk, rev, strlen (rev), g_bytes_get_data (st->inline_body, NULL),
               g_bytes_get_size (st->inline_body), &plain, out_len, "document body", error);
       return plain;
     }
@@ -562,8 +615,7 @@ load_body_text (HbStore *self, HbConn *c, DocState *st, gint index, gsize *out_l
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
     {
-      g_autoptr (GBytes) extra = rev_ad (rev);
-      unseal (self, 'B', &st->dk, extra, sqlite3_column_blob (stmt, 0),
+      unseal (self, 'B', &st->dk, rev, strlen (rev), sqlite3_column_blob (stmt, 0),
               sqlite3_column_bytes (stmt, 0), &plain, out_len, "document body", error);
     }
   else if (rc == SQLITE_DONE)
@@ -588,18 +640,6 @@ load_body (HbStore *self, HbConn *c, DocState *st, gint index, GError **error)
   if (body == NULL)
     corrupt_error (error, "document body");
   return body;
-}
-
-/* The revision string as a JSON string node's value; the returned pointer lives until the
- * next call on this thread, which is all json_*_set_string_* needs (they copy). */
-static const char *
-rev_string_tmp (HbRevTree *tree, gint index)
-{
-  static GPrivate buf = G_PRIVATE_INIT (g_free);
-  char *rev = hb_rev_tree_rev_string (tree, index);
-
-  g_private_replace (&buf, rev);
-  return rev;
 }
 
 static void
@@ -856,9 +896,7 @@ new_rev_hash (const char *parent_rev, gboolean deleted, const GString *canonical
 static GBytes *
 seal_body (HbStore *self, DocState *st, const char *rev, const GString *canonical, GError **error)
 {
-  g_autoptr (GBytes) extra = rev_ad (rev);
-
-  return seal (self, 'B', &st->dk, extra, canonical->str, canonical->len, error);
+  return seal (self, 'B', &st->dk, rev, strlen (rev), canonical->str, canonical->len, error);
 }
 
 /* Bodies are appended to a rowid table and found by the row the tree records, so a write
@@ -1022,14 +1060,14 @@ save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
 {
   g_autoptr (GBytes) plain = hb_rev_tree_serialize (st->tree, st->id);
   g_autoptr (GBytes) sealed = NULL;
-  g_autoptr (GBytes) extra = NULL;
+  guint8 extra[META_AD_LEN];
   sqlite3_stmt *stmt;
   gsize len;
   const guint8 *data = g_bytes_get_data (plain, &len);
 
   st->seq = seq;
-  extra = meta_ad (st);
-  sealed = seal (self, 'M', &st->dk, extra, data, len, error);
+  meta_ad (st, extra);
+  sealed = seal (self, 'M', &st->dk, extra, sizeof extra, data, len, error);
   hb_wipe ((gpointer)data, len);
   if (sealed == NULL)
     return FALSE;
@@ -1598,7 +1636,7 @@ static gpointer
 read_doc_json (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GError **error)
 {
   g_auto (DocState) st = { 0 };
-  g_autoptr (JsonObject) empty = json_object_new ();
+  g_autoptr (JsonObject) empty = NULL;
   g_autoptr (JsonNode) specials = NULL;
   g_autofree char *head = NULL;
   GString *out;
@@ -1629,6 +1667,7 @@ read_doc_json (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GErro
     }
   else
     {
+      empty = json_object_new ();
       specials = build_doc (&st, index, empty, flags);
       head = hb_json_to_canonical (specials, &head_len);
       g_string_append_len (out, head, head_len - 1);
@@ -1955,7 +1994,7 @@ read_local (HbStore *self, HbConn *c, const char *full_id, DocKey *dk, GError **
       guint8 *plain = NULL;
       gsize len = 0;
 
-      if (unseal (self, 'L', dk, NULL, sqlite3_column_blob (stmt, 0),
+      if (unseal (self, 'L', dk, NULL, 0, sqlite3_column_blob (stmt, 0),
                   sqlite3_column_bytes (stmt, 0), &plain, &len, "local document", error))
         {
           JsonObject *obj = parse_body (plain, len);
@@ -2076,7 +2115,7 @@ write_local_func (HbStore *self,
       text = json_to_string (node, FALSE);
     }
     len = strlen (text);
-    sealed = seal (self, 'L', &dk, NULL, text, len, error);
+    sealed = seal (self, 'L', &dk, NULL, 0, text, len, error);
     hb_wipe (text, len);
     if (sealed == NULL)
       return FALSE;
