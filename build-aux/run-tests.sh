@@ -104,6 +104,7 @@ run_config() {
 
 log "dependencies"
 build-aux/setup-deps.sh </dev/null
+build-aux/setup-npm.sh </dev/null
 
 # shellcheck disable=SC2034 # used through namerefs in run_config
 no_env=()

@@ -1630,10 +1630,28 @@ error_item_bytes (const char *id, const GError *error)
   return g_bytes_new_take (text, strlen (text));
 }
 
-/* The document as JSON text without parsing its body: the special members (serialized from a
- * document with an empty body) are spliced in front of the sealed canonical text. */
-static gpointer
-read_doc_json (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GError **error)
+static void
+wipe_string_free (gpointer data)
+{
+  GString *string = data;
+
+  hb_wipe (string->str, string->allocated_len);
+  g_string_free (string, TRUE);
+}
+
+/* A document's plaintext handed to a caller: wiped when the last reference goes. */
+static GBytes *
+wiping_bytes_from_string (GString *string)
+{
+  return g_bytes_new_with_free_func (string->str, string->len, wipe_string_free, string);
+}
+
+/* One revision (the winner when rev is NULL) as JSON text without parsing its body: the special
+ * members (serialized from a document with an empty body) are spliced in front of the sealed
+ * canonical text. */
+static GBytes *
+read_rev_json (
+    HbStore *self, HbConn *c, const char *id, const char *rev, HbGetFlags flags, GError **error)
 {
   g_auto (DocState) st = { 0 };
   g_autoptr (JsonObject) empty = NULL;
@@ -1644,7 +1662,7 @@ read_doc_json (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GErro
   gsize len = 0, head_len;
   gint index;
 
-  if (!locate_doc (self, c, &st, id, NULL, flags, &index, error))
+  if (!locate_doc (self, c, &st, id, rev, flags, &index, error))
     return NULL;
   plain = load_body_text (self, c, &st, index, &len, error);
   if (plain == NULL)
@@ -1676,7 +1694,74 @@ read_doc_json (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GErro
     g_string_append_c (out, ',');
   g_string_append_len (out, (const char *)plain + 1, len - 1);
   hb_open_free (plain, len);
-  return g_string_free_to_bytes (out);
+  return wiping_bytes_from_string (out);
+}
+
+static gpointer
+read_doc_json (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GError **error)
+{
+  return read_rev_json (self, c, id, NULL, flags, error);
+}
+
+typedef struct
+{
+  JsonNode *request;
+  GPtrArray *results;
+} RevsJsonArgs;
+
+static GBytes *
+rev_error_bytes (const char *id, const char *rev, const GError *error)
+{
+  g_autoptr (JsonNode) row = result_node (id, NULL, error);
+  char *text;
+
+  json_object_set_string_member (json_node_get_object (row), "rev", rev);
+  text = json_to_string (row, FALSE);
+  return g_bytes_new_take (text, strlen (text));
+}
+
+static gboolean
+get_revs_json_func (
+    HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, GError **error)
+{
+  RevsJsonArgs *args = data;
+  JsonObjectIter iter;
+  const char *id;
+  JsonNode *revs;
+
+  if (!JSON_NODE_HOLDS_OBJECT (args->request))
+    return invalid (error, "%s", "get_revs_json takes an object of id: [revs]");
+  /* In the request's order: the caller pairs answers with what it asked. */
+  json_object_iter_init_ordered (&iter, json_node_get_object (args->request));
+  while (json_object_iter_next_ordered (&iter, &id, &revs))
+    {
+      JsonArray *list = JSON_NODE_HOLDS_ARRAY (revs) ? json_node_get_array (revs) : NULL;
+
+      if (list == NULL)
+        return invalid (error, "get_revs_json: the revisions of %s must be an array", id);
+      for (guint i = 0; i < json_array_get_length (list); i++)
+        {
+          JsonNode *element = json_array_get_element (list, i);
+          const char *rev = JSON_NODE_HOLDS_VALUE (element) ? json_node_get_string (element) : NULL;
+          g_autoptr (GError) doc_error = NULL;
+          GBytes *text;
+
+          if (g_cancellable_set_error_if_cancelled (cancellable, error))
+            return FALSE;
+          if (rev == NULL)
+            return invalid (error, "get_revs_json: a revision of %s is not a string", id);
+          text = read_rev_json (self, c, id, rev, HB_GET_FLAGS_REVISIONS | HB_GET_FLAGS_DELETED,
+                                &doc_error);
+          if (text == NULL && is_fatal (doc_error))
+            {
+              g_propagate_error (error, g_steal_pointer (&doc_error));
+              return FALSE;
+            }
+          g_ptr_array_add (args->results,
+                           text != NULL ? text : rev_error_bytes (id, rev, doc_error));
+        }
+    }
+  return TRUE;
 }
 
 static gboolean
@@ -2957,6 +3042,36 @@ hb_store_get_many_json_sync (HbStore *self,
 }
 
 /**
+ * hb_store_get_revs_json_sync:
+ * @self: a store
+ * @request: `{id: [rev, ...]}`: the revisions to read, as the `missing` lists of a `_revs_diff`
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Reads the given revisions as JSON text ready for a `_bulk_docs` with `new_edits:false`: each
+ * carries `_id`, `_rev`, `_revisions` and `_deleted` for a tombstone. A revision that cannot be
+ * read (unknown, compacted, corrupt) comes back as `{"id", "rev", "error", "reason"}` in its
+ * place. Each buffer holds plaintext and is wiped when its last reference goes.
+ *
+ * Returns: (transfer full) (element-type GLib.Bytes): one JSON object per requested revision, in
+ *   the request's order
+ */
+GPtrArray *
+hb_store_get_revs_json_sync (HbStore *self,
+                             JsonNode *request,
+                             GCancellable *cancellable,
+                             GError **error)
+{
+  RevsJsonArgs args = { request, NULL };
+
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  g_return_val_if_fail (request != NULL, NULL);
+
+  return read_array (self, get_revs_json_func, &args, &args.results,
+                     (GDestroyNotify)g_bytes_unref, cancellable, error);
+}
+
+/**
  * hb_store_revs_diff_sync:
  * @self: a store
  * @request: `{id: [rev, ...]}`, as CouchDB's `_revs_diff` takes it
@@ -3292,6 +3407,7 @@ typedef enum
   OP_PURGE,
   OP_COMPACT,
   OP_STATS,
+  OP_GET_REVS_JSON,
 } AsyncOp;
 
 typedef struct
@@ -3364,6 +3480,9 @@ async_thread (GTask *task, gpointer source, gpointer task_data, GCancellable *ca
       case OP_REVS_DIFF:
         result = hb_store_revs_diff_sync (self, a->doc, cancellable, &error);
         free_result = (GDestroyNotify)json_node_unref;
+        break;
+      case OP_GET_REVS_JSON:
+        result = hb_store_get_revs_json_sync (self, a->doc, cancellable, &error);
         break;
       case OP_ALL_DOCS:
         result = hb_store_all_docs_sync (self, cancellable, &error);
@@ -3602,6 +3721,46 @@ GPtrArray *
 hb_store_get_many_finish (HbStore *self, GAsyncResult *result, GError **error)
 {
   return finish_async (self, result, hb_store_get_many_async, error);
+}
+
+/**
+ * hb_store_get_revs_json_async:
+ * @self: a store
+ * @request: `{id: [rev, ...]}`
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async): called on the caller's context when done
+ * @user_data: data for @callback
+ *
+ * The asynchronous form of hb_store_get_revs_json_sync().
+ */
+void
+hb_store_get_revs_json_async (HbStore *self,
+                              JsonNode *request,
+                              GCancellable *cancellable,
+                              GAsyncReadyCallback callback,
+                              gpointer user_data)
+{
+  AsyncArgs *a;
+
+  g_return_if_fail (HB_IS_STORE (self));
+  g_return_if_fail (request != NULL);
+  a = async_args (OP_GET_REVS_JSON);
+  a->doc = json_node_ref (request);
+  run_async (self, a, hb_store_get_revs_json_async, cancellable, callback, user_data);
+}
+
+/**
+ * hb_store_get_revs_json_finish:
+ * @self: a store
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full) (element-type GLib.Bytes): one JSON object per requested revision
+ */
+GPtrArray *
+hb_store_get_revs_json_finish (HbStore *self, GAsyncResult *result, GError **error)
+{
+  return finish_async (self, result, hb_store_get_revs_json_async, error);
 }
 
 /**

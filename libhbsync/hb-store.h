@@ -174,6 +174,20 @@ GPtrArray *hb_store_get_many_json_sync (HbStore *self,
                                         GError **error);
 
 HB_AVAILABLE_IN_ALL
+GPtrArray *hb_store_get_revs_json_sync (HbStore *self,
+                                        JsonNode *request,
+                                        GCancellable *cancellable,
+                                        GError **error);
+HB_AVAILABLE_IN_ALL
+void hb_store_get_revs_json_async (HbStore *self,
+                                   JsonNode *request,
+                                   GCancellable *cancellable,
+                                   GAsyncReadyCallback callback,
+                                   gpointer user_data);
+HB_AVAILABLE_IN_ALL
+GPtrArray *hb_store_get_revs_json_finish (HbStore *self, GAsyncResult *result, GError **error);
+
+HB_AVAILABLE_IN_ALL
 JsonNode *hb_store_revs_diff_sync (HbStore *self,
                                    JsonNode *request,
                                    GCancellable *cancellable,

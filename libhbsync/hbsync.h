@@ -7,5 +7,8 @@
 #include "hb-enums.h"
 #include "hb-vault.h"
 #include "hb-store.h"
+#include "hb-sync-cache.h"
+#include "hb-remote.h"
+#include "hb-replicator.h"
 
 #undef HBSYNC_INSIDE

@@ -191,5 +191,44 @@ class StoreTest(unittest.TestCase):
                          'Afebrile, tolerating oral fluids.')
 
 
+class SyncCacheTest(unittest.TestCase):
+    def test_add_lookup_stats(self):
+        doc_id = 'patient:0f3c2a9e-5d1b-4c7e-9a2f-6b8d4e1c7a30'
+        plaintext = PATIENT.encode('utf-8')
+        cache = Hbsync.SyncCache.new()
+        cache.configure(2, 1024 * 1024)
+        self.assertEqual(cache.props.max_documents, 2)
+        self.assertEqual(cache.props.max_bytes, 1024 * 1024)
+
+        self.assertTrue(cache.add_sync(doc_id, '1-abc', GLib.Bytes.new(plaintext),
+                                       Hbsync.SyncCacheFlags.NONE, None))
+        self.assertEqual(cache.lookup(doc_id, '1-abc').get_data(), plaintext)
+        self.assertIsNone(cache.lookup(doc_id, '2-def'))
+        self.assertEqual(cache.get_unwritten_count(), 1)
+        self.assertTrue(cache.mark_written(doc_id, '1-abc'))
+
+        stats = cache.get_stats()
+        self.assertIsInstance(stats, Hbsync.SyncCacheStats)
+        self.assertEqual(stats.entries, 1)
+        self.assertEqual(stats.unwritten, 0)
+        self.assertEqual(stats.hits, 1)
+        self.assertEqual(stats.misses, 1)
+        self.assertGreater(stats.bytes, len(plaintext))
+        self.assertEqual(stats.bytes, cache.get_bytes())
+        self.assertGreaterEqual(stats.peak_bytes, stats.bytes)
+        self.assertEqual(stats.evictions, 0)
+        self.assertEqual(stats.wipes, 0)
+
+        entries = cache.get_all()
+        self.assertEqual([e.get_id() for e in entries], [doc_id])
+        self.assertEqual(entries[0].get_rev(), '1-abc')
+        self.assertTrue(entries[0].get_written())
+        self.assertEqual(entries[0].get_plaintext().get_data(), plaintext)
+
+        self.assertTrue(cache.remove(doc_id, '1-abc'))
+        self.assertEqual(cache.get_stats().wipes, 1)
+        self.assertEqual(cache.get_stats().entries, 0)
+
+
 if __name__ == '__main__':
     unittest.main(verbosity=2)

@@ -1,0 +1,2700 @@
+/* HbReplicator: one replication, one direction, as CouchDB's replication protocol describes it.
+ *
+ * A run is two lanes and a checkpoint writer, all on the owner's main context:
+ *
+ *   reader  source changes → target revs_diff → read the missing revisions (the store's
+ *           plaintext for a push, `_bulk_get` for a pull) → the sync cache → closed batches
+ *   writer  a closed batch → `_bulk_docs` new_edits:false (push) or one store transaction
+ *           (pull) → entries marked written and wiped → the checkpoint moves on
+ *   checkpoint  `_local/<replication id>` on both sides, one write at a time, coalesced
+ *
+ * The reader runs ahead of the writer by at most MAX_QUEUED batches, so the network is busy
+ * while the store decrypts or seals. Plaintext waits only in the cache: a batch closes when the
+ * cache has no room, so the reader never waits for room its own batch holds.
+ *
+ * A checkpoint names a source sequence only when every revision of every change up to it has
+ * been written, so a run that stops anywhere resumes without losing or resending a batch. */
+
+#include <string.h>
+
+#include "hb-crypto-private.h"
+#include "hb-enums.h"
+#include "hb-json-private.h"
+#include "hb-remote-parse-private.h"
+#include "hb-replicator.h"
+
+#define DEFAULT_BATCH_SIZE 100
+#define DEFAULT_BATCH_BYTES (G_GUINT64_CONSTANT (4) * 1024 * 1024)
+#define REPLICATION_ID_VERSION 1
+#define MAX_QUEUED 2
+#define READ_CHUNK 50
+#define MAX_HISTORY 50
+#define MAX_ATTEMPTS 5
+#define RETRY_BASE_MS 200
+#define RETRY_MAX_MS 3000
+#define OPEN_REVS_PARALLEL 4
+
+struct _HbReplicator
+{
+  GObject parent_instance;
+
+  HbStore *store;
+  HbRemote *remote;
+  HbSyncCache *cache;
+  HbReplicationDirection direction;
+  guint batch_size;
+  guint64 batch_bytes;
+  GStrv doc_ids;
+  char *session_id;
+  gboolean create_target;
+  HbReplicatorState state;
+  gboolean running;
+  HbReplicationResult *last_result;
+};
+
+G_DEFINE_FINAL_TYPE (HbReplicator, hb_replicator, G_TYPE_OBJECT)
+
+enum
+{
+  PROP_0,
+  PROP_STORE,
+  PROP_REMOTE,
+  PROP_CACHE,
+  PROP_DIRECTION,
+  PROP_STATE,
+  PROP_BATCH_SIZE,
+  PROP_BATCH_BYTES,
+  PROP_DOC_IDS,
+  PROP_SESSION_ID,
+  PROP_CREATE_TARGET,
+  N_PROPS
+};
+
+static GParamSpec *properties[N_PROPS];
+
+enum
+{
+  SIGNAL_STATE_CHANGED,
+  SIGNAL_PROGRESS,
+  SIGNAL_DOCUMENT_DENIED,
+  N_SIGNALS
+};
+
+static guint signals[N_SIGNALS];
+
+/* ---- the result ------------------------------------------------------------------------ */
+
+/**
+ * hb_replication_result_copy:
+ * @result: a result
+ *
+ * Returns: (transfer full): a copy of @result
+ */
+HbReplicationResult *
+hb_replication_result_copy (const HbReplicationResult *result)
+{
+  HbReplicationResult *copy = g_new (HbReplicationResult, 1);
+
+  *copy = *result;
+  copy->last_seq = g_strdup (result->last_seq);
+  copy->replication_id = g_strdup (result->replication_id);
+  return copy;
+}
+
+/**
+ * hb_replication_result_free:
+ * @result: (nullable): a result
+ *
+ * Frees @result.
+ */
+void
+hb_replication_result_free (HbReplicationResult *result)
+{
+  if (result == NULL)
+    return;
+  g_free (result->last_seq);
+  g_free (result->replication_id);
+  g_free (result);
+}
+
+G_DEFINE_BOXED_TYPE (HbReplicationResult,
+                     hb_replication_result,
+                     hb_replication_result_copy,
+                     hb_replication_result_free)
+
+/* ---- a run ----------------------------------------------------------------------------- */
+
+/* One revision in a batch: its plaintext is in the cache under (id, rev). */
+typedef struct
+{
+  char *id;
+  char *rev;
+} DocRef;
+
+static void
+doc_ref_free (gpointer data)
+{
+  DocRef *ref = data;
+
+  g_free (ref->id);
+  g_free (ref->rev);
+  g_free (ref);
+}
+
+static DocRef *
+doc_ref_new (const char *id, const char *rev)
+{
+  DocRef *ref = g_new (DocRef, 1);
+
+  ref->id = g_strdup (id);
+  ref->rev = g_strdup (rev);
+  return ref;
+}
+
+typedef struct
+{
+  GPtrArray *docs; /* DocRef */
+  guint64 bytes;
+  /* The source sequence this batch completes, or NULL when more of its page follows. */
+  JsonNode *seq;
+} Batch;
+
+static Batch *
+batch_new (void)
+{
+  Batch *batch = g_new0 (Batch, 1);
+
+  batch->docs = g_ptr_array_new_with_free_func (doc_ref_free);
+  return batch;
+}
+
+static void
+batch_free (gpointer data)
+{
+  Batch *batch = data;
+
+  g_ptr_array_unref (batch->docs);
+  g_clear_pointer (&batch->seq, json_node_unref);
+  g_free (batch);
+}
+
+/* A revision the reader fetched, waiting to enter the cache. */
+typedef struct
+{
+  char *id;
+  char *rev;
+  GBytes *text; /* plaintext JSON; NULL when it could not be read */
+} Fetched;
+
+static void
+fetched_free (gpointer data)
+{
+  Fetched *f = data;
+
+  g_free (f->id);
+  g_free (f->rev);
+  g_clear_pointer (&f->text, g_bytes_unref);
+  g_free (f);
+}
+
+typedef enum
+{
+  LANE_READER,
+  LANE_WRITER,
+  LANE_CHECKPOINT,
+  N_LANES
+} Lane;
+
+typedef struct
+{
+  HbReplicator *self;
+  GTask *task;
+  GCancellable *cancellable; /* cancelled by the caller's, or when the run fails */
+  GCancellable *caller_cancellable;
+  gulong cancelled_id;
+  guint pending_ops;
+  GError *error;
+  gboolean finished;
+
+  gboolean push;
+  char *rep_id;
+  char *local_id; /* "_local/" + rep_id */
+  char *session;
+  char *start_time;
+  JsonNode *start_seq;
+  JsonNode *since;          /* where the reader is */
+  JsonNode *checkpoint_seq; /* the newest sequence whose batches are all written */
+  JsonNode *recorded_seq;   /* the sequence of the last checkpoint written */
+  JsonObject *source_log;
+  char *local_log_rev;
+  char *remote_log_rev;
+  guint attempts[N_LANES];
+
+  /* Filters. */
+  GHashTable *filter_ids; /* push: the ids to send, or NULL for all */
+  JsonNode *selector;     /* pull by session */
+  GStrv pull_doc_ids;     /* pull by ids */
+
+  /* Reader. */
+  gboolean reader_busy;
+  gboolean reader_done;
+  gboolean no_bulk_get;
+  GPtrArray *page_missing; /* DocRef: the page's missing revisions */
+  guint page_pos;
+  JsonNode *page_seq;
+  GPtrArray *fetched; /* Fetched */
+  guint fetched_pos;
+  guint open_revs_running;
+  GError *open_revs_error; /* a transient failure of one of the page's requests */
+  Batch *current;
+  GQueue batches;
+
+  /* Writer. */
+  gboolean writer_busy;
+  Batch *writing;
+
+  /* Checkpoints. */
+  gboolean checkpoint_busy;
+  gboolean checkpoint_dirty;
+  guint checkpoint_parts;
+
+  HbReplicationResult counts;
+  gint64 pending;
+} Run;
+
+static void
+run_free (Run *run)
+{
+  if (run->caller_cancellable != NULL)
+    g_cancellable_disconnect (run->caller_cancellable, run->cancelled_id);
+  g_clear_object (&run->caller_cancellable);
+  g_clear_object (&run->cancellable);
+  g_clear_error (&run->error);
+  g_free (run->rep_id);
+  g_free (run->local_id);
+  g_free (run->session);
+  g_free (run->start_time);
+  g_clear_pointer (&run->start_seq, json_node_unref);
+  g_clear_pointer (&run->since, json_node_unref);
+  g_clear_pointer (&run->checkpoint_seq, json_node_unref);
+  g_clear_pointer (&run->recorded_seq, json_node_unref);
+  g_clear_pointer (&run->source_log, json_object_unref);
+  g_free (run->local_log_rev);
+  g_free (run->remote_log_rev);
+  g_clear_pointer (&run->filter_ids, g_hash_table_unref);
+  g_clear_pointer (&run->selector, json_node_unref);
+  g_strfreev (run->pull_doc_ids);
+  g_clear_pointer (&run->page_missing, g_ptr_array_unref);
+  g_clear_pointer (&run->page_seq, json_node_unref);
+  g_clear_pointer (&run->fetched, g_ptr_array_unref);
+  g_clear_error (&run->open_revs_error);
+  g_clear_pointer (&run->current, batch_free);
+  g_clear_pointer (&run->writing, batch_free);
+  g_queue_clear_full (&run->batches, batch_free);
+  g_free (run->counts.last_seq);
+  g_free (run->counts.replication_id);
+  g_clear_object (&run->self);
+  g_free (run);
+}
+
+static void
+set_state (HbReplicator *self, HbReplicatorState state)
+{
+  if (self->state == state)
+    return;
+  self->state = state;
+  g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_STATE]);
+  g_signal_emit (self, signals[SIGNAL_STATE_CHANGED], 0, state);
+}
+
+static char *
+seq_to_text (JsonNode *seq)
+{
+  return seq != NULL ? json_to_string (seq, FALSE) : NULL;
+}
+
+/* Drops what this run left in the cache: unwritten plaintext goes, wiped; the source still has
+ * it and the next run fetches it again from the last checkpoint. */
+static void
+forget_batch (Run *run, Batch *batch)
+{
+  if (batch == NULL)
+    return;
+  for (guint i = 0; i < batch->docs->len; i++)
+    {
+      DocRef *ref = g_ptr_array_index (batch->docs, i);
+      hb_sync_cache_remove (run->self->cache, ref->id, ref->rev);
+    }
+}
+
+static void
+run_complete (Run *run)
+{
+  HbReplicator *self = run->self;
+  GTask *task = run->task;
+
+  run->finished = TRUE;
+  forget_batch (run, run->current);
+  forget_batch (run, run->writing);
+  for (GList *l = run->batches.head; l != NULL; l = l->next)
+    forget_batch (run, l->data);
+  self->running = FALSE;
+  g_free (run->counts.last_seq);
+  run->counts.last_seq = seq_to_text (run->recorded_seq);
+  g_free (run->counts.replication_id);
+  run->counts.replication_id = g_strdup (run->rep_id);
+  g_clear_pointer (&self->last_result, hb_replication_result_free);
+  self->last_result = hb_replication_result_copy (&run->counts);
+
+  if (run->error == NULL)
+    {
+      set_state (self, HB_REPLICATOR_STATE_COMPLETE);
+      g_task_return_pointer (task, hb_replication_result_copy (&run->counts),
+                             (GDestroyNotify)hb_replication_result_free);
+    }
+  else
+    {
+      gboolean cancelled = run->caller_cancellable != NULL
+                           && g_cancellable_is_cancelled (run->caller_cancellable);
+
+      set_state (self, cancelled ? HB_REPLICATOR_STATE_CANCELLED : HB_REPLICATOR_STATE_FAILED);
+      if (cancelled)
+        {
+          g_clear_error (&run->error);
+          g_set_error_literal (&run->error, G_IO_ERROR, G_IO_ERROR_CANCELLED,
+                               "The replication was cancelled");
+        }
+      g_task_return_error (task, g_steal_pointer (&run->error));
+    }
+  g_object_unref (task);
+}
+
+static gboolean run_idle (Run *run);
+
+/* Finishes the run if nothing is in flight and either it failed or all work is done. */
+static void
+maybe_finish (Run *run)
+{
+  if (run->finished || run->pending_ops > 0)
+    return;
+  if (run->error == NULL && !run_idle (run))
+    return;
+  run_complete (run);
+}
+
+static void
+run_fail (Run *run, GError *error)
+{
+  if (run->error == NULL)
+    {
+      run->error = error;
+      g_cancellable_cancel (run->cancellable);
+    }
+  else
+    g_error_free (error);
+}
+
+static void
+op_begin (Run *run)
+{
+  run->pending_ops++;
+}
+
+/* Every callback starts here. Takes *error if set. FALSE: the run is failing, stop. */
+static gboolean
+op_end (Run *run, GError **error)
+{
+  g_assert (run->pending_ops > 0);
+  run->pending_ops--;
+  if (error != NULL && *error != NULL)
+    run_fail (run, g_steal_pointer (error));
+  if (run->error != NULL)
+    {
+      maybe_finish (run);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+typedef struct
+{
+  Run *run;
+  void (*step) (Run *run);
+} Retry;
+
+static gboolean
+retry_fire (gpointer data)
+{
+  Retry *retry = data;
+  Run *run = retry->run;
+  void (*step) (Run *) = retry->step;
+
+  g_free (retry);
+  if (!op_end (run, NULL))
+    return G_SOURCE_REMOVE;
+  if (g_cancellable_is_cancelled (run->cancellable))
+    {
+      run_fail (run, g_error_new_literal (G_IO_ERROR, G_IO_ERROR_CANCELLED, "Cancelled"));
+      maybe_finish (run);
+      return G_SOURCE_REMOVE;
+    }
+  step (run);
+  return G_SOURCE_REMOVE;
+}
+
+/* A failed request of a lane: transient errors are retried with exponential backoff and
+ * jitter; after MAX_ATTEMPTS, or for any other error, the run fails. Returns TRUE if a retry
+ * was scheduled. Always takes *error. */
+static gboolean
+retry_or_fail (Run *run, Lane lane, GError **error, void (*step) (Run *run))
+{
+  if (hb_remote_error_is_transient (*error) && run->attempts[lane] + 1 < MAX_ATTEMPTS
+      && !g_cancellable_is_cancelled (run->cancellable))
+    {
+      guint delay = MIN (RETRY_MAX_MS, RETRY_BASE_MS << run->attempts[lane]);
+      Retry *retry = g_new (Retry, 1);
+
+      delay = delay / 2 + g_random_int_range (0, (gint)delay / 2 + 1);
+      run->attempts[lane]++;
+      g_debug ("Retrying after %u ms: %s", delay, (*error)->message);
+      g_clear_error (error);
+      retry->run = run;
+      retry->step = step;
+      op_begin (run);
+      g_timeout_add (delay, retry_fire, retry);
+      return TRUE;
+    }
+  run_fail (run, g_steal_pointer (error));
+  maybe_finish (run);
+  return FALSE;
+}
+
+static void emit_progress (Run *run);
+static void reader_step (Run *run);
+static void writer_step (Run *run);
+static void checkpoint_step (Run *run);
+
+/* ---- checkpoints ----------------------------------------------------------------------- */
+
+static char *
+http_date_now (void)
+{
+  g_autoptr (GDateTime) now = g_date_time_new_now_utc ();
+
+  return g_date_time_format (now, "%a, %d %b %Y %H:%M:%S GMT");
+}
+
+static JsonNode *
+build_log (Run *run, JsonNode *seq)
+{
+  g_autoptr (JsonBuilder) b = json_builder_new ();
+  g_autofree char *end_time = http_date_now ();
+  JsonArray *old = NULL;
+  guint kept = 1;
+
+  json_builder_begin_object (b);
+  json_builder_set_member_name (b, "_id");
+  json_builder_add_string_value (b, run->local_id);
+  json_builder_set_member_name (b, "session_id");
+  json_builder_add_string_value (b, run->session);
+  json_builder_set_member_name (b, "source_last_seq");
+  json_builder_add_value (b, json_node_copy (seq));
+  json_builder_set_member_name (b, "replication_id_version");
+  json_builder_add_int_value (b, REPLICATION_ID_VERSION);
+  json_builder_set_member_name (b, "replicator");
+  json_builder_add_string_value (b, "hbsync");
+  json_builder_set_member_name (b, "history");
+  json_builder_begin_array (b);
+
+  json_builder_begin_object (b);
+  json_builder_set_member_name (b, "session_id");
+  json_builder_add_string_value (b, run->session);
+  json_builder_set_member_name (b, "start_time");
+  json_builder_add_string_value (b, run->start_time);
+  json_builder_set_member_name (b, "end_time");
+  json_builder_add_string_value (b, end_time);
+  json_builder_set_member_name (b, "start_last_seq");
+  json_builder_add_value (b, json_node_copy (run->start_seq));
+  json_builder_set_member_name (b, "end_last_seq");
+  json_builder_add_value (b, json_node_copy (seq));
+  json_builder_set_member_name (b, "recorded_seq");
+  json_builder_add_value (b, json_node_copy (seq));
+#define COUNT(name)                                                                            \
+  json_builder_set_member_name (b, #name);                                                     \
+  json_builder_add_int_value (b, (gint64)run->counts.name)
+  COUNT (missing_checked);
+  COUNT (missing_found);
+  COUNT (docs_read);
+  COUNT (docs_written);
+  COUNT (doc_write_failures);
+#undef COUNT
+  json_builder_end_object (b);
+
+  if (run->source_log != NULL && json_object_has_member (run->source_log, "history"))
+    {
+      JsonNode *h = json_object_get_member (run->source_log, "history");
+      old = JSON_NODE_HOLDS_ARRAY (h) ? json_node_get_array (h) : NULL;
+    }
+  for (guint i = 0; old != NULL && i < json_array_get_length (old) && kept < MAX_HISTORY; i++)
+    {
+      JsonNode *entry = json_array_get_element (old, i);
+      const char *sid;
+
+      if (!JSON_NODE_HOLDS_OBJECT (entry))
+        continue;
+      sid = json_object_get_string_member_with_default (json_node_get_object (entry),
+                                                        "session_id", NULL);
+      if (g_strcmp0 (sid, run->session) == 0)
+        continue;
+      json_builder_add_value (b, json_node_copy (entry));
+      kept++;
+    }
+  json_builder_end_array (b);
+  json_builder_end_object (b);
+  return json_builder_get_root (b);
+}
+
+static void
+checkpoint_part_done (Run *run)
+{
+  if (--run->checkpoint_parts > 0)
+    return;
+  run->checkpoint_busy = FALSE;
+  run->attempts[LANE_CHECKPOINT] = 0;
+  if (run->checkpoint_dirty)
+    checkpoint_step (run);
+  else
+    maybe_finish (run);
+}
+
+static void remote_checkpoint_put (Run *run);
+
+static void
+on_remote_log_reread (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) doc = hb_remote_get_local_finish (HB_REMOTE (source), result, &error);
+
+  if (!op_end (run, &error))
+    return;
+  g_clear_pointer (&run->remote_log_rev, g_free);
+  if (doc != NULL && JSON_NODE_HOLDS_OBJECT (doc))
+    run->remote_log_rev = g_strdup (
+        json_object_get_string_member_with_default (json_node_get_object (doc), "_rev", NULL));
+  remote_checkpoint_put (run);
+}
+
+static void
+on_remote_log_put (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autofree char *rev = hb_remote_put_local_finish (HB_REMOTE (source), result, &error);
+
+  if (error != NULL && g_error_matches (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_CONFLICT)
+      && run->attempts[LANE_CHECKPOINT] < MAX_ATTEMPTS)
+    {
+      /* Someone else wrote the log (another run of the same replication): take its _rev. */
+      run->attempts[LANE_CHECKPOINT]++;
+      g_clear_error (&error);
+      if (!op_end (run, NULL))
+        return;
+      op_begin (run);
+      hb_remote_get_local_async (run->self->remote, run->local_id, run->cancellable,
+                                 on_remote_log_reread, run);
+      return;
+    }
+  if (error != NULL && hb_remote_error_is_transient (error))
+    {
+      if (!op_end (run, NULL))
+        return;
+      retry_or_fail (run, LANE_CHECKPOINT, &error, remote_checkpoint_put);
+      return;
+    }
+  if (!op_end (run, &error))
+    return;
+  g_free (run->remote_log_rev);
+  run->remote_log_rev = g_steal_pointer (&rev);
+  checkpoint_part_done (run);
+}
+
+static void
+remote_checkpoint_put (Run *run)
+{
+  g_autoptr (JsonNode) log = build_log (run, run->recorded_seq);
+
+  if (run->remote_log_rev != NULL)
+    json_object_set_string_member (json_node_get_object (log), "_rev", run->remote_log_rev);
+  op_begin (run);
+  hb_remote_put_local_async (run->self->remote, run->local_id, log, run->cancellable,
+                             on_remote_log_put, run);
+}
+
+static void local_checkpoint_put (Run *run);
+
+static void
+on_local_log_reread (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) doc = hb_store_get_local_finish (HB_STORE (source), result, &error);
+
+  if (error != NULL && g_error_matches (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND))
+    g_clear_error (&error);
+  if (!op_end (run, &error))
+    return;
+  g_clear_pointer (&run->local_log_rev, g_free);
+  if (doc != NULL && JSON_NODE_HOLDS_OBJECT (doc))
+    run->local_log_rev = g_strdup (
+        json_object_get_string_member_with_default (json_node_get_object (doc), "_rev", NULL));
+  local_checkpoint_put (run);
+}
+
+static void
+on_local_log_put (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autofree char *rev = hb_store_put_local_finish (HB_STORE (source), result, &error);
+
+  if (error != NULL && g_error_matches (error, HB_STORE_ERROR, HB_STORE_ERROR_CONFLICT)
+      && run->attempts[LANE_CHECKPOINT] < MAX_ATTEMPTS)
+    {
+      run->attempts[LANE_CHECKPOINT]++;
+      g_clear_error (&error);
+      if (!op_end (run, NULL))
+        return;
+      op_begin (run);
+      hb_store_get_local_async (run->self->store, run->local_id, run->cancellable,
+                                on_local_log_reread, run);
+      return;
+    }
+  if (!op_end (run, &error))
+    return;
+  g_free (run->local_log_rev);
+  run->local_log_rev = g_steal_pointer (&rev);
+  checkpoint_part_done (run);
+}
+
+static void
+local_checkpoint_put (Run *run)
+{
+  g_autoptr (JsonNode) log = build_log (run, run->recorded_seq);
+
+  if (run->local_log_rev != NULL)
+    json_object_set_string_member (json_node_get_object (log), "_rev", run->local_log_rev);
+  op_begin (run);
+  hb_store_put_local_async (run->self->store, log, run->cancellable, on_local_log_put, run);
+}
+
+/* Writes the checkpoint for run->checkpoint_seq on both sides, unless one is being written:
+ * then the newer one follows it. */
+static void
+checkpoint_step (Run *run)
+{
+  if (run->error != NULL)
+    return;
+  if (run->checkpoint_busy)
+    {
+      run->checkpoint_dirty = TRUE;
+      return;
+    }
+  run->checkpoint_dirty = FALSE;
+  if (run->checkpoint_seq == NULL
+      || (run->recorded_seq != NULL && json_node_equal (run->checkpoint_seq, run->recorded_seq)))
+    {
+      maybe_finish (run);
+      return;
+    }
+  g_clear_pointer (&run->recorded_seq, json_node_unref);
+  run->recorded_seq = json_node_copy (run->checkpoint_seq);
+  run->checkpoint_busy = TRUE;
+  run->checkpoint_parts = 2;
+  remote_checkpoint_put (run);
+  local_checkpoint_put (run);
+}
+
+static gboolean
+run_idle (Run *run)
+{
+  return run->reader_done && !run->reader_busy && run->current == NULL
+         && g_queue_is_empty (&run->batches) && !run->writer_busy && !run->checkpoint_busy
+         && !run->checkpoint_dirty;
+}
+
+/* ---- batches --------------------------------------------------------------------------- */
+
+static void
+close_batch (Run *run, JsonNode *seq)
+{
+  Batch *batch = run->current;
+
+  run->current = NULL;
+  if (batch == NULL)
+    batch = batch_new ();
+  if (seq != NULL)
+    batch->seq = json_node_copy (seq);
+  if (batch->docs->len == 0 && batch->seq == NULL)
+    {
+      batch_free (batch);
+      return;
+    }
+  g_queue_push_tail (&run->batches, batch);
+  writer_step (run);
+}
+
+static Batch *
+current_batch (Run *run)
+{
+  if (run->current == NULL)
+    run->current = batch_new ();
+  return run->current;
+}
+
+static void
+on_cache_room (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  Fetched *f;
+
+  hb_sync_cache_add_finish (HB_SYNC_CACHE (source), result, &error);
+  if (!op_end (run, &error))
+    return;
+  f = g_ptr_array_index (run->fetched, run->fetched_pos);
+  g_ptr_array_add (current_batch (run)->docs, doc_ref_new (f->id, f->rev));
+  run->current->bytes += g_bytes_get_size (f->text);
+  run->counts.docs_read++;
+  run->fetched_pos++;
+  run->reader_busy = FALSE;
+  reader_step (run);
+}
+
+/* Moves fetched revisions into the cache and into batches. Returns FALSE when it had to wait
+ * for room (the reader continues in on_cache_room). */
+static gboolean
+place_fetched (Run *run)
+{
+  HbReplicator *self = run->self;
+
+  while (run->fetched_pos < run->fetched->len)
+    {
+      Fetched *f = g_ptr_array_index (run->fetched, run->fetched_pos);
+      gsize size;
+      Batch *batch = run->current;
+
+      if (f->text == NULL)
+        {
+          run->counts.doc_write_failures++;
+          run->fetched_pos++;
+          continue;
+        }
+      size = g_bytes_get_size (f->text);
+      if (batch != NULL && batch->docs->len > 0
+          && (batch->docs->len >= self->batch_size || batch->bytes + size > self->batch_bytes))
+        close_batch (run, NULL);
+      if (!hb_sync_cache_try_add (self->cache, f->id, f->rev, f->text,
+                                  HB_SYNC_CACHE_FLAGS_NONE))
+        {
+          /* No room: what this run holds must be written first, so the batch goes now. */
+          if (run->current != NULL && run->current->docs->len > 0)
+            close_batch (run, NULL);
+          run->reader_busy = TRUE;
+          op_begin (run);
+          hb_sync_cache_add_async (self->cache, f->id, f->rev, f->text, HB_SYNC_CACHE_FLAGS_NONE,
+                                   run->cancellable, on_cache_room, run);
+          return FALSE;
+        }
+      g_ptr_array_add (current_batch (run)->docs, doc_ref_new (f->id, f->rev));
+      run->current->bytes += size;
+      run->counts.docs_read++;
+      run->fetched_pos++;
+    }
+  g_clear_pointer (&run->fetched, g_ptr_array_unref);
+  run->fetched_pos = 0;
+  return TRUE;
+}
+
+/* ---- the reader: push ------------------------------------------------------------------ */
+
+static void
+on_push_read (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) texts = hb_store_get_revs_json_finish (HB_STORE (source), result, &error);
+  guint start;
+
+  if (!op_end (run, &error))
+    return;
+  start = run->page_pos;
+  run->fetched = g_ptr_array_new_with_free_func (fetched_free);
+  for (guint i = 0; i < texts->len; i++)
+    {
+      DocRef *ref = g_ptr_array_index (run->page_missing, start + i);
+      GBytes *text = g_ptr_array_index (texts, i);
+      gsize len;
+      const char *data_ = g_bytes_get_data (text, &len);
+      Fetched *f = g_new0 (Fetched, 1);
+
+      f->id = g_strdup (ref->id);
+      f->rev = g_strdup (ref->rev);
+      /* Documents start with their special members ({"_deleted" or {"_id"); the store's
+       * per-revision errors are {"id":...,"error":...}. */
+      if (len > 3 && data_[2] == '_')
+        f->text = g_bytes_ref (text);
+      else
+        g_warning ("A revision could not be read from the store for replication");
+      g_ptr_array_add (run->fetched, f);
+    }
+  run->page_pos += texts->len;
+  run->reader_busy = FALSE;
+  reader_step (run);
+}
+
+static void
+push_read_chunk (Run *run)
+{
+  g_autoptr (JsonBuilder) b = json_builder_new ();
+  g_autoptr (JsonNode) request = NULL;
+  guint end = MIN (run->page_missing->len, run->page_pos + READ_CHUNK);
+  const char *open_id = NULL;
+
+  /* {id: [revs]} in page order; a document's revisions are adjacent in the page. */
+  json_builder_begin_object (b);
+  for (guint i = run->page_pos; i < end; i++)
+    {
+      DocRef *ref = g_ptr_array_index (run->page_missing, i);
+
+      if (open_id == NULL || strcmp (open_id, ref->id) != 0)
+        {
+          if (open_id != NULL)
+            json_builder_end_array (b);
+          json_builder_set_member_name (b, ref->id);
+          json_builder_begin_array (b);
+          open_id = ref->id;
+        }
+      json_builder_add_string_value (b, ref->rev);
+    }
+  if (open_id != NULL)
+    json_builder_end_array (b);
+  json_builder_end_object (b);
+  request = json_builder_get_root (b);
+  run->reader_busy = TRUE;
+  op_begin (run);
+  hb_store_get_revs_json_async (run->self->store, request, run->cancellable, on_push_read, run);
+}
+
+static gint
+compare_strings (gconstpointer a, gconstpointer b)
+{
+  return strcmp (*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The missing revisions of an answer, in the order the page listed the documents. */
+static void
+set_page_missing (Run *run, GPtrArray *order, GHashTable *missing_by_id)
+{
+  run->page_missing = g_ptr_array_new_with_free_func (doc_ref_free);
+  run->page_pos = 0;
+  for (guint i = 0; i < order->len; i++)
+    {
+      const char *id = g_ptr_array_index (order, i);
+      GPtrArray *revs = g_hash_table_lookup (missing_by_id, id);
+
+      if (revs == NULL)
+        continue;
+      for (guint r = 0; r < revs->len; r++)
+        g_ptr_array_add (run->page_missing, doc_ref_new (id, g_ptr_array_index (revs, r)));
+      run->counts.missing_found += revs->len;
+      g_hash_table_remove (missing_by_id, id);
+    }
+}
+
+static GHashTable *
+missing_table_new (void)
+{
+  return g_hash_table_new_full (g_str_hash, g_str_equal, g_free,
+                                (GDestroyNotify)g_ptr_array_unref);
+}
+
+static void
+on_push_revs_diff (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GHashTable) diff = hb_remote_revs_diff_finish (HB_REMOTE (source), result, &error);
+  g_autoptr (GHashTable) missing = missing_table_new ();
+  g_autoptr (GPtrArray) order = NULL;
+  GHashTableIter iter;
+  gpointer key, value;
+
+  if (error != NULL && hb_remote_error_is_transient (error))
+    {
+      if (op_end (run, NULL))
+        {
+          run->reader_busy = FALSE;
+          retry_or_fail (run, LANE_READER, &error, reader_step);
+        }
+      return;
+    }
+  if (!op_end (run, &error))
+    return;
+  run->attempts[LANE_READER] = 0;
+  order = g_ptr_array_new_with_free_func (g_free);
+  g_hash_table_iter_init (&iter, diff);
+  while (g_hash_table_iter_next (&iter, &key, &value))
+    {
+      HbRemoteRevsDiff *d = value;
+      GPtrArray *revs = g_ptr_array_new_with_free_func (g_free);
+
+      for (guint i = 0; d->missing != NULL && d->missing[i] != NULL; i++)
+        g_ptr_array_add (revs, g_strdup (d->missing[i]));
+      g_hash_table_insert (missing, g_strdup (key), revs);
+      g_ptr_array_add (order, g_strdup (key));
+    }
+  /* A stable order: by id. */
+  g_ptr_array_sort (order, compare_strings);
+  set_page_missing (run, order, missing);
+  run->reader_busy = FALSE;
+  reader_step (run);
+}
+
+static void
+push_send_revs_diff (Run *run)
+{
+  run->reader_busy = TRUE;
+  op_begin (run);
+  hb_remote_revs_diff_async (run->self->remote, g_object_get_data (G_OBJECT (run->task), "diff"),
+                             run->cancellable, on_push_revs_diff, run);
+}
+
+static void
+on_push_changes (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) changes = hb_store_changes_finish (HB_STORE (source), result, &error);
+  JsonObject *obj;
+  JsonArray *rows;
+  GString *body;
+  guint n_docs = 0;
+
+  if (!op_end (run, &error))
+    return;
+  obj = json_node_get_object (changes);
+  rows = json_object_get_array_member (obj, "results");
+  run->pending = json_object_get_int_member_with_default (obj, "pending", -1);
+  if (json_array_get_length (rows) == 0)
+    {
+      run->reader_done = TRUE;
+      run->reader_busy = FALSE;
+      close_batch (run, NULL);
+      maybe_finish (run);
+      return;
+    }
+  g_clear_pointer (&run->page_seq, json_node_unref);
+  run->page_seq = json_node_copy (json_object_get_member (obj, "last_seq"));
+
+  body = g_string_new ("{");
+  for (guint i = 0; i < json_array_get_length (rows); i++)
+    {
+      JsonObject *row = json_array_get_object_element (rows, i);
+      const char *id = json_object_get_string_member_with_default (row, "id", NULL);
+      JsonArray *revs;
+
+      if (id == NULL || !json_object_has_member (row, "changes"))
+        {
+          /* A record the store cannot open: reported by the store, counted here. */
+          run->counts.doc_write_failures++;
+          continue;
+        }
+      if (run->filter_ids != NULL && !g_hash_table_contains (run->filter_ids, id))
+        continue;
+      revs = json_object_get_array_member (row, "changes");
+      if (n_docs++ > 0)
+        g_string_append_c (body, ',');
+      hb_json_append_string (body, id);
+      g_string_append (body, ":[");
+      for (guint r = 0; r < json_array_get_length (revs); r++)
+        {
+          JsonObject *change = json_array_get_object_element (revs, r);
+
+          if (r > 0)
+            g_string_append_c (body, ',');
+          hb_json_append_string (body, json_object_get_string_member (change, "rev"));
+          run->counts.missing_checked++;
+        }
+      g_string_append_c (body, ']');
+    }
+  g_string_append_c (body, '}');
+
+  if (n_docs == 0)
+    {
+      g_string_free (body, TRUE);
+      run->page_missing = g_ptr_array_new_with_free_func (doc_ref_free);
+      run->page_pos = 0;
+      run->reader_busy = FALSE;
+      reader_step (run);
+      return;
+    }
+  g_object_set_data_full (G_OBJECT (run->task), "diff", g_string_free_to_bytes (body),
+                          (GDestroyNotify)g_bytes_unref);
+  push_send_revs_diff (run);
+}
+
+/* ---- the reader: pull ------------------------------------------------------------------ */
+
+static void
+wipe_string (gpointer data)
+{
+  hb_wipe (data, strlen (data));
+  g_free (data);
+}
+
+/* Plaintext JSON text, wiped when its last reference goes. */
+static GBytes *
+wiping_bytes_take (char *text)
+{
+  return g_bytes_new_with_free_func (text, strlen (text), wipe_string, text);
+}
+
+static void
+add_fetched_revision (Run *run, HbRemoteRevision *revision)
+{
+  Fetched *f = g_new0 (Fetched, 1);
+
+  f->id = g_strdup (revision->id);
+  f->rev = g_strdup (revision->rev);
+  if (revision->doc != NULL && revision->error == NULL && JSON_NODE_HOLDS_OBJECT (revision->doc))
+    {
+      JsonObject *doc = json_node_get_object (revision->doc);
+      const char *rev = json_object_get_string_member_with_default (doc, "_rev", NULL);
+      char *text = json_to_string (revision->doc, FALSE);
+
+      /* latest=true may answer with a newer leaf than asked: cache it under what it is. */
+      if (rev != NULL)
+        {
+          g_free (f->rev);
+          f->rev = g_strdup (rev);
+        }
+      f->text = wiping_bytes_take (text);
+    }
+  g_ptr_array_add (run->fetched, f);
+}
+
+static void
+on_bulk_get (GObject *source, GAsyncResult *result, gpointer data);
+
+static void pull_fetch (Run *run);
+
+static void
+on_open_revs (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbRemoteBulkGetResult) res
+      = hb_remote_get_open_revs_finish (HB_REMOTE (source), result, &error);
+
+  run->open_revs_running--;
+  if (error != NULL && hb_remote_error_is_transient (error))
+    {
+      /* The page starts over once its other requests are back: nothing of it is cached yet. */
+      if (run->open_revs_error == NULL)
+        run->open_revs_error = g_steal_pointer (&error);
+      g_clear_error (&error);
+      if (!op_end (run, NULL))
+        return;
+      if (run->open_revs_running == 0)
+        {
+          GError *retry_error = g_steal_pointer (&run->open_revs_error);
+
+          run->reader_busy = FALSE;
+          g_clear_pointer (&run->fetched, g_ptr_array_unref);
+          retry_or_fail (run, LANE_READER, &retry_error, pull_fetch);
+        }
+      return;
+    }
+  if (!op_end (run, &error))
+    return;
+  for (guint i = 0; i < res->revisions->len; i++)
+    add_fetched_revision (run, g_ptr_array_index (res->revisions, i));
+  if (run->open_revs_error != NULL && run->open_revs_running == 0)
+    {
+      GError *retry_error = g_steal_pointer (&run->open_revs_error);
+
+      run->reader_busy = FALSE;
+      g_clear_pointer (&run->fetched, g_ptr_array_unref);
+      retry_or_fail (run, LANE_READER, &retry_error, pull_fetch);
+      return;
+    }
+  if (run->open_revs_error == NULL)
+    pull_fetch (run);
+}
+
+/* GET ?open_revs= for the documents of the page, a few at a time. */
+static void
+pull_open_revs (Run *run)
+{
+  while (run->open_revs_running < OPEN_REVS_PARALLEL && run->page_pos < run->page_missing->len)
+    {
+      DocRef *first = g_ptr_array_index (run->page_missing, run->page_pos);
+      g_autoptr (GPtrArray) revs = g_ptr_array_new ();
+
+      while (run->page_pos < run->page_missing->len)
+        {
+          DocRef *ref = g_ptr_array_index (run->page_missing, run->page_pos);
+
+          if (strcmp (ref->id, first->id) != 0)
+            break;
+          g_ptr_array_add (revs, ref->rev);
+          run->page_pos++;
+        }
+      g_ptr_array_add (revs, NULL);
+      run->open_revs_running++;
+      op_begin (run);
+      hb_remote_get_open_revs_async (run->self->remote, first->id,
+                                     (const char *const *)revs->pdata, run->cancellable,
+                                     on_open_revs, run);
+    }
+}
+
+static void
+pull_fetch (Run *run)
+{
+  if (run->fetched == NULL)
+    {
+      run->fetched = g_ptr_array_new_with_free_func (fetched_free);
+      run->fetched_pos = 0;
+      run->page_pos = 0;
+    }
+  run->reader_busy = TRUE;
+  if (run->no_bulk_get)
+    {
+      pull_open_revs (run);
+      if (run->open_revs_running == 0)
+        {
+          run->page_pos = run->page_missing->len;
+          run->reader_busy = FALSE;
+          reader_step (run);
+        }
+      return;
+    }
+  {
+    GString *body = g_string_new ("{\"docs\":[");
+
+    for (guint i = 0; i < run->page_missing->len; i++)
+      {
+        DocRef *ref = g_ptr_array_index (run->page_missing, i);
+
+        if (i > 0)
+          g_string_append_c (body, ',');
+        g_string_append (body, "{\"id\":");
+        hb_json_append_string (body, ref->id);
+        g_string_append (body, ",\"rev\":");
+        hb_json_append_string (body, ref->rev);
+        g_string_append_c (body, '}');
+      }
+    g_string_append (body, "]}");
+    op_begin (run);
+    hb_remote_bulk_get_async (run->self->remote, g_string_free_to_bytes (body), run->cancellable,
+                              on_bulk_get, run);
+  }
+}
+
+static void
+on_bulk_get (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) results = hb_remote_bulk_get_finish (HB_REMOTE (source), result, &error);
+
+  if (error != NULL
+      && (g_error_matches (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_NOT_FOUND)
+          || g_error_matches (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_METHOD_NOT_ALLOWED)
+          || g_error_matches (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_NOT_IMPLEMENTED)))
+    {
+      /* No _bulk_get on this server: one GET ?open_revs= per document from now on. */
+      g_clear_error (&error);
+      if (!op_end (run, NULL))
+        return;
+      run->no_bulk_get = TRUE;
+      pull_fetch (run);
+      return;
+    }
+  if (error != NULL && hb_remote_error_is_transient (error))
+    {
+      if (op_end (run, NULL))
+        {
+          run->reader_busy = FALSE;
+          g_clear_pointer (&run->fetched, g_ptr_array_unref);
+          retry_or_fail (run, LANE_READER, &error, pull_fetch);
+        }
+      return;
+    }
+  if (!op_end (run, &error))
+    return;
+  run->attempts[LANE_READER] = 0;
+  for (guint i = 0; i < results->len; i++)
+    {
+      HbRemoteBulkGetResult *r = g_ptr_array_index (results, i);
+
+      for (guint j = 0; j < r->revisions->len; j++)
+        add_fetched_revision (run, g_ptr_array_index (r->revisions, j));
+    }
+  run->page_pos = run->page_missing->len;
+  run->reader_busy = FALSE;
+  reader_step (run);
+}
+
+static void
+on_pull_revs_diff (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) diff = hb_store_revs_diff_finish (HB_STORE (source), result, &error);
+  g_autoptr (GHashTable) missing = missing_table_new ();
+  g_autoptr (GPtrArray) order = g_object_steal_data (G_OBJECT (run->task), "order");
+  JsonObjectIter iter;
+  const char *id;
+  JsonNode *entry;
+
+  if (!op_end (run, &error))
+    return;
+  json_object_iter_init (&iter, json_node_get_object (diff));
+  while (json_object_iter_next (&iter, &id, &entry))
+    {
+      JsonArray *list = json_object_get_array_member (json_node_get_object (entry), "missing");
+      GPtrArray *revs = g_ptr_array_new_with_free_func (g_free);
+
+      for (guint i = 0; i < json_array_get_length (list); i++)
+        g_ptr_array_add (revs, g_strdup (json_array_get_string_element (list, i)));
+      g_hash_table_insert (missing, g_strdup (id), revs);
+    }
+  set_page_missing (run, order, missing);
+  run->reader_busy = FALSE;
+  if (run->page_missing->len == 0)
+    {
+      reader_step (run);
+      return;
+    }
+  pull_fetch (run);
+}
+
+static void
+on_pull_changes (GObject *source, GAsyncResult *result, gpointer data);
+
+static void
+pull_changes_request (Run *run)
+{
+  HbReplicator *self = run->self;
+
+  run->reader_busy = TRUE;
+  op_begin (run);
+  if (run->selector != NULL)
+    {
+      /* Documents of one clinical session: a selector, sent in the body. */
+      g_autoptr (GString) path = g_string_new ("_changes?style=all_docs&filter=_selector");
+      g_autoptr (JsonBuilder) b = json_builder_new ();
+      g_autoptr (JsonNode) root = NULL;
+      char *text;
+
+      g_string_append_printf (path, "&limit=%u", self->batch_size);
+      if (run->since != NULL)
+        {
+          g_autofree char *since = JSON_NODE_HOLDS_VALUE (run->since)
+                                           && json_node_get_value_type (run->since) == G_TYPE_STRING
+                                       ? g_strdup (json_node_get_string (run->since))
+                                       : json_to_string (run->since, FALSE);
+          g_autofree char *escaped = g_uri_escape_string (since, NULL, FALSE);
+
+          g_string_append_printf (path, "&since=%s", escaped);
+        }
+      json_builder_begin_object (b);
+      json_builder_set_member_name (b, "selector");
+      json_builder_add_value (b, json_node_copy (run->selector));
+      json_builder_end_object (b);
+      root = json_builder_get_root (b);
+      text = json_to_string (root, FALSE);
+      hb_remote_request_async (self->remote, "POST", path->str,
+                               g_bytes_new_take (text, strlen (text)), run->cancellable,
+                               on_pull_changes, run);
+      return;
+    }
+  hb_remote_changes_async (self->remote, run->since, self->batch_size,
+                           (const char *const *)run->pull_doc_ids, FALSE, 0, run->cancellable,
+                           on_pull_changes, run);
+}
+
+static void
+pull_changes_retry (Run *run)
+{
+  pull_changes_request (run);
+}
+
+static void
+on_pull_changes (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbRemoteChanges) changes = NULL;
+  g_autoptr (JsonBuilder) b = NULL;
+  g_autoptr (JsonNode) request = NULL;
+  GPtrArray *order;
+
+  if (run->selector != NULL)
+    {
+      g_autoptr (GBytes) bytes
+          = hb_remote_request_finish (HB_REMOTE (source), result, NULL, &error);
+
+      if (bytes != NULL)
+        changes = hb_remote_parse_changes (g_bytes_get_data (bytes, NULL),
+                                           g_bytes_get_size (bytes), &error);
+    }
+  else
+    changes = hb_remote_changes_finish (HB_REMOTE (source), result, &error);
+  if (error != NULL && hb_remote_error_is_transient (error))
+    {
+      if (op_end (run, NULL))
+        {
+          run->reader_busy = FALSE;
+          retry_or_fail (run, LANE_READER, &error, pull_changes_retry);
+        }
+      return;
+    }
+  if (!op_end (run, &error))
+    return;
+  run->attempts[LANE_READER] = 0;
+  run->pending = changes->pending;
+  if (changes->results->len == 0)
+    {
+      run->reader_done = TRUE;
+      run->reader_busy = FALSE;
+      /* The feed may end on a sequence past the last row (filtered feeds do). */
+      if (changes->last_seq != NULL && !JSON_NODE_HOLDS_NULL (changes->last_seq)
+          && (run->since == NULL || !json_node_equal (changes->last_seq, run->since)))
+        close_batch (run, changes->last_seq);
+      maybe_finish (run);
+      return;
+    }
+  g_clear_pointer (&run->page_seq, json_node_unref);
+  run->page_seq = json_node_copy (changes->last_seq);
+
+  b = json_builder_new ();
+  order = g_ptr_array_new_with_free_func (g_free);
+  json_builder_begin_object (b);
+  for (guint i = 0; i < changes->results->len; i++)
+    {
+      HbRemoteChange *change = g_ptr_array_index (changes->results, i);
+
+      /* After a failover a feed may repeat a row: the second one adds nothing. */
+      if (change->id == NULL || change->revs == NULL || g_str_has_prefix (change->id, "_local/"))
+        continue;
+      json_builder_set_member_name (b, change->id);
+      json_builder_begin_array (b);
+      for (guint r = 0; change->revs[r] != NULL; r++)
+        {
+          json_builder_add_string_value (b, change->revs[r]);
+          run->counts.missing_checked++;
+        }
+      json_builder_end_array (b);
+      g_ptr_array_add (order, g_strdup (change->id));
+    }
+  json_builder_end_object (b);
+  request = json_builder_get_root (b);
+  g_object_set_data_full (G_OBJECT (run->task), "order", order,
+                          (GDestroyNotify)g_ptr_array_unref);
+  op_begin (run);
+  hb_store_revs_diff_async (run->self->store, request, run->cancellable, on_pull_revs_diff, run);
+}
+
+/* ---- the reader ------------------------------------------------------------------------ */
+
+static void
+on_store_changes (Run *run)
+{
+  op_begin (run);
+  hb_store_changes_async (run->self->store,
+                          run->since != NULL ? (guint64)json_node_get_int (run->since) : 0,
+                          run->self->batch_size, run->cancellable, on_push_changes, run);
+}
+
+static void
+reader_step (Run *run)
+{
+  if (run->error != NULL || run->reader_busy || run->reader_done)
+    return;
+  if (run->fetched != NULL)
+    {
+      if (!place_fetched (run))
+        return;
+    }
+  if (run->page_missing != NULL)
+    {
+      if (run->page_pos < run->page_missing->len)
+        {
+          if (g_queue_get_length (&run->batches) >= MAX_QUEUED)
+            return; /* the writer calls back when it takes one */
+          if (run->push)
+            push_read_chunk (run);
+          else
+            pull_fetch (run);
+          return;
+        }
+      /* The page is in batches: the last one completes the page's sequence. */
+      g_clear_pointer (&run->page_missing, g_ptr_array_unref);
+      close_batch (run, run->page_seq);
+      g_clear_pointer (&run->since, json_node_unref);
+      run->since = g_steal_pointer (&run->page_seq);
+    }
+  if (g_queue_get_length (&run->batches) >= MAX_QUEUED)
+    return;
+  run->reader_busy = TRUE;
+  if (run->push)
+    on_store_changes (run);
+  else
+    pull_changes_request (run);
+}
+
+/* ---- the writer ------------------------------------------------------------------------ */
+
+static void
+emit_progress (Run *run)
+{
+  g_signal_emit (run->self, signals[SIGNAL_PROGRESS], 0, run->counts.docs_read,
+                 run->counts.docs_written, run->counts.doc_write_failures, run->pending);
+}
+
+/* The batch is written (or refused): its plaintext leaves the cache and the checkpoint may
+ * move to its sequence. */
+static void
+batch_done (Run *run)
+{
+  Batch *batch = g_steal_pointer (&run->writing);
+
+  for (guint i = 0; i < batch->docs->len; i++)
+    {
+      DocRef *ref = g_ptr_array_index (batch->docs, i);
+
+      hb_sync_cache_mark_written (run->self->cache, ref->id, ref->rev);
+      hb_sync_cache_remove (run->self->cache, ref->id, ref->rev);
+    }
+  if (batch->docs->len > 0)
+    run->counts.batches++;
+  if (batch->seq != NULL)
+    {
+      g_clear_pointer (&run->checkpoint_seq, json_node_unref);
+      run->checkpoint_seq = json_node_copy (batch->seq);
+    }
+  batch_free (batch);
+  run->writer_busy = FALSE;
+  run->attempts[LANE_WRITER] = 0;
+  emit_progress (run);
+  checkpoint_step (run);
+  writer_step (run);
+  reader_step (run);
+  maybe_finish (run);
+}
+
+static void
+wipe_byte_array (gpointer data)
+{
+  GByteArray *array = data;
+
+  hb_wipe (array->data, array->len);
+  g_byte_array_unref (array);
+}
+
+static GBytes *
+push_body (Run *run, Batch *batch)
+{
+  GByteArray *body = g_byte_array_sized_new ((guint)MIN (batch->bytes + 64, G_MAXUINT));
+  static const char head[] = "{\"new_edits\":false,\"docs\":[";
+
+  g_byte_array_append (body, (const guint8 *)head, sizeof head - 1);
+  for (guint i = 0; i < batch->docs->len; i++)
+    {
+      DocRef *ref = g_ptr_array_index (batch->docs, i);
+      g_autoptr (GBytes) text = hb_sync_cache_lookup (run->self->cache, ref->id, ref->rev);
+      gsize len;
+      const guint8 *data;
+
+      if (text == NULL)
+        {
+          /* Only clear() takes unwritten entries: the cache was emptied under this run. */
+          g_byte_array_unref (body);
+          return NULL;
+        }
+      data = g_bytes_get_data (text, &len);
+      if (i > 0)
+        g_byte_array_append (body, (const guint8 *)",", 1);
+      g_byte_array_append (body, data, (guint)len);
+    }
+  g_byte_array_append (body, (const guint8 *)"]}", 2);
+  return g_bytes_new_with_free_func (body->data, body->len, wipe_byte_array, body);
+}
+
+static void push_write (Run *run);
+
+static void
+split_batch (Run *run)
+{
+  Batch *batch = g_steal_pointer (&run->writing);
+  Batch *second = batch_new ();
+  guint half = batch->docs->len / 2;
+
+  /* The second half keeps the sequence: the page is complete only when both are written. */
+  for (guint i = half; i < batch->docs->len; i++)
+    {
+      DocRef *ref = g_ptr_array_index (batch->docs, i);
+      g_ptr_array_add (second->docs, doc_ref_new (ref->id, ref->rev));
+    }
+  g_ptr_array_set_size (batch->docs, half);
+  second->seq = g_steal_pointer (&batch->seq);
+  g_queue_push_head (&run->batches, second);
+  g_queue_push_head (&run->batches, batch);
+  run->writer_busy = FALSE;
+  writer_step (run);
+}
+
+static void
+on_bulk_docs (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) results = hb_remote_bulk_docs_finish (HB_REMOTE (source), result, &error);
+  Batch *batch = run->writing;
+  guint failed = 0;
+
+  if (error != NULL && g_error_matches (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_TOO_LARGE))
+    {
+      g_clear_error (&error);
+      if (!op_end (run, NULL))
+        return;
+      if (batch->docs->len > 1)
+        {
+          split_batch (run);
+          return;
+        }
+      /* One document the server will never take: skipped and counted. */
+      run->counts.doc_write_failures++;
+      batch_done (run);
+      return;
+    }
+  if (error != NULL && hb_remote_error_is_transient (error))
+    {
+      if (op_end (run, NULL))
+        retry_or_fail (run, LANE_WRITER, &error, push_write);
+      return;
+    }
+  if (!op_end (run, &error))
+    return;
+  for (guint i = 0; i < results->len; i++)
+    {
+      HbRemoteDocResult *r = g_ptr_array_index (results, i);
+
+      if (r->error == NULL)
+        continue;
+      failed++;
+      if (g_strcmp0 (r->error, "forbidden") == 0 || g_strcmp0 (r->error, "unauthorized") == 0)
+        {
+          run->counts.docs_denied++;
+          g_signal_emit (run->self, signals[SIGNAL_DOCUMENT_DENIED], 0, r->id, r->rev, r->error,
+                         r->reason);
+        }
+    }
+  failed = MIN (failed, batch->docs->len);
+  run->counts.doc_write_failures += failed;
+  run->counts.docs_written += batch->docs->len - failed;
+  batch_done (run);
+}
+
+static void
+push_write (Run *run)
+{
+  g_autoptr (GBytes) body = push_body (run, run->writing);
+
+  if (body == NULL)
+    {
+      run_fail (run, g_error_new_literal (G_IO_ERROR, G_IO_ERROR_CANCELLED,
+                                          "The sync cache was cleared during the replication"));
+      maybe_finish (run);
+      return;
+    }
+  op_begin (run);
+  hb_remote_bulk_docs_async (run->self->remote, body, run->cancellable, on_bulk_docs, run);
+}
+
+static void
+on_store_bulk_docs (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) results = hb_store_bulk_docs_finish (HB_STORE (source), result, &error);
+  Batch *batch = run->writing;
+  guint failed = 0;
+
+  if (!op_end (run, &error))
+    return;
+  for (guint i = 0; i < results->len; i++)
+    {
+      JsonNode *r = g_ptr_array_index (results, i);
+
+      if (r == NULL || !JSON_NODE_HOLDS_OBJECT (r)
+          || json_object_has_member (json_node_get_object (r), "error"))
+        failed++;
+    }
+  failed = MIN (failed, batch->docs->len);
+  run->counts.doc_write_failures += failed;
+  run->counts.docs_written += batch->docs->len - failed;
+  batch_done (run);
+}
+
+static void
+pull_write (Run *run)
+{
+  Batch *batch = run->writing;
+  g_autoptr (GPtrArray) docs = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
+  g_autoptr (JsonParser) parser = json_parser_new_immutable ();
+
+  for (guint i = 0; i < batch->docs->len; i++)
+    {
+      DocRef *ref = g_ptr_array_index (batch->docs, i);
+      g_autoptr (GBytes) text = hb_sync_cache_lookup (run->self->cache, ref->id, ref->rev);
+      gsize len;
+      const char *data;
+
+      if (text == NULL)
+        {
+          run_fail (run, g_error_new_literal (G_IO_ERROR, G_IO_ERROR_CANCELLED,
+                                              "The sync cache was cleared during the replication"));
+          maybe_finish (run);
+          return;
+        }
+      data = g_bytes_get_data (text, &len);
+      if (!json_parser_load_from_data (parser, data, (gssize)len, NULL))
+        {
+          run->counts.doc_write_failures++;
+          continue;
+        }
+      g_ptr_array_add (docs, json_node_ref (json_parser_get_root (parser)));
+    }
+  op_begin (run);
+  hb_store_bulk_docs_async (run->self->store, docs, FALSE, run->cancellable, on_store_bulk_docs,
+                            run);
+}
+
+static void
+writer_step (Run *run)
+{
+  if (run->error != NULL || run->writer_busy || g_queue_is_empty (&run->batches))
+    return;
+  run->writing = g_queue_pop_head (&run->batches);
+  run->writer_busy = TRUE;
+  if (run->writing->docs->len == 0)
+    {
+      /* A page with nothing missing: only the checkpoint moves. */
+      batch_done (run);
+      return;
+    }
+  if (run->push)
+    push_write (run);
+  else
+    pull_write (run);
+}
+
+/* ---- starting a run -------------------------------------------------------------------- */
+
+static JsonNode *
+log_seq (JsonObject *log, const char *member)
+{
+  JsonNode *seq = log != NULL ? json_object_get_member (log, member) : NULL;
+
+  return seq != NULL && !JSON_NODE_HOLDS_NULL (seq) ? json_node_copy (seq) : NULL;
+}
+
+/* Where to start, from the two replication logs (PROTOCOL.md point 3). */
+static JsonNode *
+compare_logs (JsonObject *source, JsonObject *target)
+{
+  const char *s_session, *t_session;
+  JsonArray *s_history, *t_history;
+
+  if (source == NULL || target == NULL)
+    return NULL;
+  s_session = json_object_get_string_member_with_default (source, "session_id", NULL);
+  t_session = json_object_get_string_member_with_default (target, "session_id", NULL);
+  if (s_session != NULL && g_strcmp0 (s_session, t_session) == 0)
+    return log_seq (source, "source_last_seq");
+  s_history = json_object_has_member (source, "history")
+                      && JSON_NODE_HOLDS_ARRAY (json_object_get_member (source, "history"))
+                  ? json_object_get_array_member (source, "history")
+                  : NULL;
+  t_history = json_object_has_member (target, "history")
+                      && JSON_NODE_HOLDS_ARRAY (json_object_get_member (target, "history"))
+                  ? json_object_get_array_member (target, "history")
+                  : NULL;
+  if (s_history == NULL || t_history == NULL)
+    return NULL;
+  for (guint i = 0; i < json_array_get_length (s_history); i++)
+    {
+      JsonNode *se = json_array_get_element (s_history, i);
+      const char *sid;
+
+      if (!JSON_NODE_HOLDS_OBJECT (se))
+        continue;
+      sid = json_object_get_string_member_with_default (json_node_get_object (se), "session_id",
+                                                        NULL);
+      for (guint j = 0; sid != NULL && j < json_array_get_length (t_history); j++)
+        {
+          JsonNode *te = json_array_get_element (t_history, j);
+
+          if (JSON_NODE_HOLDS_OBJECT (te)
+              && g_strcmp0 (sid, json_object_get_string_member_with_default (
+                                     json_node_get_object (te), "session_id", NULL))
+                     == 0)
+            return log_seq (json_node_get_object (se), "recorded_seq");
+        }
+    }
+  return NULL;
+}
+
+typedef struct
+{
+  JsonNode *local;
+  JsonNode *remote;
+  guint waiting;
+} Logs;
+
+static void
+start_copying (Run *run, JsonObject *local_log, JsonObject *remote_log)
+{
+  JsonObject *source = run->push ? local_log : remote_log;
+  JsonObject *target = run->push ? remote_log : local_log;
+
+  if (local_log != NULL)
+    run->local_log_rev
+        = g_strdup (json_object_get_string_member_with_default (local_log, "_rev", NULL));
+  if (remote_log != NULL)
+    run->remote_log_rev
+        = g_strdup (json_object_get_string_member_with_default (remote_log, "_rev", NULL));
+  run->since = compare_logs (source, target);
+  if (run->push && run->since != NULL
+      && (!JSON_NODE_HOLDS_VALUE (run->since)
+          || json_node_get_value_type (run->since) != G_TYPE_INT64))
+    g_clear_pointer (&run->since, json_node_unref);
+  if (source != NULL)
+    run->source_log = json_object_ref (source);
+  run->start_seq = run->since != NULL ? json_node_copy (run->since) : json_node_new (JSON_NODE_NULL);
+  if (run->push && run->since == NULL)
+    {
+      run->since = json_node_new (JSON_NODE_VALUE);
+      json_node_set_int (run->since, 0);
+    }
+  run->recorded_seq = run->since != NULL ? json_node_copy (run->since) : NULL;
+  run->checkpoint_seq = run->since != NULL ? json_node_copy (run->since) : NULL;
+  reader_step (run);
+}
+
+static Logs *
+logs_of (Run *run)
+{
+  return g_object_get_data (G_OBJECT (run->task), "logs");
+}
+
+static void
+logs_arrived (Run *run)
+{
+  Logs *logs = logs_of (run);
+
+  if (--logs->waiting > 0)
+    return;
+  start_copying (run,
+                 logs->local != NULL && JSON_NODE_HOLDS_OBJECT (logs->local)
+                     ? json_node_get_object (logs->local)
+                     : NULL,
+                 logs->remote != NULL && JSON_NODE_HOLDS_OBJECT (logs->remote)
+                     ? json_node_get_object (logs->remote)
+                     : NULL);
+}
+
+static void
+on_local_log (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  JsonNode *doc = hb_store_get_local_finish (HB_STORE (source), result, &error);
+
+  if (error != NULL && g_error_matches (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND))
+    g_clear_error (&error);
+  if (!op_end (run, &error))
+    {
+      g_clear_pointer (&doc, json_node_unref);
+      return;
+    }
+  logs_of (run)->local = doc;
+  logs_arrived (run);
+}
+
+static void read_remote_log (Run *run);
+
+static void
+on_remote_log (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  JsonNode *doc = hb_remote_get_local_finish (HB_REMOTE (source), result, &error);
+
+  if (error != NULL && hb_remote_error_is_transient (error))
+    {
+      if (op_end (run, NULL))
+        retry_or_fail (run, LANE_CHECKPOINT, &error, read_remote_log);
+      return;
+    }
+  if (!op_end (run, &error))
+    {
+      g_clear_pointer (&doc, json_node_unref);
+      return;
+    }
+  logs_of (run)->remote = doc;
+  logs_arrived (run);
+}
+
+static void
+read_remote_log (Run *run)
+{
+  op_begin (run);
+  hb_remote_get_local_async (run->self->remote, run->local_id, run->cancellable, on_remote_log,
+                             run);
+}
+
+static void
+logs_free (gpointer data)
+{
+  Logs *logs = data;
+
+  g_clear_pointer (&logs->local, json_node_unref);
+  g_clear_pointer (&logs->remote, json_node_unref);
+  g_free (logs);
+}
+
+static void
+read_logs (Run *run)
+{
+  Logs *logs = g_new0 (Logs, 1);
+
+  logs->waiting = 2;
+  g_object_set_data_full (G_OBJECT (run->task), "logs", logs, logs_free);
+  op_begin (run);
+  hb_store_get_local_async (run->self->store, run->local_id, run->cancellable, on_local_log, run);
+  read_remote_log (run);
+}
+
+/* The replication id: a hash of everything that makes this replication this one. */
+static char *
+replication_id (HbReplicator *self)
+{
+  g_autoptr (JsonBuilder) b = json_builder_new ();
+  g_autoptr (JsonNode) root = NULL;
+  g_autofree char *text = NULL;
+  gsize len;
+  guint8 digest[32];
+  GString *hex = g_string_sized_new (33);
+
+  json_builder_begin_object (b);
+  json_builder_set_member_name (b, "version");
+  json_builder_add_int_value (b, REPLICATION_ID_VERSION);
+  json_builder_set_member_name (b, "local");
+  json_builder_add_string_value (b, hb_store_get_uuid (self->store));
+  json_builder_set_member_name (b, "remote");
+  json_builder_add_string_value (b, hb_remote_get_url (self->remote));
+  json_builder_set_member_name (b, "direction");
+  json_builder_add_string_value (b, self->direction == HB_REPLICATION_DIRECTION_PUSH ? "push"
+                                                                                      : "pull");
+  json_builder_set_member_name (b, "filter");
+  json_builder_begin_object (b);
+  if (self->doc_ids != NULL)
+    {
+      g_autoptr (GPtrArray) sorted = g_ptr_array_new ();
+
+      for (guint i = 0; self->doc_ids[i] != NULL; i++)
+        g_ptr_array_add (sorted, self->doc_ids[i]);
+      g_ptr_array_sort (sorted, compare_strings);
+      json_builder_set_member_name (b, "doc_ids");
+      json_builder_begin_array (b);
+      for (guint i = 0; i < sorted->len; i++)
+        if (i == 0 || strcmp (sorted->pdata[i], sorted->pdata[i - 1]) != 0)
+          json_builder_add_string_value (b, sorted->pdata[i]);
+      json_builder_end_array (b);
+    }
+  if (self->session_id != NULL)
+    {
+      json_builder_set_member_name (b, "session_id");
+      json_builder_add_string_value (b, self->session_id);
+    }
+  json_builder_end_object (b);
+  json_builder_end_object (b);
+  root = json_builder_get_root (b);
+  /* Canonical: sorted members, no white space, so the id never changes by accident. */
+  text = hb_json_to_canonical (root, &len);
+  hb_sha256 ((const guint8 *)text, len, digest);
+  for (guint i = 0; i < 16; i++)
+    g_string_append_printf (hex, "%02x", digest[i]);
+  return g_string_free (hex, FALSE);
+}
+
+/* Session filter: the session document, its patient, and everything whose session_id is it. */
+static void
+on_session_docs (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) found = hb_store_find_finish (HB_STORE (source), result, &error);
+
+  if (!op_end (run, &error))
+    return;
+  for (guint i = 0; i < found->len; i++)
+    {
+      JsonNode *doc = g_ptr_array_index (found, i);
+      const char *id;
+
+      if (!JSON_NODE_HOLDS_OBJECT (doc))
+        continue;
+      id = json_object_get_string_member_with_default (json_node_get_object (doc), "_id", NULL);
+      if (id != NULL)
+        g_hash_table_add (run->filter_ids, g_strdup (id));
+    }
+  read_logs (run);
+}
+
+static void
+session_filter_ready (Run *run, const char *patient_id)
+{
+  HbReplicator *self = run->self;
+
+  if (run->push)
+    {
+      run->filter_ids = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+      g_hash_table_add (run->filter_ids, g_strdup (self->session_id));
+      if (patient_id != NULL)
+        g_hash_table_add (run->filter_ids, g_strdup (patient_id));
+      op_begin (run);
+      hb_store_find_async (self->store, HB_INDEX_FIELD_SESSION_ID, self->session_id,
+                           run->cancellable, on_session_docs, run);
+      return;
+    }
+  {
+    g_autoptr (JsonBuilder) b = json_builder_new ();
+
+    json_builder_begin_object (b);
+    json_builder_set_member_name (b, "$or");
+    json_builder_begin_array (b);
+    json_builder_begin_object (b);
+    json_builder_set_member_name (b, "_id");
+    json_builder_add_string_value (b, self->session_id);
+    json_builder_end_object (b);
+    json_builder_begin_object (b);
+    json_builder_set_member_name (b, "session_id");
+    json_builder_add_string_value (b, self->session_id);
+    json_builder_end_object (b);
+    if (patient_id != NULL)
+      {
+        json_builder_begin_object (b);
+        json_builder_set_member_name (b, "_id");
+        json_builder_add_string_value (b, patient_id);
+        json_builder_end_object (b);
+      }
+    json_builder_end_array (b);
+    json_builder_end_object (b);
+    run->selector = json_builder_get_root (b);
+  }
+  read_logs (run);
+}
+
+static const char *
+patient_of (JsonNode *doc)
+{
+  if (doc == NULL || !JSON_NODE_HOLDS_OBJECT (doc))
+    return NULL;
+  return json_object_get_string_member_with_default (json_node_get_object (doc), "patient_id",
+                                                     NULL);
+}
+
+static void
+on_remote_session (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GBytes) bytes = hb_remote_request_finish (HB_REMOTE (source), result, NULL, &error);
+  g_autoptr (JsonNode) doc = NULL;
+
+  if (error != NULL && g_error_matches (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_NOT_FOUND))
+    g_clear_error (&error);
+  if (!op_end (run, &error))
+    return;
+  if (bytes != NULL)
+    doc = hb_remote_parse_document (g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes),
+                                    NULL);
+  session_filter_ready (run, patient_of (doc));
+}
+
+static void
+on_local_session (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) doc = hb_store_get_finish (HB_STORE (source), result, &error);
+  g_autofree char *escaped = NULL;
+
+  if (error != NULL && g_error_matches (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND))
+    g_clear_error (&error);
+  if (!op_end (run, &error))
+    return;
+  if (doc != NULL || run->push)
+    {
+      session_filter_ready (run, patient_of (doc));
+      return;
+    }
+  /* Pulling a session this workstation has never seen: ask the server for its patient. */
+  escaped = g_uri_escape_string (run->self->session_id, NULL, FALSE);
+  op_begin (run);
+  hb_remote_request_async (run->self->remote, "GET", escaped, NULL, run->cancellable,
+                           on_remote_session, run);
+}
+
+static void
+prepare_filters (Run *run)
+{
+  HbReplicator *self = run->self;
+
+  if (self->session_id != NULL)
+    {
+      op_begin (run);
+      hb_store_get_async (self->store, self->session_id, NULL, HB_GET_FLAGS_NONE,
+                          run->cancellable, on_local_session, run);
+      return;
+    }
+  if (self->doc_ids != NULL)
+    {
+      if (run->push)
+        {
+          run->filter_ids = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+          for (guint i = 0; self->doc_ids[i] != NULL; i++)
+            g_hash_table_add (run->filter_ids, g_strdup (self->doc_ids[i]));
+        }
+      else
+        run->pull_doc_ids = g_strdupv (self->doc_ids);
+    }
+  read_logs (run);
+}
+
+static void
+on_created (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+
+  hb_remote_create_database_finish (HB_REMOTE (source), result, &error);
+  if (!op_end (run, &error))
+    return;
+  prepare_filters (run);
+}
+
+static void check_remote (Run *run);
+
+static void
+on_remote_info (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbRemoteInfo) info = hb_remote_get_info_finish (HB_REMOTE (source), result, &error);
+
+  if (error != NULL && g_error_matches (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_NOT_FOUND)
+      && run->push && run->self->create_target)
+    {
+      g_clear_error (&error);
+      if (!op_end (run, NULL))
+        return;
+      op_begin (run);
+      hb_remote_create_database_async (run->self->remote, run->cancellable, on_created, run);
+      return;
+    }
+  if (error != NULL && hb_remote_error_is_transient (error))
+    {
+      if (op_end (run, NULL))
+        retry_or_fail (run, LANE_READER, &error, check_remote);
+      return;
+    }
+  if (!op_end (run, &error))
+    return;
+  prepare_filters (run);
+}
+
+static void
+check_remote (Run *run)
+{
+  op_begin (run);
+  hb_remote_get_info_async (run->self->remote, run->cancellable, on_remote_info, run);
+}
+
+static void
+on_caller_cancelled (GCancellable *cancellable, gpointer data)
+{
+  Run *run = data;
+
+  /* May run in another thread: GCancellable is thread-safe, the rest waits for callbacks. */
+  g_cancellable_cancel (run->cancellable);
+}
+
+/**
+ * hb_replicator_run_async:
+ * @self: a replicator
+ * @cancellable: (nullable): cancels the run; the next one resumes from its last checkpoint
+ * @callback: (scope async): called on the caller's context when the run ends
+ * @user_data: data for @callback
+ *
+ * Runs the replication once: every change of the source since the last checkpoint is copied
+ * to the target, and the run ends at the end of the source's changes feed. Signals are emitted
+ * and @callback is called on the thread-default main context of the caller. One run at a time.
+ */
+void
+hb_replicator_run_async (HbReplicator *self,
+                         GCancellable *cancellable,
+                         GAsyncReadyCallback callback,
+                         gpointer user_data)
+{
+  Run *run;
+  GTask *task;
+
+  g_return_if_fail (HB_IS_REPLICATOR (self));
+
+  task = g_task_new (self, cancellable, callback, user_data);
+  g_task_set_source_tag (task, hb_replicator_run_async);
+  if (self->running)
+    {
+      g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_BUSY,
+                               "This replication is already running");
+      g_object_unref (task);
+      return;
+    }
+  run = g_new0 (Run, 1);
+  run->self = g_object_ref (self);
+  run->task = task;
+  run->push = self->direction == HB_REPLICATION_DIRECTION_PUSH;
+  run->cancellable = g_cancellable_new ();
+  g_task_set_task_data (task, run, (GDestroyNotify)run_free);
+  if (cancellable != NULL)
+    {
+      run->caller_cancellable = g_object_ref (cancellable);
+      run->cancelled_id
+          = g_cancellable_connect (cancellable, G_CALLBACK (on_caller_cancelled), run, NULL);
+    }
+  run->rep_id = replication_id (self);
+  run->local_id = g_strconcat ("_local/", run->rep_id, NULL);
+  run->session = hb_random_uuid ();
+  run->start_time = http_date_now ();
+  run->pending = -1;
+  g_queue_init (&run->batches);
+  self->running = TRUE;
+  set_state (self, HB_REPLICATOR_STATE_RUNNING);
+  check_remote (run);
+}
+
+/**
+ * hb_replicator_run_finish:
+ * @self: a replicator
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Returns: (transfer full): what the run did, or %NULL with @error set; the counts of a failed
+ *   run are in hb_replicator_get_last_result()
+ */
+HbReplicationResult *
+hb_replicator_run_finish (HbReplicator *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), NULL);
+  return g_task_propagate_pointer (G_TASK (result), error);
+}
+
+/**
+ * hb_replicator_get_last_result:
+ * @self: a replicator
+ *
+ * Returns: (transfer full) (nullable): the counts of the last run that ended, whether it
+ *   completed, failed or was cancelled
+ */
+HbReplicationResult *
+hb_replicator_get_last_result (HbReplicator *self)
+{
+  g_return_val_if_fail (HB_IS_REPLICATOR (self), NULL);
+  return self->last_result != NULL ? hb_replication_result_copy (self->last_result) : NULL;
+}
+
+/**
+ * hb_replicator_get_replication_id:
+ * @self: a replicator
+ *
+ * The replication id: a hash of the store's UUID, the server URL without credentials, the
+ * direction and the filter, canonically serialized. Its checkpoints are `_local/<id>` on both
+ * sides.
+ *
+ * Returns: (transfer full): the replication id
+ */
+char *
+hb_replicator_get_replication_id (HbReplicator *self)
+{
+  g_return_val_if_fail (HB_IS_REPLICATOR (self), NULL);
+  return replication_id (self);
+}
+
+/* ---- object ---------------------------------------------------------------------------- */
+
+/**
+ * hb_replicator_new:
+ * @store: the local store
+ * @remote: the server's database
+ * @cache: the plaintext cache documents pass through
+ * @direction: push or pull
+ *
+ * Returns: (transfer full): a new replicator
+ */
+HbReplicator *
+hb_replicator_new (HbStore *store,
+                   HbRemote *remote,
+                   HbSyncCache *cache,
+                   HbReplicationDirection direction)
+{
+  g_return_val_if_fail (HB_IS_STORE (store), NULL);
+  g_return_val_if_fail (HB_IS_REMOTE (remote), NULL);
+  g_return_val_if_fail (HB_IS_SYNC_CACHE (cache), NULL);
+
+  return g_object_new (HB_TYPE_REPLICATOR, "store", store, "remote", remote, "cache", cache,
+                       "direction", direction, NULL);
+}
+
+/**
+ * hb_replicator_get_direction:
+ * @self: a replicator
+ *
+ * Returns: push or pull
+ */
+HbReplicationDirection
+hb_replicator_get_direction (HbReplicator *self)
+{
+  g_return_val_if_fail (HB_IS_REPLICATOR (self), HB_REPLICATION_DIRECTION_PUSH);
+  return self->direction;
+}
+
+/**
+ * hb_replicator_get_state:
+ * @self: a replicator
+ *
+ * Returns: the replicator's state
+ */
+HbReplicatorState
+hb_replicator_get_state (HbReplicator *self)
+{
+  g_return_val_if_fail (HB_IS_REPLICATOR (self), HB_REPLICATOR_STATE_IDLE);
+  return self->state;
+}
+
+/**
+ * hb_replicator_get_batch_size:
+ * @self: a replicator
+ *
+ * Returns: the most revisions in one batch
+ */
+guint
+hb_replicator_get_batch_size (HbReplicator *self)
+{
+  g_return_val_if_fail (HB_IS_REPLICATOR (self), 0);
+  return self->batch_size;
+}
+
+/**
+ * hb_replicator_set_batch_size:
+ * @self: a replicator
+ * @batch_size: the most revisions in one batch (and changes read at a time), at least 1
+ *
+ * Sets #HbReplicator:batch-size; takes effect at the next run.
+ */
+void
+hb_replicator_set_batch_size (HbReplicator *self, guint batch_size)
+{
+  g_return_if_fail (HB_IS_REPLICATOR (self));
+  g_return_if_fail (batch_size > 0);
+  if (self->batch_size == batch_size)
+    return;
+  self->batch_size = batch_size;
+  g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_BATCH_SIZE]);
+}
+
+/**
+ * hb_replicator_get_batch_bytes:
+ * @self: a replicator
+ *
+ * Returns: the most plaintext bytes in one batch
+ */
+guint64
+hb_replicator_get_batch_bytes (HbReplicator *self)
+{
+  g_return_val_if_fail (HB_IS_REPLICATOR (self), 0);
+  return self->batch_bytes;
+}
+
+/**
+ * hb_replicator_set_batch_bytes:
+ * @self: a replicator
+ * @batch_bytes: the most plaintext bytes in one batch; a single larger revision still goes,
+ *   alone
+ *
+ * Sets #HbReplicator:batch-bytes.
+ */
+void
+hb_replicator_set_batch_bytes (HbReplicator *self, guint64 batch_bytes)
+{
+  g_return_if_fail (HB_IS_REPLICATOR (self));
+  g_return_if_fail (batch_bytes > 0);
+  if (self->batch_bytes == batch_bytes)
+    return;
+  self->batch_bytes = batch_bytes;
+  g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_BATCH_BYTES]);
+}
+
+/**
+ * hb_replicator_get_doc_ids:
+ * @self: a replicator
+ *
+ * Returns: (transfer none) (nullable) (array zero-terminated=1): the document ids replicated,
+ *   or %NULL for all
+ */
+const char *const *
+hb_replicator_get_doc_ids (HbReplicator *self)
+{
+  g_return_val_if_fail (HB_IS_REPLICATOR (self), NULL);
+  return (const char *const *)self->doc_ids;
+}
+
+/**
+ * hb_replicator_set_doc_ids:
+ * @self: a replicator
+ * @doc_ids: (nullable) (array zero-terminated=1): only these documents, or %NULL for all
+ *
+ * Sets #HbReplicator:doc-ids. A filter is part of the replication id: each filter has its own
+ * checkpoints.
+ */
+void
+hb_replicator_set_doc_ids (HbReplicator *self, const char *const *doc_ids)
+{
+  g_return_if_fail (HB_IS_REPLICATOR (self));
+  g_strfreev (self->doc_ids);
+  self->doc_ids = g_strdupv ((char **)doc_ids);
+  g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_DOC_IDS]);
+}
+
+/**
+ * hb_replicator_get_session_id:
+ * @self: a replicator
+ *
+ * Returns: (nullable): the clinical session replicated, or %NULL
+ */
+const char *
+hb_replicator_get_session_id (HbReplicator *self)
+{
+  g_return_val_if_fail (HB_IS_REPLICATOR (self), NULL);
+  return self->session_id;
+}
+
+/**
+ * hb_replicator_set_session_id:
+ * @self: a replicator
+ * @session_id: (nullable): a session document's id (`session:<uuid>`), or %NULL
+ *
+ * Sets #HbReplicator:session-id: only that session document, its observations and notes
+ * (documents whose `session_id` is it) and its patient are replicated.
+ */
+void
+hb_replicator_set_session_id (HbReplicator *self, const char *session_id)
+{
+  g_return_if_fail (HB_IS_REPLICATOR (self));
+  if (g_strcmp0 (self->session_id, session_id) == 0)
+    return;
+  g_free (self->session_id);
+  self->session_id = g_strdup (session_id);
+  g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_SESSION_ID]);
+}
+
+/**
+ * hb_replicator_get_create_target:
+ * @self: a replicator
+ *
+ * Returns: whether a push creates a missing server database
+ */
+gboolean
+hb_replicator_get_create_target (HbReplicator *self)
+{
+  g_return_val_if_fail (HB_IS_REPLICATOR (self), FALSE);
+  return self->create_target;
+}
+
+/**
+ * hb_replicator_set_create_target:
+ * @self: a replicator
+ * @create_target: whether a push creates a missing server database
+ *
+ * Sets #HbReplicator:create-target.
+ */
+void
+hb_replicator_set_create_target (HbReplicator *self, gboolean create_target)
+{
+  g_return_if_fail (HB_IS_REPLICATOR (self));
+  create_target = !!create_target;
+  if (self->create_target == create_target)
+    return;
+  self->create_target = create_target;
+  g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_CREATE_TARGET]);
+}
+
+static void
+hb_replicator_get_property (GObject *object, guint prop_id, GValue *value, GParamSpec *pspec)
+{
+  HbReplicator *self = HB_REPLICATOR (object);
+
+  switch (prop_id)
+    {
+      case PROP_STORE:
+        g_value_set_object (value, self->store);
+        break;
+      case PROP_REMOTE:
+        g_value_set_object (value, self->remote);
+        break;
+      case PROP_CACHE:
+        g_value_set_object (value, self->cache);
+        break;
+      case PROP_DIRECTION:
+        g_value_set_enum (value, self->direction);
+        break;
+      case PROP_STATE:
+        g_value_set_enum (value, self->state);
+        break;
+      case PROP_BATCH_SIZE:
+        g_value_set_uint (value, self->batch_size);
+        break;
+      case PROP_BATCH_BYTES:
+        g_value_set_uint64 (value, self->batch_bytes);
+        break;
+      case PROP_DOC_IDS:
+        g_value_set_boxed (value, self->doc_ids);
+        break;
+      case PROP_SESSION_ID:
+        g_value_set_string (value, self->session_id);
+        break;
+      case PROP_CREATE_TARGET:
+        g_value_set_boolean (value, self->create_target);
+        break;
+      default:
+        G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+    }
+}
+
+static void
+hb_replicator_set_property (GObject *object,
+                            guint prop_id,
+                            const GValue *value,
+                            GParamSpec *pspec)
+{
+  HbReplicator *self = HB_REPLICATOR (object);
+
+  switch (prop_id)
+    {
+      case PROP_STORE:
+        self->store = g_value_dup_object (value);
+        break;
+      case PROP_REMOTE:
+        self->remote = g_value_dup_object (value);
+        break;
+      case PROP_CACHE:
+        self->cache = g_value_dup_object (value);
+        break;
+      case PROP_DIRECTION:
+        self->direction = g_value_get_enum (value);
+        break;
+      case PROP_BATCH_SIZE:
+        hb_replicator_set_batch_size (self, g_value_get_uint (value));
+        break;
+      case PROP_BATCH_BYTES:
+        hb_replicator_set_batch_bytes (self, g_value_get_uint64 (value));
+        break;
+      case PROP_DOC_IDS:
+        hb_replicator_set_doc_ids (self, g_value_get_boxed (value));
+        break;
+      case PROP_SESSION_ID:
+        hb_replicator_set_session_id (self, g_value_get_string (value));
+        break;
+      case PROP_CREATE_TARGET:
+        hb_replicator_set_create_target (self, g_value_get_boolean (value));
+        break;
+      default:
+        G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+    }
+}
+
+static void
+hb_replicator_dispose (GObject *object)
+{
+  HbReplicator *self = HB_REPLICATOR (object);
+
+  g_clear_object (&self->store);
+  g_clear_object (&self->remote);
+  g_clear_object (&self->cache);
+  G_OBJECT_CLASS (hb_replicator_parent_class)->dispose (object);
+}
+
+static void
+hb_replicator_finalize (GObject *object)
+{
+  HbReplicator *self = HB_REPLICATOR (object);
+
+  g_strfreev (self->doc_ids);
+  g_free (self->session_id);
+  g_clear_pointer (&self->last_result, hb_replication_result_free);
+  G_OBJECT_CLASS (hb_replicator_parent_class)->finalize (object);
+}
+
+static void
+hb_replicator_class_init (HbReplicatorClass *klass)
+{
+  GObjectClass *object_class = G_OBJECT_CLASS (klass);
+
+  object_class->get_property = hb_replicator_get_property;
+  object_class->set_property = hb_replicator_set_property;
+  object_class->dispose = hb_replicator_dispose;
+  object_class->finalize = hb_replicator_finalize;
+
+  /**
+   * HbReplicator:store:
+   *
+   * The local store.
+   */
+  properties[PROP_STORE]
+      = g_param_spec_object ("store", NULL, NULL, HB_TYPE_STORE,
+                             G_PARAM_READWRITE | G_PARAM_CONSTRUCT_ONLY | G_PARAM_STATIC_STRINGS);
+  /**
+   * HbReplicator:remote:
+   *
+   * The server's database.
+   */
+  properties[PROP_REMOTE]
+      = g_param_spec_object ("remote", NULL, NULL, HB_TYPE_REMOTE,
+                             G_PARAM_READWRITE | G_PARAM_CONSTRUCT_ONLY | G_PARAM_STATIC_STRINGS);
+  /**
+   * HbReplicator:cache:
+   *
+   * The bounded plaintext cache every document passes through.
+   */
+  properties[PROP_CACHE]
+      = g_param_spec_object ("cache", NULL, NULL, HB_TYPE_SYNC_CACHE,
+                             G_PARAM_READWRITE | G_PARAM_CONSTRUCT_ONLY | G_PARAM_STATIC_STRINGS);
+  /**
+   * HbReplicator:direction:
+   *
+   * Push or pull.
+   */
+  properties[PROP_DIRECTION] = g_param_spec_enum (
+      "direction", NULL, NULL, HB_TYPE_REPLICATION_DIRECTION, HB_REPLICATION_DIRECTION_PUSH,
+      G_PARAM_READWRITE | G_PARAM_CONSTRUCT_ONLY | G_PARAM_STATIC_STRINGS);
+  /**
+   * HbReplicator:state:
+   *
+   * Where the replicator is.
+   */
+  properties[PROP_STATE]
+      = g_param_spec_enum ("state", NULL, NULL, HB_TYPE_REPLICATOR_STATE,
+                           HB_REPLICATOR_STATE_IDLE, G_PARAM_READABLE | G_PARAM_STATIC_STRINGS);
+  /**
+   * HbReplicator:batch-size:
+   *
+   * The most revisions in one batch.
+   */
+  properties[PROP_BATCH_SIZE] = g_param_spec_uint (
+      "batch-size", NULL, NULL, 1, 100000, DEFAULT_BATCH_SIZE,
+      G_PARAM_READWRITE | G_PARAM_CONSTRUCT | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
+  /**
+   * HbReplicator:batch-bytes:
+   *
+   * The most plaintext bytes in one batch.
+   */
+  properties[PROP_BATCH_BYTES] = g_param_spec_uint64 (
+      "batch-bytes", NULL, NULL, 1, G_MAXUINT64, DEFAULT_BATCH_BYTES,
+      G_PARAM_READWRITE | G_PARAM_CONSTRUCT | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
+  /**
+   * HbReplicator:doc-ids:
+   *
+   * Only these documents, or %NULL for all.
+   */
+  properties[PROP_DOC_IDS]
+      = g_param_spec_boxed ("doc-ids", NULL, NULL, G_TYPE_STRV,
+                            G_PARAM_READWRITE | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
+  /**
+   * HbReplicator:session-id:
+   *
+   * Only this clinical session's documents, or %NULL.
+   */
+  properties[PROP_SESSION_ID]
+      = g_param_spec_string ("session-id", NULL, NULL, NULL,
+                             G_PARAM_READWRITE | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
+  /**
+   * HbReplicator:create-target:
+   *
+   * Whether a push creates a missing server database.
+   */
+  properties[PROP_CREATE_TARGET]
+      = g_param_spec_boolean ("create-target", NULL, NULL, FALSE,
+                              G_PARAM_READWRITE | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
+  g_object_class_install_properties (object_class, N_PROPS, properties);
+
+  /**
+   * HbReplicator::state-changed:
+   * @self: the replicator
+   * @state: the new state
+   *
+   * Emitted on the run's main context when #HbReplicator:state changes.
+   */
+  signals[SIGNAL_STATE_CHANGED]
+      = g_signal_new ("state-changed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL,
+                      NULL, NULL, G_TYPE_NONE, 1, HB_TYPE_REPLICATOR_STATE);
+  /**
+   * HbReplicator::progress:
+   * @self: the replicator
+   * @docs_read: revisions read from the source so far in this run
+   * @docs_written: revisions written to the target
+   * @doc_write_failures: revisions refused or unreadable
+   * @pending: changes the source still has after what was read, -1 when it did not say
+   *
+   * Emitted after each batch.
+   */
+  signals[SIGNAL_PROGRESS] = g_signal_new (
+      "progress", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL, G_TYPE_NONE,
+      4, G_TYPE_UINT64, G_TYPE_UINT64, G_TYPE_UINT64, G_TYPE_INT64);
+  /**
+   * HbReplicator::document-denied:
+   * @self: the replicator
+   * @id: (nullable): the document's id
+   * @rev: (nullable): the revision, when the server named it
+   * @error: the server's error (`forbidden` or `unauthorized`)
+   * @reason: (nullable): the server's reason
+   *
+   * Emitted when the server refuses one document. The replication goes on.
+   */
+  signals[SIGNAL_DOCUMENT_DENIED] = g_signal_new (
+      "document-denied", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+      G_TYPE_NONE, 4, G_TYPE_STRING, G_TYPE_STRING, G_TYPE_STRING, G_TYPE_STRING);
+}
+
+static void
+hb_replicator_init (HbReplicator *self)
+{
+  self->batch_size = DEFAULT_BATCH_SIZE;
+  self->batch_bytes = DEFAULT_BATCH_BYTES;
+}
