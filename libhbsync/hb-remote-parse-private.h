@@ -34,10 +34,8 @@ char *hb_remote_parse_put_result (const guint8 *data, gsize len, GError **error)
 
 /* CouchDB's `{"error": ..., "reason": ...}`, when the body is that; each output NULL otherwise.
  * Never fails. Outputs are cut to HB_REMOTE_MAX_QUOTED bytes, control characters replaced. */
-void hb_remote_parse_error_body (const guint8 *data,
-                                 gsize len,
-                                 char **out_error,
-                                 char **out_reason);
+void
+hb_remote_parse_error_body (const guint8 *data, gsize len, char **out_error, char **out_reason);
 
 /* The HB_REMOTE_ERROR for an HTTP status the request did not expect, its message naming
  * `what` (an operation, never a path: paths hold document ids) and the body's error/reason. */

@@ -573,7 +573,10 @@ check_json (const guint8 *data, gsize len)
     }
 }
 
-static gboolean G_GNUC_PRINTF (3, 4)
+static gboolean bad (GError **error, const char *what, const char *format, ...)
+    G_GNUC_PRINTF (3, 4);
+
+static gboolean
 bad (GError **error, const char *what, const char *format, ...)
 {
   g_autofree char *problem = NULL;
@@ -861,8 +864,7 @@ hb_remote_parse_revs_diff (const guint8 *data, gsize len, GError **error)
         }
       entry = json_node_get_object (value);
       if (!get_strv (what, entry, "missing", TRUE, &diff->missing, error)
-          || !get_strv (what, entry, "possible_ancestors", FALSE, &diff->possible_ancestors,
-                        error))
+          || !get_strv (what, entry, "possible_ancestors", FALSE, &diff->possible_ancestors, error))
         return NULL;
       g_hash_table_replace (table, g_strdup (id), g_steal_pointer (&diff));
     }

@@ -74,8 +74,7 @@ static gboolean
 invalid_url (GError **error, const char *problem)
 {
   /* Never quote the URL: it may carry a password. */
-  g_set_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_FAILED, "Invalid database URL: %s",
-               problem);
+  g_set_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_FAILED, "Invalid database URL: %s", problem);
   return FALSE;
 }
 
@@ -260,18 +259,17 @@ hb_remote_class_init (HbRemoteClass *klass)
    * The database's URL, without credentials: user info given at construction becomes basic
    * credentials and is removed. No trailing slash, the host in lower case, no default port.
    */
-  properties[PROP_URL] = g_param_spec_string ("url", NULL, NULL, NULL,
-                                              G_PARAM_READWRITE | G_PARAM_CONSTRUCT_ONLY
-                                                  | G_PARAM_STATIC_STRINGS);
+  properties[PROP_URL] = g_param_spec_string (
+      "url", NULL, NULL, NULL, G_PARAM_READWRITE | G_PARAM_CONSTRUCT_ONLY | G_PARAM_STATIC_STRINGS);
   /**
    * HbRemote:max-connections:
    *
    * How many connections to the server may be open at once; requests beyond wait for one.
    * Changing it applies to requests sent afterwards.
    */
-  properties[PROP_MAX_CONNECTIONS] = g_param_spec_uint (
-      "max-connections", NULL, NULL, 1, 256, DEFAULT_MAX_CONNECTIONS,
-      G_PARAM_READWRITE | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
+  properties[PROP_MAX_CONNECTIONS]
+      = g_param_spec_uint ("max-connections", NULL, NULL, 1, 256, DEFAULT_MAX_CONNECTIONS,
+                           G_PARAM_READWRITE | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
   /**
    * HbRemote:timeout:
    *
@@ -298,8 +296,8 @@ hb_remote_init (HbRemote *self)
 {
   self->max_connections = DEFAULT_MAX_CONNECTIONS;
   self->timeout = DEFAULT_TIMEOUT;
-  self->user_agent = g_strdup_printf ("hbsync/%d.%d.%d", HB_MAJOR_VERSION, HB_MINOR_VERSION,
-                                      HB_MICRO_VERSION);
+  self->user_agent
+      = g_strdup_printf ("hbsync/%d.%d.%d", HB_MAJOR_VERSION, HB_MINOR_VERSION, HB_MICRO_VERSION);
 }
 
 /**
@@ -689,8 +687,8 @@ doc_path (const char *id)
 static char *
 local_path (const char *id)
 {
-  g_autofree char *full = g_str_has_prefix (id, "_local/") ? g_strdup (id)
-                                                           : g_strconcat ("_local/", id, NULL);
+  g_autofree char *full
+      = g_str_has_prefix (id, "_local/") ? g_strdup (id) : g_strconcat ("_local/", id, NULL);
   return doc_path (full);
 }
 

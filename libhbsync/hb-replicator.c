@@ -242,6 +242,7 @@ typedef struct
   GPtrArray *page_missing; /* DocRef: the page's missing revisions */
   guint page_pos;
   JsonNode *page_seq;
+  guint page_checked; /* revisions the page asks the target about */
   GPtrArray *fetched; /* Fetched */
   guint fetched_pos;
   guint open_revs_running;
@@ -251,6 +252,7 @@ typedef struct
 
   /* Writer. */
   gboolean writer_busy;
+  gboolean writer_kicked;
   Batch *writing;
 
   /* Checkpoints. */
@@ -725,6 +727,29 @@ run_idle (Run *run)
 
 /* ---- batches --------------------------------------------------------------------------- */
 
+static gboolean
+writer_kick (gpointer data)
+{
+  Run *run = data;
+
+  run->writer_kicked = FALSE;
+  if (op_end (run, NULL))
+    writer_step (run);
+  return G_SOURCE_REMOVE;
+}
+
+/* The writer starts from the main loop, never inside the reader: a batch with nothing to
+ * write completes at once, and its completion calls back into the reader. */
+static void
+kick_writer (Run *run)
+{
+  if (run->writer_kicked)
+    return;
+  run->writer_kicked = TRUE;
+  op_begin (run);
+  g_idle_add (writer_kick, run);
+}
+
 static void
 close_batch (Run *run, JsonNode *seq)
 {
@@ -741,7 +766,7 @@ close_batch (Run *run, JsonNode *seq)
       return;
     }
   g_queue_push_tail (&run->batches, batch);
-  writer_step (run);
+  kick_writer (run);
 }
 
 static Batch *
@@ -942,6 +967,7 @@ on_push_revs_diff (GObject *source, GAsyncResult *result, gpointer data)
   if (!op_end (run, &error))
     return;
   run->attempts[LANE_READER] = 0;
+  run->counts.missing_checked += run->page_checked;
   order = g_ptr_array_new_with_free_func (g_free);
   g_hash_table_iter_init (&iter, diff);
   while (g_hash_table_iter_next (&iter, &key, &value))
@@ -996,6 +1022,7 @@ on_push_changes (GObject *source, GAsyncResult *result, gpointer data)
     }
   g_clear_pointer (&run->page_seq, json_node_unref);
   run->page_seq = json_node_copy (json_object_get_member (obj, "last_seq"));
+  run->page_checked = 0;
 
   body = g_string_new ("{");
   for (guint i = 0; i < json_array_get_length (rows); i++)
@@ -1024,7 +1051,7 @@ on_push_changes (GObject *source, GAsyncResult *result, gpointer data)
           if (r > 0)
             g_string_append_c (body, ',');
           hb_json_append_string (body, json_object_get_string_member (change, "rev"));
-          run->counts.missing_checked++;
+          run->page_checked++;
         }
       g_string_append_c (body, ']');
     }

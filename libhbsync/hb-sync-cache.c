@@ -443,8 +443,7 @@ admit_or_queue (HbSyncCache *self, Waiter *w)
   gboolean admitted;
 
   g_mutex_lock (&self->mutex);
-  admitted = (w->entry->written || g_queue_is_empty (&self->waiters))
-             && try_admit (self, w->entry);
+  admitted = (w->entry->written || g_queue_is_empty (&self->waiters)) && try_admit (self, w->entry);
   if (admitted)
     {
       w->entry = NULL;
@@ -579,10 +578,7 @@ hb_sync_cache_get_property (GObject *object, guint prop_id, GValue *value, GPara
 }
 
 static void
-hb_sync_cache_set_property (GObject *object,
-                            guint prop_id,
-                            const GValue *value,
-                            GParamSpec *pspec)
+hb_sync_cache_set_property (GObject *object, guint prop_id, const GValue *value, GParamSpec *pspec)
 {
   HbSyncCache *self = HB_SYNC_CACHE (object);
   guint max_documents;
@@ -947,9 +943,9 @@ hb_sync_cache_add_sync (HbSyncCache *self,
     return TRUE;
 
   /* Connected outside the lock: the handler takes it, and runs at once if already cancelled. */
-  handler = cancellable != NULL ? g_cancellable_connect (cancellable,
-                                                         G_CALLBACK (sync_add_cancelled), &w, NULL)
-                                : 0;
+  handler = cancellable != NULL
+                ? g_cancellable_connect (cancellable, G_CALLBACK (sync_add_cancelled), &w, NULL)
+                : 0;
   g_mutex_lock (&self->mutex);
   while (w.state == WAITER_WAITING)
     g_cond_wait (&self->cond, &self->mutex);
@@ -980,11 +976,8 @@ hb_sync_cache_add_sync (HbSyncCache *self,
  * Returns: %TRUE if the cache took the document
  */
 gboolean
-hb_sync_cache_try_add (HbSyncCache *self,
-                       const char *id,
-                       const char *rev,
-                       GBytes *plaintext,
-                       HbSyncCacheFlags flags)
+hb_sync_cache_try_add (
+    HbSyncCache *self, const char *id, const char *rev, GBytes *plaintext, HbSyncCacheFlags flags)
 {
   Entry *e;
   gboolean admitted;
@@ -1077,8 +1070,7 @@ hb_sync_cache_add_finish (HbSyncCache *self, GAsyncResult *result, GError **erro
 {
   g_return_val_if_fail (HB_IS_SYNC_CACHE (self), FALSE);
   g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
-  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == hb_sync_cache_add_async,
-                        FALSE);
+  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == hb_sync_cache_add_async, FALSE);
 
   return g_task_propagate_boolean (G_TASK (result), error);
 }

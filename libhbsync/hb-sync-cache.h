@@ -50,7 +50,7 @@ typedef enum /*< flags >*/
  * @evictions: written entries dropped to make room (or, added as written, not kept for lack of
  *   room)
  * @wipes: plaintext buffers of the cache wiped, one per entry that left it (removed, evicted,
- *   replaced, cleared, finalized) and one per cancelled add
+ *   replaced, cleared, finalized) and one per cancelled add or refused hb_sync_cache_try_add()
  *
  * A snapshot of the statistics of an #HbSyncCache, from hb_sync_cache_get_stats().
  */
@@ -122,11 +122,8 @@ gboolean hb_sync_cache_add_sync (HbSyncCache *self,
                                  GCancellable *cancellable,
                                  GError **error);
 HB_AVAILABLE_IN_ALL
-gboolean hb_sync_cache_try_add (HbSyncCache *self,
-                                const char *id,
-                                const char *rev,
-                                GBytes *plaintext,
-                                HbSyncCacheFlags flags);
+gboolean hb_sync_cache_try_add (
+    HbSyncCache *self, const char *id, const char *rev, GBytes *plaintext, HbSyncCacheFlags flags);
 HB_AVAILABLE_IN_ALL
 void hb_sync_cache_add_async (HbSyncCache *self,
                               const char *id,

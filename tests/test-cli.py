@@ -24,6 +24,10 @@ import tempfile
 import termios
 import time
 import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hbtestserver import TestProxy, TestServer  # noqa: E402
 
 CLI = os.environ.get("HBSYNC_CLI")
 
@@ -38,7 +42,7 @@ SECRET_NAME = "Zebulon"
 SECRET_NOTE = "Quillfeather reports dizziness"
 
 COMMANDS = ["init", "put", "get", "delete", "list", "changes", "import", "export", "stats",
-            "change-pin", "recover"]
+            "change-pin", "recover", "push", "pull", "sync"]
 
 
 def rev_of(pos, char):
@@ -101,7 +105,7 @@ class CliTestCase(unittest.TestCase):
                 pass_fds=(read_fd,) if read_fd is not None else (),
                 env=env,
                 start_new_session=True,  # no controlling terminal: nothing may prompt
-                timeout=120,
+                timeout=int(os.environ.get("HB_CLI_TIMEOUT", "120")),
             )
         finally:
             if read_fd is not None:
@@ -777,6 +781,126 @@ class TestTerminal(CliTestCase):
         self.assertEqual(result.code, 1, str(result))
         self.assertIn("differ", result.stderr)
         self.fails(4, "stats")
+
+
+def http_json(method, url, body=None, auth=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Accept", "application/json")
+    if auth:
+        import base64
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+class TestReplication(CliTestCase):
+    """push, pull and sync against the tests' CouchDB-protocol server."""
+
+    def setUp(self):
+        super().setUp()
+        self.server = TestServer()
+        self.addCleanup(self.server.stop)
+        self.db = self.server.url + "/clinic"
+        self.init()
+        self.ids = []
+        for i in range(25):
+            doc = {"_id": "note:%02d" % i, "type": "note", "session_id": "session:s1",
+                   "patient_id": "patient:p1", "text": "%s %d" % (SECRET_NOTE, i)}
+            self.put(doc)
+            self.ids.append(doc["_id"])
+        self.put({"_id": "session:s1", "type": "session", "patient_id": "patient:p1"})
+        self.put({"_id": "patient:p1", "type": "patient", "given_name": SECRET_NAME})
+        self.put({"_id": "patient:p2", "type": "patient", "given_name": "Other"})
+
+    def server_ids(self, db=None):
+        rows = http_json("GET", (db or self.db) + "/_all_docs")["rows"]
+        return sorted(row["id"] for row in rows)
+
+    def test_push_then_pull_into_another_store(self):
+        self.fails(7, "push", self.db)  # no database, and no --create
+        out = self.ok("push", self.db, "--create", "--batch-size", "7")
+        self.assertTrue(out["ok"])
+        self.assertEqual(out["push"]["docs_written"], 28)
+        self.assertEqual(out["push"]["doc_write_failures"], 0)
+        self.assertEqual(out["push"]["batches"], 4)
+        self.assertEqual(out["push"]["last_seq"], 28)
+        self.assertRegex(out["push"]["replication_id"], r"^[0-9a-f]{32}$")
+        self.assertEqual(len(self.server_ids()), 28)
+        doc = http_json("GET", self.db + "/patient:p1")
+        self.assertEqual(doc["given_name"], SECRET_NAME)  # plaintext on the server, by design
+
+        again = self.ok("push", self.db)
+        self.assertEqual(again["push"]["docs_written"], 0)
+        self.assertEqual(again["push"]["missing_checked"], 0)
+
+        other = self.path("other.db")
+        self.init(store=other)
+        pulled = self.ok("pull", self.db, store=other)
+        self.assertEqual(pulled["pull"]["docs_written"], 28)
+        self.assertEqual(self.get("note:03", store=other)["text"], SECRET_NOTE + " 3")
+        with open(other, "rb") as f:
+            self.assertNotIn(SECRET_NOTE.encode(), f.read())
+
+    def test_sync_both_ways(self):
+        self.ok("push", self.db, "--create")
+        other = self.path("other.db")
+        self.init(store=other)
+        self.ok("pull", self.db, store=other)
+        rev = self.get("patient:p2", store=other)["_rev"]
+        self.put({"_id": "patient:p2", "_rev": rev, "type": "patient", "given_name": "Edited"},
+                 store=other)
+        self.put({"_id": "note:new", "type": "note", "text": "new here"})
+        out = self.ok("sync", self.db, store=other)
+        self.assertEqual(out["push"]["docs_written"], 1)
+        out = self.ok("sync", self.db)
+        self.assertEqual(out["pull"]["docs_written"], 1)
+        self.assertEqual(out["push"]["docs_written"], 1)
+        self.assertEqual(self.get("patient:p2")["given_name"], "Edited")
+        self.ok("sync", self.db, store=other)
+        self.assertEqual(self.get("note:new", store=other)["text"], "new here")
+
+    def test_session_filter(self):
+        out = self.ok("push", self.db, "--create", "--session", "session:s1")
+        self.assertEqual(out["push"]["docs_written"], 27)
+        self.assertNotIn("patient:p2", self.server_ids())
+        self.assertIn("patient:p1", self.server_ids())
+
+    def test_network_failures_exit_7(self):
+        self.fails(7, "push", "http://127.0.0.1:1/clinic")
+        self.fails(7, "pull", self.server.url + "/missing")
+        self.fails(2, "push")
+        self.fails(2, "push", self.db, "--batch-size", "0")
+        self.fails(2, "push", "ftp://example/clinic")
+
+    def test_basic_auth_through_proxy(self):
+        http_json("PUT", self.db)
+        with TestProxy(self.server.url) as proxy:
+            proxy.config(basic_auth="nurse:s3cret pass")
+            url = proxy.url + "/clinic"
+            result = self.fails(7, "push", url)
+            self.assertIn("401", result.stderr)
+            self.fails(7, "push", url, "--user", "nurse", "--password-fd", "0",
+                       stdin_data="wrong\n")
+            out = self.ok("push", url, "--user", "nurse", "--password-fd", "0",
+                          stdin_data="s3cret pass\n")
+            self.assertEqual(out["push"]["docs_written"], 28)
+            self.fails(2, "push", url, "--password-fd", "0", stdin_data="x\n")
+        self.assertEqual(len(self.server_ids()), 28)
+
+    def test_denied_documents_are_reported_and_the_rest_goes(self):
+        http_json("PUT", self.db)
+        with TestProxy(self.server.url) as proxy:
+            proxy.config(deny_ids=["note:04", "note:05"])
+            result = self.run_cli("push", proxy.url + "/clinic")
+            self.assertEqual(result.code, 0, str(result))
+            out = result.json()
+            self.assertEqual(out["push"]["docs_denied"], 2)
+            self.assertEqual(out["push"]["doc_write_failures"], 2)
+            self.assertEqual(out["push"]["docs_written"], 26)
+            self.assertIn("note:04", result.stderr)
+            self.assertIn("forbidden", result.stderr)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ set_answer (Fixture *f, SoupServerMessage *msg, const char *path)
     {
       Route *r = g_ptr_array_index (f->routes, i);
       if (g_strcmp0 (r->path, path) == 0
-          && (r->method == NULL || g_strcmp0 (r->method, soup_server_message_get_method (msg)) == 0))
+          && (r->method == NULL
+              || g_strcmp0 (r->method, soup_server_message_get_method (msg)) == 0))
         {
           respond (msg, r->status, r->body);
           return;
@@ -295,7 +296,11 @@ bytes_of (const char *text)
 }
 
 static GBytes *
-request (Fixture *f, const char *method, const char *path, const char *body, guint *status,
+request (Fixture *f,
+         const char *method,
+         const char *path,
+         const char *body,
+         guint *status,
          GError **error)
 {
   g_autoptr (GAsyncResult) res = NULL;
@@ -611,8 +616,7 @@ test_status_mapping (Fixture *f, gconstpointer data)
 
     g_assert_no_error (error);
     g_assert_cmpuint (status, ==, 202);
-    g_assert_cmpmem (g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes), "not even JSON",
-                     13);
+    g_assert_cmpmem (g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes), "not even JSON", 13);
   }
 }
 
@@ -673,7 +677,8 @@ test_info_and_create (Fixture *f, gconstpointer data)
     } cases[] = {
       { 201, "{\"ok\":true}", TRUE },
       { 202, "{\"ok\":true}", TRUE },
-      { 412, "{\"error\":\"file_exists\",\"reason\":\"The database could not be created.\"}", TRUE },
+      { 412, "{\"error\":\"file_exists\",\"reason\":\"The database could not be created.\"}",
+        TRUE },
       { 412, "{\"error\":\"precondition_failed\"}", FALSE },
       { 401, "{\"error\":\"unauthorized\"}", FALSE },
     };
@@ -1095,7 +1100,8 @@ test_open_revs_fallback (Fixture *f, gconstpointer data)
   };
   g_autoptr (GError) error = NULL;
 
-  add_route (f, "POST", "/clinic/_bulk_get", 404, "{\"error\":\"not_found\",\"reason\":\"missing\"}");
+  add_route (f, "POST", "/clinic/_bulk_get", 404,
+             "{\"error\":\"not_found\",\"reason\":\"missing\"}");
   {
     g_autoptr (GPtrArray) results = bulk_get (f, "{\"docs\":[]}", &error);
     g_assert_null (results);
@@ -1196,7 +1202,8 @@ test_id_escaping (void)
       g_assert_true (g_str_has_prefix (line, expected));
       g_assert_true (g_str_has_suffix (line, " HTTP/1.1"));
       /* The open_revs list is one escaped query value. */
-      g_assert_nonnull (strstr (line, "revs=true&latest=true&open_revs=%5B%222-y%22%2C%223-q%22%5D"));
+      g_assert_nonnull (
+          strstr (line, "revs=true&latest=true&open_revs=%5B%222-y%22%2C%223-q%22%5D"));
     }
 
   /* _local ids, with or without their prefix. */
@@ -1547,11 +1554,7 @@ test_parse_shapes (void)
     "{\"a\":{\"missing\":[],\"possible_ancestors\":[null]}}",
   };
   static const char *const bad_bulk_docs[] = {
-    "{}",
-    "[1]",
-    "[[]]",
-    "[{\"id\":1}]",
-    "[{\"error\":{}}]",
+    "{}", "[1]", "[[]]", "[{\"id\":1}]", "[{\"error\":{}}]",
   };
   static const char *const bad_bulk_get[] = {
     "[]",

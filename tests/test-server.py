@@ -7,6 +7,7 @@ One server and one proxy serve the whole case (each test uses its own database a
 a reset proxy); the persistence and exit tests start their own.
 """
 
+import base64
 import http.client
 import json
 import os
@@ -18,7 +19,6 @@ import tempfile
 import time
 import unittest
 import urllib.parse
-import base64
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hbtestserver import (  # noqa: E402
@@ -55,9 +55,14 @@ class Response:
         return "<%d %r>" % (self.status, self.body[:300])
 
 
-def request(base, method, path, body=None, headers=None, conn=None, timeout=30):
-    """One HTTP request on a new connection (or on conn); returns a Response."""
+def request(base, method, path, body=None, headers=None, conn=None, timeout=20):
+    """One HTTP request on a new connection (or on conn); returns a Response.
+
+    Live feeds get 5 s: every one here ends well within that, and a feed that never ends must
+    fail the test rather than hang it on its heartbeats."""
     url = urllib.parse.urlsplit(base)
+    if "feed=" in path:
+        timeout = min(timeout, 5)
     own = conn is None
     if own:
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
@@ -71,7 +76,15 @@ def request(base, method, path, body=None, headers=None, conn=None, timeout=30):
     try:
         conn.request(method, path, body=data, headers=all_headers)
         resp = conn.getresponse()
-        raw = resp.read()
+        raw = b""
+        while True:
+            chunk = resp.read1(65536)
+            if not chunk:
+                break
+            raw += chunk
+            if time.monotonic() - start > timeout:
+                raise TimeoutError("%s %s: no end after %d s" % (method, path, timeout))
+        raw += resp.read()  # marks the response done, so that conn can be used again
         return Response(resp.status, resp.headers, raw, time.monotonic() - start)
     finally:
         if own:
@@ -167,7 +180,8 @@ class ServerTestCase(unittest.TestCase):
         results = resp.json()["results"]
         self.assertEqual(len(results), 3)
         got_b = results[0]["docs"][0]["ok"]
-        self.assertEqual((got_b["_rev"], got_b["v"], got_b["_revisions"]), (b, "b", revisions(b, a)))
+        self.assertEqual((got_b["_rev"], got_b["v"], got_b["_revisions"]),
+                         (b, "b", revisions(b, a)))
         got_latest = results[1]["docs"][0]["ok"]
         self.assertEqual((got_latest["_rev"], got_latest["_deleted"]), (d, True))
         self.assertEqual(got_latest["_revisions"], revisions(d, c, a))
@@ -230,7 +244,8 @@ class ServerTestCase(unittest.TestCase):
                 resp = request(server.url, "PUT", "/keep/doc1", {"v": 1})
                 self.assertEqual(resp.status, 201, resp)
                 doc_rev = resp.json()["rev"]
-                self.assertEqual(request(server.url, "PUT", "/keep/_local/cp", {"s": 1}).status, 201)
+                resp = request(server.url, "PUT", "/keep/_local/cp", {"s": 1})
+                self.assertEqual(resp.status, 201, resp)
             self.assertEqual(server.process.returncode, 0)
             self.assertTrue(os.listdir(store))
             with TestServer(leveldb=store) as server:
@@ -280,7 +295,8 @@ class ServerTestCase(unittest.TestCase):
         self.assertEqual(out[1], [])
         self.assertEqual(out[2]["error"], "conflict")
         gone_rev = out[3]["rev"]
-        out = self.pouch(self.server.url, "write", [{"op": "delete", "id": "gone", "rev": gone_rev}])
+        out = self.pouch(self.server.url, "write",
+                         [{"op": "delete", "id": "gone", "rev": gone_rev}])
         self.assertTrue(out[0]["ok"])
 
         # Read through the proxy with opaque, per-call sequences: a real client copes.
@@ -414,7 +430,8 @@ class ServerTestCase(unittest.TestCase):
             self.assertEqual((entry["error"], entry["reason"]), ("forbidden", "no b or d"))
         self.assertEqual(self.direct("GET", "/%s/a" % self.db).status, 200)
         self.assertEqual(self.direct("GET", "/%s/b" % self.db).status, 404)
-        self.assertEqual(self.proxy.stats()["bulk_docs"]["batches"][0]["ids"], ["a", "b", "c", "d"])
+        self.assertEqual(self.proxy.stats()["bulk_docs"]["batches"][0]["ids"],
+                         ["a", "b", "c", "d"])
 
         # new_edits:false answers only failures: the denials, in document order.
         docs = [{"_id": i, "_rev": rev(1, "f"), "_revisions": revisions(rev(1, "f"))}
@@ -528,7 +545,8 @@ class ServerTestCase(unittest.TestCase):
         rows = self.via("GET", "/%s/_changes" % self.db).json()["results"]
         self.assertEqual([r["id"] for r in rows], ["a", "a", "b", "b"])
         resp = self.via("GET", "/%s/_changes?feed=continuous&timeout=200" % self.db)
-        self.assertEqual([r.get("id") for r in changes_lines(resp.body)], ["a", "a", "b", "b", None])
+        self.assertEqual([r.get("id") for r in changes_lines(resp.body)],
+                         ["a", "a", "b", "b", None])
         resp = self.via("GET", "/%s/_changes?feed=longpoll&since=1" % self.db)
         self.assertEqual([r["id"] for r in resp.json()["results"]], ["b", "b"])
 
@@ -629,7 +647,8 @@ class ServerTestCase(unittest.TestCase):
                                                 "route": "GET /%s/{id}" % self.db, "status": 200})
         self.proxy.clear_stats()
         stats = self.proxy.stats()
-        self.assertEqual((stats["total"], stats["by_route"], stats["bulk_docs"]["docs"]), (0, {}, 0))
+        self.assertEqual((stats["total"], stats["by_route"], stats["bulk_docs"]["docs"]),
+                         (0, {}, 0))
 
     def test_keep_alive_through_the_proxy(self):
         self.create_db()

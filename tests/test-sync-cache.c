@@ -104,16 +104,12 @@ add_done (GObject *source, GAsyncResult *result, gpointer user_data)
 }
 
 static void
-add_async (HbSyncCache *cache,
-           const char *id,
-           gsize len,
-           GCancellable *cancellable,
-           AddResult *r)
+add_async (HbSyncCache *cache, const char *id, gsize len, GCancellable *cancellable, AddResult *r)
 {
   g_autoptr (GBytes) doc = doc_new (id, len);
 
-  hb_sync_cache_add_async (cache, id, "1-a", doc, HB_SYNC_CACHE_FLAGS_NONE, cancellable,
-                           add_done, r);
+  hb_sync_cache_add_async (cache, id, "1-a", doc, HB_SYNC_CACHE_FLAGS_NONE, cancellable, add_done,
+                           r);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -145,8 +141,8 @@ test_add_lookup_remove (void)
   g_assert_cmpuint (hb_sync_cache_get_unwritten_count (cache), ==, 1);
 
   /* The same id and revision again replaces, and wipes, the old plaintext. */
-  g_assert_true (hb_sync_cache_add_sync (cache, "patient:1", "1-a", newer,
-                                         HB_SYNC_CACHE_FLAGS_NONE, NULL, NULL));
+  g_assert_true (hb_sync_cache_add_sync (cache, "patient:1", "1-a", newer, HB_SYNC_CACHE_FLAGS_NONE,
+                                         NULL, NULL));
   again = hb_sync_cache_lookup (cache, "patient:1", "1-a");
   g_assert_true (g_bytes_equal (again, newer));
   /* The first copy is the caller's: unchanged by the replacement. */
@@ -386,6 +382,53 @@ test_oversized_alone (void)
   g_assert_false (holds (cache, "c", "1-a"));
   stats = hb_sync_cache_get_stats (cache);
   g_assert_cmpuint (stats->entries, ==, 1);
+}
+
+static gboolean
+try_add (HbSyncCache *cache, const char *id, gsize len, HbSyncCacheFlags flags)
+{
+  g_autoptr (GBytes) doc = doc_new (id, len);
+
+  return hb_sync_cache_try_add (cache, id, "1-a", doc, flags);
+}
+
+static void
+test_try_add_never_waits (void)
+{
+  g_autoptr (HbSyncCache) cache = hb_sync_cache_new ();
+  g_autoptr (HbSyncCacheStats) stats = NULL;
+  guint64 size = entry_size ("a", "1-a", 1000);
+  AddResult big = { 0 };
+
+  hb_sync_cache_configure (cache, 2, 2 * size + size / 2);
+  g_assert_true (try_add (cache, "a", 1000, HB_SYNC_CACHE_FLAGS_NONE));
+  g_assert_true (try_add (cache, "b", 1000, HB_SYNC_CACHE_FLAGS_NONE));
+  /* Full of unwritten entries: refused at once, its copy wiped. */
+  g_assert_false (try_add (cache, "c", 1000, HB_SYNC_CACHE_FLAGS_NONE));
+  g_assert_false (holds (cache, "c", "1-a"));
+  stats = hb_sync_cache_get_stats (cache);
+  g_assert_cmpuint (stats->entries, ==, 2);
+  g_assert_cmpuint (stats->wipes, ==, 1);
+  g_clear_pointer (&stats, hb_sync_cache_stats_free);
+  g_assert_cmpuint (_hb_sync_cache_get_waiting_for_testing (cache), ==, 0);
+
+  /* Room made: taken, evicting a written entry. */
+  g_assert_true (hb_sync_cache_mark_written (cache, "a", "1-a"));
+  g_assert_true (try_add (cache, "c", 1000, HB_SYNC_CACHE_FLAGS_NONE));
+  g_assert_false (holds (cache, "a", "1-a"));
+  g_assert_true (holds (cache, "c", "1-a"));
+
+  /* A waiting add is never overtaken, even by one that would fit. */
+  g_assert_true (hb_sync_cache_remove (cache, "c", "1-a"));
+  add_async (cache, "big", 10000, NULL, &big);
+  drain ();
+  g_assert_false (big.done);
+  g_assert_false (try_add (cache, "d", 1000, HB_SYNC_CACHE_FLAGS_NONE));
+  g_assert_false (holds (cache, "d", "1-a"));
+  g_assert_true (hb_sync_cache_remove (cache, "b", "1-a"));
+  hb_test_wait_for (&big.done);
+  g_assert_true (big.ok);
+  assert_within_bounds (cache, 2, 2 * size + size / 2);
 }
 
 typedef struct
@@ -1053,6 +1096,7 @@ main (int argc, char *argv[])
   g_test_add_func ("/sync-cache/wait/cancel-sync", test_cancel_sync);
   g_test_add_func ("/sync-cache/wait/cancel-async", test_cancel_async);
   g_test_add_func ("/sync-cache/wait/clear-admits-waiters", test_clear_admits_waiters);
+  g_test_add_func ("/sync-cache/wait/try-add-never-waits", test_try_add_never_waits);
   g_test_add_func ("/sync-cache/wipes", test_wipes);
   g_test_add_func ("/sync-cache/get-all", test_get_all);
   g_test_add_func ("/sync-cache/signals-on-owner-context", test_signals_on_owner_context);

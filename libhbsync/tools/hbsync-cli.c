@@ -6,6 +6,7 @@
  */
 
 #include <errno.h>
+#include <glib-unix.h>
 #include <fcntl.h>
 #include <locale.h>
 #include <signal.h>
@@ -26,6 +27,7 @@ typedef enum
   HB_CLI_EXIT_NOT_FOUND = 4,
   HB_CLI_EXIT_CONFLICT = 5,
   HB_CLI_EXIT_CORRUPT = 6,
+  HB_CLI_EXIT_NETWORK = 7,
 } HbCliExit;
 
 typedef enum
@@ -155,6 +157,10 @@ exit_code_for_error (const GError *error)
             return HB_CLI_EXIT_FAILED;
         }
     }
+
+  /* The server: unreachable, refusing, failing or answering nonsense. */
+  if (error->domain == HB_REMOTE_ERROR)
+    return HB_CLI_EXIT_NETWORK;
 
   if (error->domain == G_OPTION_ERROR
       || (error->domain == HB_CLI_ERROR && error->code == HB_CLI_ERROR_USAGE))
@@ -1675,6 +1681,292 @@ cmd_recover (HbCli *cli, GError **error)
   return TRUE;
 }
 
+/* ---- replication ---------------------------------------------------------------------- */
+
+typedef struct
+{
+  HbCli *cli;
+  GMainLoop *loop;
+  GCancellable *cancellable;
+  HbReplicator *replicator;
+  const char *name; /* "push" or "pull" */
+  HbReplicationResult *result;
+  GError *error;
+  gboolean progress_shown;
+  gboolean interrupted;
+} SyncRun;
+
+static gboolean
+on_interrupt (gpointer data)
+{
+  SyncRun *run = data;
+
+  /* The first ^C stops cleanly at the last checkpoint; a second one is the default action. */
+  run->interrupted = TRUE;
+  g_cancellable_cancel (run->cancellable);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+on_sync_progress (HbReplicator *replicator,
+                  guint64 docs_read,
+                  guint64 docs_written,
+                  guint64 failures,
+                  gint64 pending,
+                  gpointer data)
+{
+  SyncRun *run = data;
+  const int width = 30;
+  double fraction;
+  int filled;
+  GString *bar;
+
+  if (!isatty (STDERR_FILENO))
+    return;
+  fraction = pending >= 0 && docs_written + (guint64)pending > 0
+                 ? (double)docs_written / (double)(docs_written + (guint64)pending)
+                 : 0.0;
+  filled = pending >= 0 ? (int)(fraction * width) : 0;
+  bar = g_string_new (NULL);
+  for (int i = 0; i < width; i++)
+    g_string_append_c (bar, i < filled ? '#' : (pending >= 0 ? '.' : ' '));
+  if (pending >= 0)
+    fprintf (stderr,
+             "\r%s [%s] %3d%%  %" G_GUINT64_FORMAT " written, %" G_GUINT64_FORMAT
+             " failed, %" G_GINT64_FORMAT " pending ",
+             run->name, bar->str, (int)(fraction * 100), docs_written, failures, pending);
+  else
+    fprintf (stderr,
+             "\r%s %" G_GUINT64_FORMAT " read, %" G_GUINT64_FORMAT " written, %" G_GUINT64_FORMAT
+             " failed ",
+             run->name, docs_read, docs_written, failures);
+  g_string_free (bar, TRUE);
+  run->progress_shown = TRUE;
+}
+
+static void
+on_sync_denied (HbReplicator *replicator,
+                const char *id,
+                const char *rev,
+                const char *error,
+                const char *reason,
+                gpointer data)
+{
+  SyncRun *run = data;
+
+  /* Ids are identifiers, not clinical content; the reason is the server's. */
+  if (run->progress_shown)
+    fputc ('\n', stderr);
+  run->progress_shown = FALSE;
+  fprintf (stderr, "hbsync: %s: the server refused %s (%s%s%s)\n", run->name,
+           id != NULL ? id : "a document", error, reason != NULL ? ": " : "",
+           reason != NULL ? reason : "");
+}
+
+static void
+on_sync_done (GObject *source, GAsyncResult *result, gpointer data)
+{
+  SyncRun *run = data;
+
+  run->result = hb_replicator_run_finish (HB_REPLICATOR (source), result, &run->error);
+  g_main_loop_quit (run->loop);
+}
+
+static JsonNode *
+result_to_json (const HbReplicationResult *result)
+{
+  JsonObject *obj = json_object_new ();
+
+  json_object_set_int_member (obj, "docs_read", (gint64)result->docs_read);
+  json_object_set_int_member (obj, "docs_written", (gint64)result->docs_written);
+  json_object_set_int_member (obj, "doc_write_failures", (gint64)result->doc_write_failures);
+  json_object_set_int_member (obj, "docs_denied", (gint64)result->docs_denied);
+  json_object_set_int_member (obj, "missing_checked", (gint64)result->missing_checked);
+  json_object_set_int_member (obj, "missing_found", (gint64)result->missing_found);
+  json_object_set_int_member (obj, "batches", (gint64)result->batches);
+  if (result->last_seq != NULL)
+    {
+      g_autoptr (JsonParser) parser = json_parser_new ();
+
+      if (json_parser_load_from_data (parser, result->last_seq, -1, NULL))
+        json_object_set_member (obj, "last_seq", json_parser_steal_root (parser));
+    }
+  if (result->replication_id != NULL)
+    json_object_set_string_member (obj, "replication_id", result->replication_id);
+  return node_for_object (obj);
+}
+
+static gboolean
+read_password (HbCli *cli, const char *password_fd, const char *user, char **out, GError **error)
+{
+  guint64 fd;
+
+  if (password_fd != NULL)
+    {
+      if (!parse_uint ("--password-fd", password_fd, 0, G_MAXINT, &fd, error))
+        return FALSE;
+      if (fcntl ((int)fd, F_GETFD) < 0)
+        {
+          g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE,
+                       "--password-fd %d: not an open file descriptor", (int)fd);
+          return FALSE;
+        }
+      *out = read_secret_line ((int)fd, "password", error);
+    }
+  else
+    {
+      g_autofree char *prompt = g_strdup_printf ("Password for %s: ", user);
+      *out = ask_on_tty (cli, prompt, "password (or pass --password-fd N)", error);
+    }
+  return *out != NULL;
+}
+
+/* push, pull or sync: directions[] in order, each run to the end before the next. */
+static gboolean
+replicate (HbCli *cli, const HbReplicationDirection *directions, guint n_directions, GError **error)
+{
+  g_autofree char *session = NULL;
+  g_autofree char *batch_size_arg = NULL;
+  g_autofree char *user = NULL;
+  g_autofree char *password_fd = NULL;
+  gboolean create = FALSE;
+  const GOptionEntry entries[] = {
+    { "session", 0, 0, G_OPTION_ARG_STRING, &session,
+      "Only this clinical session: its document, observations, notes and patient", "ID" },
+    { "batch-size", 0, 0, G_OPTION_ARG_STRING, &batch_size_arg, "Documents per batch (default 100)",
+      "N" },
+    { "user", 0, 0, G_OPTION_ARG_STRING, &user, "Basic authentication as this user", "U" },
+    { "password-fd", 0, 0, G_OPTION_ARG_STRING, &password_fd,
+      "Read the password from this file descriptor (otherwise asked on the terminal)", "N" },
+    { "create", 0, 0, G_OPTION_ARG_NONE, &create, "Create the server database if missing", NULL },
+    G_OPTION_ENTRY_NULL,
+  };
+  g_auto (GStrv) args = parse_command_line (cli, entries, NULL, 1, 1, error);
+  g_autoptr (HbRemote) remote = NULL;
+  g_autoptr (HbSyncCache) cache = NULL;
+  g_autoptr (GMainLoop) loop = NULL;
+  g_autoptr (GCancellable) cancellable = NULL;
+  g_autoptr (JsonObject) summary = NULL;
+  g_autoptr (HbCliSecret) password = NULL;
+  g_autoptr (GError) local_error = NULL;
+  guint64 batch_size = 100;
+  gboolean ok = TRUE;
+  guint sigint_id, sigterm_id;
+
+  if (args == NULL)
+    return FALSE;
+  if (batch_size_arg != NULL
+      && !parse_uint ("--batch-size", batch_size_arg, 1, 100000, &batch_size, error))
+    return FALSE;
+  remote = hb_remote_new (args[0], &local_error);
+  if (remote == NULL)
+    {
+      /* A URL that cannot name a database is the caller's mistake, not the network's. */
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "%s", local_error->message);
+      return FALSE;
+    }
+  if (password_fd != NULL && user == NULL)
+    {
+      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "--password-fd needs --user");
+      return FALSE;
+    }
+  if (user != NULL)
+    {
+      if (!read_password (cli, password_fd, user, &password, error))
+        return FALSE;
+      hb_remote_set_basic_auth (remote, user, password);
+    }
+  if (!open_store (cli, error))
+    return FALSE;
+
+  cache = hb_sync_cache_new ();
+  loop = g_main_loop_new (NULL, FALSE);
+  cancellable = g_cancellable_new ();
+  summary = json_object_new ();
+  for (guint i = 0; i < n_directions && ok; i++)
+    {
+      g_autoptr (HbReplicator) replicator
+          = hb_replicator_new (cli->store, remote, cache, directions[i]);
+      SyncRun run = { 0 };
+
+      run.cli = cli;
+      run.loop = loop;
+      run.cancellable = cancellable;
+      run.replicator = replicator;
+      run.name = directions[i] == HB_REPLICATION_DIRECTION_PUSH ? "push" : "pull";
+      hb_replicator_set_batch_size (replicator, (guint)batch_size);
+      hb_replicator_set_session_id (replicator, session);
+      hb_replicator_set_create_target (replicator, create);
+      g_signal_connect (replicator, "progress", G_CALLBACK (on_sync_progress), &run);
+      g_signal_connect (replicator, "document-denied", G_CALLBACK (on_sync_denied), &run);
+      sigint_id = g_unix_signal_add (SIGINT, on_interrupt, &run);
+      sigterm_id = g_unix_signal_add (SIGTERM, on_interrupt, &run);
+      hb_replicator_run_async (replicator, cancellable, on_sync_done, &run);
+      g_main_loop_run (loop);
+      g_source_remove (sigint_id);
+      g_source_remove (sigterm_id);
+      if (run.progress_shown)
+        fputc ('\n', stderr);
+      g_signal_handlers_disconnect_by_data (replicator, &run);
+
+      if (run.error != NULL)
+        {
+          g_autoptr (HbReplicationResult) partial = hb_replicator_get_last_result (replicator);
+
+          if (partial != NULL)
+            json_object_set_member (summary, run.name, result_to_json (partial));
+          if (run.interrupted)
+            {
+              g_clear_error (&run.error);
+              g_set_error (&run.error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED,
+                           "%s interrupted; the next run resumes from the last checkpoint",
+                           run.name);
+            }
+          else
+            g_prefix_error (&run.error, "%s: ", run.name);
+          g_propagate_error (error, run.error);
+          ok = FALSE;
+        }
+      else
+        {
+          json_object_set_member (summary, run.name, result_to_json (run.result));
+          hb_replication_result_free (run.result);
+        }
+    }
+  json_object_set_boolean_member (summary, "ok", ok);
+  {
+    g_autoptr (JsonNode) node = node_for_object (json_object_ref (summary));
+    print_json (node);
+  }
+  return ok;
+}
+
+static gboolean
+cmd_push (HbCli *cli, GError **error)
+{
+  const HbReplicationDirection directions[] = { HB_REPLICATION_DIRECTION_PUSH };
+
+  return replicate (cli, directions, G_N_ELEMENTS (directions), error);
+}
+
+static gboolean
+cmd_pull (HbCli *cli, GError **error)
+{
+  const HbReplicationDirection directions[] = { HB_REPLICATION_DIRECTION_PULL };
+
+  return replicate (cli, directions, G_N_ELEMENTS (directions), error);
+}
+
+static gboolean
+cmd_sync (HbCli *cli, GError **error)
+{
+  /* Pull first: conflicts meet in the store, and the push then carries both branches. */
+  const HbReplicationDirection directions[]
+      = { HB_REPLICATION_DIRECTION_PULL, HB_REPLICATION_DIRECTION_PUSH };
+
+  return replicate (cli, directions, G_N_ELEMENTS (directions), error);
+}
+
 static const HbCliCommand commands[] = {
   { "init", "", "Create the vault and the store; print the recovery key, once", cmd_init },
   { "put", "[FILE|-]", "Write one JSON document as a new edit (an _id is made if none)", cmd_put },
@@ -1689,6 +1981,9 @@ static const HbCliCommand commands[] = {
   { "change-pin", "", "Change the PIN (reads the current PIN, then the new one)", cmd_change_pin },
   { "recover", "", "Set a new PIN with the recovery key (reads it, then the new PIN)",
     cmd_recover },
+  { "push", "URL", "Replicate the store to a CouchDB database", cmd_push },
+  { "pull", "URL", "Replicate a CouchDB database into the store", cmd_pull },
+  { "sync", "URL", "Pull, then push: both directions", cmd_sync },
 };
 
 static char *
@@ -1719,7 +2014,8 @@ describe_commands (void)
       "  3  wrong PIN, locked out, or too soon after failed attempts\n"
       "  4  not found (document, revision or store)\n"
       "  5  conflict (a stale or missing revision)\n"
-      "  6  corrupt record\n");
+      "  6  corrupt record\n"
+      "  7  network or server failure (push, pull, sync)\n");
   return g_string_free (text, FALSE);
 }
 

@@ -37,8 +37,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   g_autoptr (GError) error = NULL;
   g_autoptr (GError) open_error = NULL;
   g_autoptr (GPtrArray) results = hb_remote_parse_bulk_get (data, size, &error);
-  g_autoptr (HbRemoteBulkGetResult) open = hb_remote_parse_open_revs ("doc", data, size,
-                                                                      &open_error);
+  g_autoptr (HbRemoteBulkGetResult) open
+      = hb_remote_parse_open_revs ("doc", data, size, &open_error);
 
   if (results == NULL)
     g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_BAD_RESPONSE);

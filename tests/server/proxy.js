@@ -462,7 +462,7 @@ function serveSession(req, res, body) {
       res,
       200,
       { ok: true },
-      { 'Set-Cookie': 'AuthSession=; Version=1; Path=/; HttpOnly; Max-Age=0' }
+      { 'Set-Cookie': 'AuthSession=; Version=1; Path=/; HttpOnly; Max-Age=0' },
     );
   }
   const auth = authenticate(req);
@@ -554,7 +554,9 @@ function main() {
     let batch = null;
     if (docs && (isBulkDocs || isBulkGet)) {
       const kind = isBulkDocs ? stats.bulk_docs : stats.bulk_get;
-      const ids = docs.map((d) => (d && typeof d === 'object' ? (isBulkDocs ? d._id : d.id) : null));
+      const ids = docs.map((d) =>
+        d && typeof d === 'object' ? (isBulkDocs ? d._id : d.id) : null,
+      );
       batch = { ids, status: null };
       kind.requests++;
       kind.docs += ids.length;
@@ -646,25 +648,47 @@ function main() {
       }
     }
 
-    const headers = copyHeaders(req.headers, ['host', 'authorization', 'cookie', 'accept-encoding', 'expect']);
+    const headers = copyHeaders(req.headers, [
+      'host',
+      'authorization',
+      'cookie',
+      'accept-encoding',
+      'expect',
+    ]);
     headers.host = opts.target.host;
-    if (body.length || !['GET', 'HEAD', 'DELETE'].includes(method)) headers['content-length'] = body.length;
-    const upstreamReq = http.request({
-      agent,
-      host: opts.target.hostname,
-      port: opts.target.port,
-      method,
-      path: pathname + url.search,
-      headers,
-    });
-    upstreamReq.on('error', () => {
-      if (!res.headersSent) sendJSON(res, 502, errorBody(502));
-      else res.destroy();
-    });
-    upstreamReq.end(body);
-    const upstream = await new Promise((resolve) => upstreamReq.on('response', resolve));
+    if (body.length || !['GET', 'HEAD', 'DELETE'].includes(method))
+      headers['content-length'] = body.length;
+    const forwardOnce = () =>
+      new Promise((resolve, reject) => {
+        const upstreamReq = http.request({
+          agent,
+          host: opts.target.hostname,
+          port: opts.target.port,
+          method,
+          path: pathname + url.search,
+          headers,
+        });
+        upstreamReq.on('response', resolve);
+        upstreamReq.on('error', (err) =>
+          reject(Object.assign(err, { reused: upstreamReq.reusedSocket })),
+        );
+        upstreamReq.end(body);
+      });
+    let upstream;
+    try {
+      upstream = await forwardOnce();
+    } catch (err) {
+      // A kept-alive connection the server closed just as it was reused: once more, afresh.
+      if (!err.reused) return sendJSON(res, 502, errorBody(502));
+      try {
+        upstream = await forwardOnce();
+      } catch (again) {
+        return sendJSON(res, 502, errorBody(502));
+      }
+    }
 
-    const continuous = isChanges && /(^|&)feed=(continuous|eventsource)(&|$)/.test(url.search.slice(1));
+    const continuous =
+      isChanges && /(^|&)feed=(continuous|eventsource)(&|$)/.test(url.search.slice(1));
     if (continuous && !faults.truncate && !faults.status) {
       return relayContinuous(res, upstream, faults);
     }
@@ -682,7 +706,8 @@ function main() {
       } else if (denied && denied.size) {
         changed = mergeDenials(docs, denied, parseJSON(data));
       }
-      if (changed !== null && changed !== undefined) data = Buffer.from(JSON.stringify(changed) + '\n');
+      if (changed !== null && changed !== undefined)
+        data = Buffer.from(JSON.stringify(changed) + '\n');
     }
 
     if (faults.delayMs) await sleep(faults.delayMs);
@@ -707,7 +732,7 @@ function main() {
       const keep = faults.truncate.keep_bytes ?? Math.floor(data.length / 2);
       res.writeHead(upstream.statusCode, outHeaders);
       res.write(data.subarray(0, Math.min(Number(keep), Math.max(data.length - 1, 0))), () =>
-        res.socket.end()
+        res.socket.end(),
       );
       return;
     }
@@ -720,7 +745,10 @@ function main() {
   async function relayContinuous(res, upstream, faults) {
     if (faults.delayMs) await sleep(faults.delayMs);
     const headers = copyHeaders(upstream.headers, []);
-    if (faults.drop && (faults.drop.after_bytes === undefined || faults.drop.after_bytes === null)) {
+    if (
+      faults.drop &&
+      (faults.drop.after_bytes === undefined || faults.drop.after_bytes === null)
+    ) {
       upstream.destroy();
       return res.socket.destroy();
     }

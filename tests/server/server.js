@@ -114,7 +114,8 @@ function liveChanges(pouchApp, PouchDB) {
     if (feed !== 'longpoll' && feed !== 'continuous') return next();
     req.PouchDB = PouchDB;
     jsonBody(req, res, (err) => {
-      if (err) return pouchUtils.sendJSON(res, 400, { error: 'bad_request', reason: 'invalid_json' });
+      if (err)
+        return pouchUtils.sendJSON(res, 400, { error: 'bad_request', reason: 'invalid_json' });
       pouchUtils.setDBOnReq(req.params.db, pouchApp.dbWrapper, req, res, () => {
         serveLiveChanges(req, res, feed).catch((e) => {
           if (!res.headersSent) pouchUtils.sendError(res, e);
@@ -138,12 +139,15 @@ async function serveLiveChanges(req, res, feed) {
   const limit = typeof q.limit === 'number' && q.limit > 0 ? q.limit : 0;
   let since = q.since === undefined ? 0 : q.since;
   if (since === 'now') since = (await req.db.info()).update_seq;
-  const heartbeat = q.heartbeat === true ? 60000 : typeof q.heartbeat === 'number' ? q.heartbeat : 0;
+  const heartbeat =
+    q.heartbeat === true ? 60000 : typeof q.heartbeat === 'number' ? q.heartbeat : 0;
   let timeout = typeof q.timeout === 'number' ? q.timeout : 0;
   if (!heartbeat && !timeout) timeout = 60000;
 
   if (feed === 'longpoll') {
-    const first = await req.db.changes(Object.assign({}, opts, { since, limit: limit || undefined }));
+    const first = await req.db.changes(
+      Object.assign({}, opts, { since, limit: limit || undefined }),
+    );
     if (first.results.length) {
       return pouchUtils.sendJSON(res, 200, { results: first.results, last_seq: first.last_seq });
     }
@@ -167,7 +171,9 @@ async function serveLiveChanges(req, res, feed) {
     if (res.destroyed) return;
     if (feed === 'longpoll') {
       const text = rows.map((row) => JSON.stringify(row)).join(',\n');
-      res.end(`${text}${rows.length ? '\n' : ''}],\n"last_seq":${JSON.stringify(lastSeq)},"pending":0}\n`);
+      res.end(
+        `${text}${rows.length ? '\n' : ''}],\n"last_seq":${JSON.stringify(lastSeq)},"pending":0}\n`,
+      );
     } else {
       res.end(JSON.stringify({ last_seq: lastSeq, pending: 0 }) + '\n');
     }
