@@ -10,5 +10,7 @@
 #include "hb-sync-cache.h"
 #include "hb-remote.h"
 #include "hb-replicator.h"
+#include "hb-sync-config.h"
+#include "hb-sync-manager.h"
 
 #undef HBSYNC_INSIDE

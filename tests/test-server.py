@@ -452,6 +452,19 @@ class ServerTestCase(unittest.TestCase):
         self.assertEqual((resp.status, resp.json()["error"]), (403, "forbidden"))
         self.assertEqual(self.via("PUT", "/%s/f" % self.db, {"v": 1}).status, 201)
 
+    def test_proxy_couchdb_bulk_get_errors(self):
+        self.create_db()
+        doc_rev = self.put_docs(["a"])[0]["rev"]
+        body = {"docs": [{"id": "a", "rev": doc_rev}, {"id": "a", "rev": rev(7, "f")}]}
+        self.assertEqual(self.via("POST", "/%s/_bulk_get" % self.db, body).json()["results"][1],
+                         {"id": "a", "docs": [{"missing": rev(7, "f")}]})
+        self.proxy.config(couchdb_bulk_get_errors=True)
+        results = self.via("POST", "/%s/_bulk_get" % self.db, body).json()["results"]
+        self.assertEqual(results[0]["docs"][0]["ok"]["_rev"], doc_rev)
+        self.assertEqual(results[1]["docs"], [{"error": {"id": "a", "rev": rev(7, "f"),
+                                                         "error": "not_found",
+                                                         "reason": "missing"}}])
+
     def test_proxy_bulk_get_disabled(self):
         self.create_db()
         self.put_docs(["a"])

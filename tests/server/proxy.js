@@ -48,6 +48,9 @@
 //       /db/ID answers 403 with the same error.
 //   "deny_reason": "text"           ["denied by the test proxy"]
 //   "bulk_get_status": 404|405|501|null  [null]  _bulk_get answers this status, not forwarded
+//   "couchdb_bulk_get_errors": bool [false] a missing revision in a _bulk_get answer, which
+//       PouchDB writes {"missing": REV}, becomes CouchDB's
+//       {"error": {"id", "rev", "error": "not_found", "reason": "missing"}}
 //   "basic_auth": "user:pass" | null [null]  requests need these credentials: Basic
 //       authorization, or an AuthSession cookie from POST /_session (name/password as JSON or
 //       form), which the proxy then serves itself (GET and DELETE /_session too).
@@ -104,6 +107,7 @@ function defaultRules() {
     deny_ids: [],
     deny_reason: 'denied by the test proxy',
     bulk_get_status: null,
+    couchdb_bulk_get_errors: false,
     basic_auth: null,
     cookie_ttl_ms: 600000,
     bearer_token: null,
@@ -520,6 +524,19 @@ function mergeDenials(docs, denied, upstream) {
   return merged.concat(pending);
 }
 
+function couchdbBulkGetErrors(answer) {
+  if (!answer || !Array.isArray(answer.results)) return answer;
+  for (const result of answer.results) {
+    if (!result || !Array.isArray(result.docs)) continue;
+    result.docs = result.docs.map((entry) =>
+      entry && typeof entry.missing === 'string'
+        ? { error: { id: result.id, rev: entry.missing, error: 'not_found', reason: 'missing' } }
+        : entry,
+    );
+  }
+  return answer;
+}
+
 // ---- the proxy -------------------------------------------------------------------------------
 
 function main() {
@@ -703,6 +720,8 @@ function main() {
       } else if (rules.opaque_seqs && method === 'GET' && /^\/[^/]+\/?$/.test(pathname)) {
         changed = parseJSON(data);
         if (changed && 'update_seq' in changed) changed.update_seq = opaqueSeq(changed.update_seq);
+      } else if (isBulkGet && rules.couchdb_bulk_get_errors) {
+        changed = couchdbBulkGetErrors(parseJSON(data));
       } else if (denied && denied.size) {
         changed = mergeDenials(docs, denied, parseJSON(data));
       }

@@ -106,12 +106,14 @@ function queryValue(value) {
 // feed=longpoll and feed=continuous, as CouchDB serves them. express-pouchdb's own longpoll
 // never ends when nothing changes (it ignores timeout and never closes the JSON), and its
 // continuous feed never ends at all; a replicator's timeout and heartbeat handling needs both
-// to behave. Other feeds go on to express-pouchdb.
+// to behave. A normal feed with filter=_selector is served here too: express-pouchdb ignores a
+// selector in the POST body, which CouchDB 2+ honours. Other feeds go on to express-pouchdb.
 function liveChanges(pouchApp, PouchDB) {
   const jsonBody = express.json({ limit: '64mb' });
   return (req, res, next) => {
     const feed = req.query.feed;
-    if (feed !== 'longpoll' && feed !== 'continuous') return next();
+    if (feed !== 'longpoll' && feed !== 'continuous' && req.query.filter !== '_selector')
+      return next();
     req.PouchDB = PouchDB;
     jsonBody(req, res, (err) => {
       if (err)
@@ -144,6 +146,12 @@ async function serveLiveChanges(req, res, feed) {
   let timeout = typeof q.timeout === 'number' ? q.timeout : 0;
   if (!heartbeat && !timeout) timeout = 60000;
 
+  if (feed !== 'longpoll' && feed !== 'continuous') {
+    const once = await req.db.changes(
+      Object.assign({}, opts, { since, limit: limit || undefined }),
+    );
+    return pouchUtils.sendJSON(res, 200, { results: once.results, last_seq: once.last_seq });
+  }
   if (feed === 'longpoll') {
     const first = await req.db.changes(
       Object.assign({}, opts, { since, limit: limit || undefined }),
