@@ -63,6 +63,13 @@ append_double (GString *out, double d)
       g_string_append (out, "null");
       return;
     }
+  if (d == 0)
+    {
+      /* Negative zero too: "-0" reads back as the integer 0, which would write "0" and change
+       * a revision's hash on the next round trip. */
+      g_string_append_c (out, '0');
+      return;
+    }
   for (int precision = 15; precision <= 17; precision++)
     {
       char fmt[8];

@@ -2197,7 +2197,8 @@ write_local_func (HbStore *self,
         json_object_set_member (copy, name, json_node_ref (member));
     {
       g_autoptr (JsonNode) node = take_object (copy);
-      text = json_to_string (node, FALSE);
+      /* Not json_to_string(): JSON-GLib 1.6 writes doubles from 1e17 up as invalid JSON. */
+      text = hb_json_to_canonical (node, NULL);
     }
     len = strlen (text);
     sealed = seal (self, 'L', &dk, NULL, 0, text, len, error);
