@@ -3,15 +3,19 @@
 #
 #   build-aux/run-tests.sh [TEST-NAME...]
 #
-# Installs what is missing (build-aux/setup-deps.sh), then builds two configurations and
-# runs `meson test` for the whole suite in each, inside a private D-Bus session with a real,
-# unlocked gnome-keyring (build-aux/with-keyring.sh):
+# Installs what is missing (build-aux/setup-deps.sh), then builds three configurations and
+# runs `meson test` in each, inside a private D-Bus session with a real, unlocked
+# gnome-keyring (build-aux/with-keyring.sh):
 #
-#   _build/ci    normal build, -Dwerror=true
-#   _build/asan  AddressSanitizer + UndefinedBehaviorSanitizer, leak detection on, -Dwerror=true
+#   _build/ci    normal build, -Dwerror=true: the whole suite
+#   _build/asan  AddressSanitizer + UndefinedBehaviorSanitizer, leak detection on, -Dwerror=true:
+#                the whole suite
+#   _build/fuzz  clang, -Dfuzzing=true: each libFuzzer target (tests/fuzz) for 15 s
 #
-# Test names, if given, restrict both runs to those tests (for development; CI gives none).
-# The last line of output is always "N passed, N failed", summed over both builds, and the
+# Test names, if given, restrict the runs to those tests (for development; CI gives none):
+# fuzzers' names (fuzz-*) the fuzz run, other names the first two, and a run none of the
+# names is for is left out.
+# The last line of output is always "N passed, N failed", summed over all builds, and the
 # exit status is non-zero when anything failed (a build that fails counts as one failure).
 set -euo pipefail
 
@@ -106,9 +110,27 @@ log "dependencies"
 build-aux/setup-deps.sh </dev/null
 build-aux/setup-npm.sh </dev/null
 
+# Names of fuzzers go to the fuzz run, other names to the first two; a run is left out when
+# names were given and none of them is its own.
+all_names=("${test_names[@]}")
+suite_names=()
+fuzz_names=()
+for name in "${all_names[@]}"; do
+  if [[ $name == fuzz-* ]]; then
+    fuzz_names+=("$name")
+  else
+    suite_names+=("$name")
+  fi
+done
+run_suite=$((${#all_names[@]} == 0 || ${#suite_names[@]} > 0))
+run_fuzz=$((${#all_names[@]} == 0 || ${#fuzz_names[@]} > 0))
+test_names=("${suite_names[@]}")
+
 # shellcheck disable=SC2034 # used through namerefs in run_config
 no_env=()
-run_config normal "$build_root/ci" no_env no_env -Dwerror=true -Dintrospection=true
+if ((run_suite)); then
+  run_config normal "$build_root/ci" no_env no_env -Dwerror=true -Dintrospection=true
+fi
 
 lsan_supp="$srcdir/build-aux/lsan.supp"
 # shellcheck disable=SC2034
@@ -129,8 +151,24 @@ asan_env=(
   # GLib 2.74 still has its slice allocator; route it to malloc so ASan sees every block.
   "G_SLICE=always-malloc"
 )
-run_config asan "$build_root/asan" asan_build_env asan_env \
-  -Dwerror=true -Dintrospection=true -Db_sanitize=address,undefined -Db_lundef=false
+if ((run_suite)); then
+  run_config asan "$build_root/asan" asan_build_env asan_env \
+    -Dwerror=true -Dintrospection=true -Db_sanitize=address,undefined -Db_lundef=false
+fi
+
+# shellcheck disable=SC2034
+fuzz_env=(
+  # libFuzzer checks each input for leaks itself; a leak, like a crash, fails that fuzzer.
+  "ASAN_OPTIONS=detect_leaks=1:halt_on_error=1"
+  "LSAN_OPTIONS=suppressions=$lsan_supp:print_suppressions=0"
+)
+if ((run_fuzz)); then
+  test_names=("${fuzz_names[@]}")
+  # No -Dwerror: the build is clang's, whose warnings differ from gcc's; gcc's build above is
+  # the one held to zero warnings.
+  CC=clang run_config fuzz "$build_root/fuzz" no_env fuzz_env \
+    -Dfuzzing=true -Dintrospection=false -Db_sanitize=address,undefined -Db_lundef=false
+fi
 
 log "summary"
 printf '%s\n' "${summaries[@]}"

@@ -20,8 +20,8 @@ G_BEGIN_DECLS
 
 /**
  * HbRemoteError:
- * @HB_REMOTE_ERROR_FAILED: any other failure: an invalid URL, a TLS certificate refused, a
- *   redirection (never followed), an HTTP status not listed below
+ * @HB_REMOTE_ERROR_FAILED: any other failure: an invalid URL, a redirection (never followed), an
+ *   HTTP status not listed below
  * @HB_REMOTE_ERROR_NETWORK: the connection was refused, reset or dropped, or the name did not
  *   resolve
  * @HB_REMOTE_ERROR_TIMEOUT: the server stopped answering for #HbRemote:timeout seconds, or
@@ -37,7 +37,13 @@ G_BEGIN_DECLS
  * @HB_REMOTE_ERROR_NOT_IMPLEMENTED: 501
  * @HB_REMOTE_ERROR_SERVER: any other 5xx status, or 429 (the server asks to be left alone for a
  *   while)
- * @HB_REMOTE_ERROR_BAD_RESPONSE: the answer is not HTTP, not JSON, or JSON of the wrong shape
+ * @HB_REMOTE_ERROR_BAD_RESPONSE: the answer is not HTTP, not JSON, JSON of the wrong shape, or
+ *   larger than #HbRemote:max-response-bytes
+ * @HB_REMOTE_ERROR_TLS: TLS refused the server or could not be set up: its certificate is not
+ *   signed by a trusted authority, has expired or is not valid yet, names another host, or
+ *   does not match the pinned fingerprint (the message says which); the handshake failed; the
+ *   CA file or fingerprint given is unusable; or the URL is plain http to a host other than
+ *   loopback while #HbRemote:allow-insecure-http is off (no connection is attempted)
  *
  * Errors from #HbRemote. Messages name the operation, the HTTP status and CouchDB's `error`
  * and `reason` when the server gave them; never a document id, a request body or a document.
@@ -58,6 +64,7 @@ typedef enum
   HB_REMOTE_ERROR_NOT_IMPLEMENTED,
   HB_REMOTE_ERROR_SERVER,
   HB_REMOTE_ERROR_BAD_RESPONSE,
+  HB_REMOTE_ERROR_TLS,
 } HbRemoteError;
 
 /**
@@ -272,6 +279,30 @@ HB_AVAILABLE_IN_ALL
 const char *hb_remote_get_url (HbRemote *self);
 HB_AVAILABLE_IN_ALL
 void hb_remote_set_basic_auth (HbRemote *self, const char *username, const char *password);
+HB_AVAILABLE_IN_ALL
+void hb_remote_set_cookie_auth (HbRemote *self, const char *username, const char *password);
+HB_AVAILABLE_IN_ALL
+void hb_remote_set_bearer_token (HbRemote *self, const char *token);
+HB_AVAILABLE_IN_ALL
+guint hb_remote_get_cookie_lifetime (HbRemote *self);
+HB_AVAILABLE_IN_ALL
+void hb_remote_set_cookie_lifetime (HbRemote *self, guint seconds);
+HB_AVAILABLE_IN_ALL
+guint hb_remote_get_login_interval (HbRemote *self);
+HB_AVAILABLE_IN_ALL
+void hb_remote_set_login_interval (HbRemote *self, guint seconds);
+HB_AVAILABLE_IN_ALL
+gboolean hb_remote_set_ca_file (HbRemote *self, const char *path, GError **error);
+HB_AVAILABLE_IN_ALL
+gboolean hb_remote_set_pinned_sha256 (HbRemote *self, const char *fingerprint, GError **error);
+HB_AVAILABLE_IN_ALL
+gboolean hb_remote_get_allow_insecure_http (HbRemote *self);
+HB_AVAILABLE_IN_ALL
+void hb_remote_set_allow_insecure_http (HbRemote *self, gboolean allow);
+HB_AVAILABLE_IN_ALL
+guint64 hb_remote_get_max_response_bytes (HbRemote *self);
+HB_AVAILABLE_IN_ALL
+void hb_remote_set_max_response_bytes (HbRemote *self, guint64 max_bytes);
 HB_AVAILABLE_IN_ALL
 guint hb_remote_get_max_connections (HbRemote *self);
 HB_AVAILABLE_IN_ALL

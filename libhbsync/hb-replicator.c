@@ -33,6 +33,7 @@
 #define RETRY_BASE_MS 200
 #define RETRY_MAX_MS 3000
 #define OPEN_REVS_PARALLEL 4
+#define CHECKPOINT_GRACE_MS 5000
 
 struct _HbReplicator
 {
@@ -256,6 +257,9 @@ typedef struct
   Batch *writing;
 
   /* Checkpoints. */
+  GCancellable *checkpoint_cancellable; /* cancelled when the run fails, or CHECKPOINT_GRACE_MS
+                                         * after the caller cancelled it */
+  GSource *grace;
   gboolean checkpoint_busy;
   gboolean checkpoint_dirty;
   guint checkpoint_parts;
@@ -271,6 +275,10 @@ run_free (Run *run)
     g_cancellable_disconnect (run->caller_cancellable, run->cancelled_id);
   g_clear_object (&run->caller_cancellable);
   g_clear_object (&run->cancellable);
+  if (run->grace != NULL)
+    g_source_destroy (run->grace);
+  g_clear_pointer (&run->grace, g_source_unref);
+  g_clear_object (&run->checkpoint_cancellable);
   g_clear_error (&run->error);
   g_free (run->rep_id);
   g_free (run->local_id);
@@ -384,6 +392,15 @@ maybe_finish (Run *run)
   run_complete (run);
 }
 
+static gboolean
+grace_expired (gpointer data)
+{
+  Run *run = data;
+
+  g_cancellable_cancel (run->checkpoint_cancellable);
+  return G_SOURCE_REMOVE;
+}
+
 static void
 run_fail (Run *run, GError *error)
 {
@@ -391,6 +408,16 @@ run_fail (Run *run, GError *error)
     {
       run->error = error;
       g_cancellable_cancel (run->cancellable);
+      if (run->caller_cancellable != NULL && g_cancellable_is_cancelled (run->caller_cancellable))
+        {
+          /* Cancelled: the checkpoint lane still records what was written, if the peers
+           * answer soon enough, so that the next run does not do it again. */
+          run->grace = g_timeout_source_new (CHECKPOINT_GRACE_MS);
+          g_source_set_callback (run->grace, grace_expired, run, NULL);
+          g_source_attach (run->grace, g_task_get_context (run->task));
+        }
+      else
+        g_cancellable_cancel (run->checkpoint_cancellable);
     }
   else
     g_error_free (error);
@@ -416,6 +443,20 @@ op_end (Run *run, GError **error)
       return FALSE;
     }
   return TRUE;
+}
+
+/* op_end() for the checkpoint lane, which outlives a run the caller cancelled. */
+static gboolean
+checkpoint_op_end (Run *run, GError **error)
+{
+  if (run->error != NULL && (error == NULL || *error == NULL)
+      && !g_cancellable_is_cancelled (run->checkpoint_cancellable))
+    {
+      g_assert (run->pending_ops > 0);
+      run->pending_ops--;
+      return TRUE;
+    }
+  return op_end (run, error);
 }
 
 typedef struct
@@ -455,6 +496,7 @@ retry_or_fail (Run *run, Lane lane, GError **error, void (*step) (Run *run))
     {
       guint delay = MIN (RETRY_MAX_MS, RETRY_BASE_MS << run->attempts[lane]);
       Retry *retry = g_new (Retry, 1);
+      GSource *timeout;
 
       delay = delay / 2 + g_random_int_range (0, (gint)delay / 2 + 1);
       run->attempts[lane]++;
@@ -463,7 +505,11 @@ retry_or_fail (Run *run, Lane lane, GError **error, void (*step) (Run *run))
       retry->run = run;
       retry->step = step;
       op_begin (run);
-      g_timeout_add (delay, retry_fire, retry);
+      /* On the run's context, where everything else of it runs. */
+      timeout = g_timeout_source_new (delay);
+      g_source_set_callback (timeout, retry_fire, retry, NULL);
+      g_source_attach (timeout, g_task_get_context (run->task));
+      g_source_unref (timeout);
       return TRUE;
     }
   run_fail (run, g_steal_pointer (error));
@@ -578,7 +624,7 @@ on_remote_log_reread (GObject *source, GAsyncResult *result, gpointer data)
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) doc = hb_remote_get_local_finish (HB_REMOTE (source), result, &error);
 
-  if (!op_end (run, &error))
+  if (!checkpoint_op_end (run, &error))
     return;
   g_clear_pointer (&run->remote_log_rev, g_free);
   if (doc != NULL && JSON_NODE_HOLDS_OBJECT (doc))
@@ -600,21 +646,21 @@ on_remote_log_put (GObject *source, GAsyncResult *result, gpointer data)
       /* Someone else wrote the log (another run of the same replication): take its _rev. */
       run->attempts[LANE_CHECKPOINT]++;
       g_clear_error (&error);
-      if (!op_end (run, NULL))
+      if (!checkpoint_op_end (run, NULL))
         return;
       op_begin (run);
-      hb_remote_get_local_async (run->self->remote, run->local_id, run->cancellable,
+      hb_remote_get_local_async (run->self->remote, run->local_id, run->checkpoint_cancellable,
                                  on_remote_log_reread, run);
       return;
     }
   if (error != NULL && hb_remote_error_is_transient (error))
     {
-      if (!op_end (run, NULL))
+      if (!checkpoint_op_end (run, NULL))
         return;
       retry_or_fail (run, LANE_CHECKPOINT, &error, remote_checkpoint_put);
       return;
     }
-  if (!op_end (run, &error))
+  if (!checkpoint_op_end (run, &error))
     return;
   g_free (run->remote_log_rev);
   run->remote_log_rev = g_steal_pointer (&rev);
@@ -629,8 +675,8 @@ remote_checkpoint_put (Run *run)
   if (run->remote_log_rev != NULL)
     json_object_set_string_member (json_node_get_object (log), "_rev", run->remote_log_rev);
   op_begin (run);
-  hb_remote_put_local_async (run->self->remote, run->local_id, log, run->cancellable,
-                             on_remote_log_put, run);
+  hb_remote_put_local_async (run->self->remote, run->local_id, log,
+                             run->checkpoint_cancellable, on_remote_log_put, run);
 }
 
 static void local_checkpoint_put (Run *run);
@@ -644,7 +690,7 @@ on_local_log_reread (GObject *source, GAsyncResult *result, gpointer data)
 
   if (error != NULL && g_error_matches (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND))
     g_clear_error (&error);
-  if (!op_end (run, &error))
+  if (!checkpoint_op_end (run, &error))
     return;
   g_clear_pointer (&run->local_log_rev, g_free);
   if (doc != NULL && JSON_NODE_HOLDS_OBJECT (doc))
@@ -665,14 +711,14 @@ on_local_log_put (GObject *source, GAsyncResult *result, gpointer data)
     {
       run->attempts[LANE_CHECKPOINT]++;
       g_clear_error (&error);
-      if (!op_end (run, NULL))
+      if (!checkpoint_op_end (run, NULL))
         return;
       op_begin (run);
-      hb_store_get_local_async (run->self->store, run->local_id, run->cancellable,
+      hb_store_get_local_async (run->self->store, run->local_id, run->checkpoint_cancellable,
                                 on_local_log_reread, run);
       return;
     }
-  if (!op_end (run, &error))
+  if (!checkpoint_op_end (run, &error))
     return;
   g_free (run->local_log_rev);
   run->local_log_rev = g_steal_pointer (&rev);
@@ -687,7 +733,8 @@ local_checkpoint_put (Run *run)
   if (run->local_log_rev != NULL)
     json_object_set_string_member (json_node_get_object (log), "_rev", run->local_log_rev);
   op_begin (run);
-  hb_store_put_local_async (run->self->store, log, run->cancellable, on_local_log_put, run);
+  hb_store_put_local_async (run->self->store, log, run->checkpoint_cancellable,
+                            on_local_log_put, run);
 }
 
 /* Writes the checkpoint for run->checkpoint_seq on both sides, unless one is being written:
@@ -695,7 +742,7 @@ local_checkpoint_put (Run *run)
 static void
 checkpoint_step (Run *run)
 {
-  if (run->error != NULL)
+  if (run->error != NULL && g_cancellable_is_cancelled (run->checkpoint_cancellable))
     return;
   if (run->checkpoint_busy)
     {
@@ -743,11 +790,17 @@ writer_kick (gpointer data)
 static void
 kick_writer (Run *run)
 {
+  GSource *idle;
+
   if (run->writer_kicked)
     return;
   run->writer_kicked = TRUE;
   op_begin (run);
-  g_idle_add (writer_kick, run);
+  /* On the run's context, which need not be the global default one. */
+  idle = g_idle_source_new ();
+  g_source_set_callback (idle, writer_kick, run, NULL);
+  g_source_attach (idle, g_task_get_context (run->task));
+  g_source_unref (idle);
 }
 
 static void
@@ -2177,7 +2230,8 @@ on_caller_cancelled (GCancellable *cancellable, gpointer data)
 /**
  * hb_replicator_run_async:
  * @self: a replicator
- * @cancellable: (nullable): cancels the run; the next one resumes from its last checkpoint
+ * @cancellable: (nullable): cancels the run; what it wrote by then is still checkpointed (if
+ *   the peers answer within a few seconds), and the next run resumes from there
  * @callback: (scope async): called on the caller's context when the run ends
  * @user_data: data for @callback
  *
@@ -2210,6 +2264,7 @@ hb_replicator_run_async (HbReplicator *self,
   run->task = task;
   run->push = self->direction == HB_REPLICATION_DIRECTION_PUSH;
   run->cancellable = g_cancellable_new ();
+  run->checkpoint_cancellable = g_cancellable_new ();
   g_task_set_task_data (task, run, (GDestroyNotify)run_free);
   if (cancellable != NULL)
     {

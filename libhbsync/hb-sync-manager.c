@@ -48,6 +48,7 @@ struct _HbSyncManager
   guint retry_id;
   gboolean longpoll_running;
   JsonNode *pull_seq; /* where the pull's checkpoint is, for the longpoll */
+  guint64 pull_start_seq; /* the store's sequence when the running pull began */
   char *instance_start_time;
   gulong store_changed_id;
   gulong network_changed_id;
@@ -77,6 +78,7 @@ enum
   SIGNAL_STATUS_CHANGED,
   SIGNAL_SESSION_STATUS_CHANGED,
   SIGNAL_TOKEN_NEEDED,
+  SIGNAL_CONFLICT,
   N_SIGNALS
 };
 
@@ -336,6 +338,166 @@ record_success (HbSyncManager *self)
     }
 }
 
+/* ---- conflicts found by a pull --------------------------------------------------------- */
+
+typedef struct
+{
+  char *id;
+  char *winner;
+  GStrv conflicts;
+  char *kept; /* the strategy's choice, when it resolved the conflict */
+} Conflict;
+
+static void
+conflict_free (gpointer data)
+{
+  Conflict *c = data;
+
+  g_free (c->id);
+  g_free (c->winner);
+  g_strfreev (c->conflicts);
+  g_free (c->kept);
+  g_free (c);
+}
+
+/* The time a clinical document says it was last changed, for "latest wins". */
+static const char *
+document_time (JsonObject *doc)
+{
+  static const char *const members[] = { "updated_at", "written_at", "taken_at", "created_at" };
+
+  for (guint i = 0; i < G_N_ELEMENTS (members); i++)
+    {
+      JsonNode *n = json_object_get_member (doc, members[i]);
+
+      if (n != NULL && JSON_NODE_HOLDS_VALUE (n) && json_node_get_value_type (n) == G_TYPE_STRING)
+        return json_node_get_string (n);
+    }
+  return "";
+}
+
+typedef struct
+{
+  guint64 since;
+  HbConflictStrategy strategy;
+} ScanArgs;
+
+/* Documents changed since the pull began that now have more than one live leaf. With
+ * LATEST_UPDATED_AT the leaf with the latest timestamp (ISO 8601 compares as text) stays and
+ * the others are deleted; equal times keep the protocol's winner. */
+static void
+scan_conflicts_thread (GTask *task, gpointer source, gpointer data, GCancellable *cancellable)
+{
+  HbSyncManager *self = source;
+  ScanArgs *args = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) changes
+      = hb_store_changes_sync (self->store, args->since, 0, cancellable, &error);
+  GPtrArray *found;
+  JsonArray *rows;
+
+  if (changes == NULL)
+    {
+      g_task_return_error (task, g_steal_pointer (&error));
+      return;
+    }
+  found = g_ptr_array_new_with_free_func (conflict_free);
+  rows = json_object_get_array_member (json_node_get_object (changes), "results");
+  for (guint i = 0; i < json_array_get_length (rows); i++)
+    {
+      JsonObject *row = json_array_get_object_element (rows, i);
+      const char *id = json_object_get_string_member_with_default (row, "id", NULL);
+      g_autoptr (JsonNode) doc = NULL;
+      JsonObject *obj;
+      JsonArray *others;
+      Conflict *c;
+
+      if (id == NULL || !json_object_has_member (row, "changes")
+          || json_array_get_length (json_object_get_array_member (row, "changes")) < 2)
+        continue;
+      doc = hb_store_get_sync (self->store, id, NULL, HB_GET_FLAGS_CONFLICTS, cancellable, NULL);
+      if (doc == NULL || !json_object_has_member (json_node_get_object (doc), "_conflicts"))
+        continue;
+      obj = json_node_get_object (doc);
+      others = json_object_get_array_member (obj, "_conflicts");
+      c = g_new0 (Conflict, 1);
+      c->id = g_strdup (id);
+      c->winner = g_strdup (json_object_get_string_member (obj, "_rev"));
+      c->conflicts = g_new0 (char *, json_array_get_length (others) + 1);
+      for (guint k = 0; k < json_array_get_length (others); k++)
+        c->conflicts[k] = g_strdup (json_array_get_string_element (others, k));
+      if (args->strategy == HB_CONFLICT_STRATEGY_LATEST_UPDATED_AT)
+        {
+          const char *best_rev = c->winner;
+          g_autofree char *best_time = g_strdup (document_time (obj));
+
+          for (guint k = 0; c->conflicts[k] != NULL; k++)
+            {
+              g_autoptr (JsonNode) leaf = hb_store_get_sync (
+                  self->store, id, c->conflicts[k], HB_GET_FLAGS_NONE, cancellable, NULL);
+              const char *t;
+
+              if (leaf == NULL)
+                continue;
+              t = document_time (json_node_get_object (leaf));
+              if (strcmp (t, best_time) > 0)
+                {
+                  g_free (best_time);
+                  best_time = g_strdup (t);
+                  best_rev = c->conflicts[k];
+                }
+            }
+          c->kept = g_strdup (best_rev);
+          if (g_strcmp0 (c->winner, best_rev) != 0)
+            {
+              g_autofree char *del
+                  = hb_store_delete_sync (self->store, id, c->winner, cancellable, NULL);
+            }
+          for (guint k = 0; c->conflicts[k] != NULL; k++)
+            if (g_strcmp0 (c->conflicts[k], best_rev) != 0)
+              {
+                g_autofree char *del
+                    = hb_store_delete_sync (self->store, id, c->conflicts[k], cancellable, NULL);
+              }
+        }
+      g_ptr_array_add (found, c);
+    }
+  g_task_return_pointer (task, found, (GDestroyNotify)g_ptr_array_unref);
+}
+
+static void
+on_conflicts_scanned (GObject *source, GAsyncResult *result, gpointer data)
+{
+  HbSyncManager *self = HB_SYNC_MANAGER (source);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) found = g_task_propagate_pointer (G_TASK (result), &error);
+
+  if (found == NULL)
+    {
+      if (!g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+        g_warning ("Looking for conflicts after a pull failed: %s", error->message);
+      return;
+    }
+  for (guint i = 0; i < found->len; i++)
+    {
+      Conflict *c = g_ptr_array_index (found, i);
+
+      g_signal_emit (self, signals[SIGNAL_CONFLICT], 0, c->id, c->winner, c->conflicts, c->kept);
+    }
+}
+
+static void
+scan_conflicts (HbSyncManager *self, guint64 since)
+{
+  g_autoptr (GTask) task = g_task_new (self, self->cancellable, on_conflicts_scanned, NULL);
+  ScanArgs *args = g_new0 (ScanArgs, 1);
+
+  args->since = since;
+  args->strategy = self->strategy;
+  g_task_set_task_data (task, args, g_free);
+  g_task_run_in_thread (task, scan_conflicts_thread);
+}
+
 /* ---- pull ------------------------------------------------------------------------------ */
 
 static void
@@ -347,6 +509,7 @@ on_pull_done (GObject *source, GAsyncResult *result, gpointer data)
       = hb_replicator_run_finish (HB_REPLICATOR (source), result, &error);
 
   self->pull_running = FALSE;
+  if (error) g_printerr ("TMPDBG pull error %s %d: %s\n", g_quark_to_string (error->domain), error->code, error->message); /* TMPDBG */
   if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
     {
       update_status (self);
@@ -370,6 +533,8 @@ on_pull_done (GObject *source, GAsyncResult *result, gpointer data)
         }
     }
   set_pending (self, &self->pending_pull, 0, PROP_PENDING_PULL);
+  if (res->docs_written > 0)
+    scan_conflicts (self, self->pull_start_seq);
   record_success (self);
   if (self->pull_again)
     {
@@ -392,6 +557,7 @@ run_pull (HbSyncManager *self)
       return;
     }
   self->pull_running = TRUE;
+  self->pull_start_seq = hb_store_get_update_seq (self->store);
   update_status (self);
   hb_replicator_run_async (self->pull, self->cancellable, on_pull_done, g_object_ref (self));
 }
@@ -453,6 +619,7 @@ on_push_done (GObject *source, GAsyncResult *result, gpointer data)
       = hb_replicator_run_finish (HB_REPLICATOR (source), result, &error);
 
   self->push_running = FALSE;
+  if (error) g_printerr ("TMPDBG push error %s %d: %s\n", g_quark_to_string (error->domain), error->code, error->message); /* TMPDBG */
   if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
     {
       update_status (self);
@@ -1658,6 +1825,22 @@ hb_sync_manager_class_init (HbSyncManagerClass *klass)
    * Emitted when the server refuses the bearer token: set a fresh one with
    * hb_sync_config_set_secret() and call hb_sync_manager_start() (or force a sync).
    */
+  /**
+   * HbSyncManager::conflict:
+   * @self: the manager
+   * @doc_id: the document
+   * @winner: the winning revision the protocol chose
+   * @conflicts: (array zero-terminated=1): the other live leaves
+   * @kept: (nullable): the leaf the conflict strategy kept (the others were deleted), or %NULL
+   *   when the strategy keeps the winner and leaves the conflict listed
+   *
+   * Emitted after a pull brought a document into conflict. Resolve it later with
+   * hb_sync_manager_resolve_conflict_async().
+   */
+  signals[SIGNAL_CONFLICT] = g_signal_new ("conflict", G_TYPE_FROM_CLASS (klass),
+                                           G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL, G_TYPE_NONE, 4,
+                                           G_TYPE_STRING, G_TYPE_STRING, G_TYPE_STRV,
+                                           G_TYPE_STRING);
   signals[SIGNAL_TOKEN_NEEDED]
       = g_signal_new ("token-needed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
                       NULL, G_TYPE_NONE, 0);

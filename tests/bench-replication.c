@@ -28,8 +28,16 @@
  *            empty `_changes`. Since curl cannot read one answer before forming the next
  *            request, the page boundaries (the sequences S, opaque, taken verbatim from the
  *            server) come from one full `_changes` read before the clock. No `_revs_diff`, no
- *            checkpoints, no parsing: the limit of the server and the loopback. CPU and peak RSS
- *            are curl's own (wait4 rusage); the wall clock includes starting curl.
+ *            checkpoints, no parsing: the limit of the server and the loopback. Requests carry
+ *            the headers ours sends (Accept, Content-Type) but no Accept-Encoding, so answers
+ *            come uncompressed (libsoup and node-fetch ask for gzip, and express-pouchdb
+ *            compresses for them). CPU and peak RSS are curl's own, from GNU time (curl reads
+ *            every @body of its config up front, so its push RSS holds all the bodies); the
+ *            wall clock includes starting curl.
+ *
+ * A last column gives the server's CPU time (/proc/PID/stat) over the same span: on a small
+ * machine the server shares the cores with the client, so what a client makes the server do
+ * (`_revs_diff`, checkpoints, compression) shows up in its docs/s.
  *
  * Each run does ours, PouchDB, raw in turn; 3 runs (--runs N); best and median are printed,
  * with the goals of the issue: ours >= 0.8 of raw docs/s, >= 2.5x PouchDB docs/s, <= 0.3x
@@ -54,6 +62,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "hb-json-private.h"
 #include "hb-test-server.h"
 #include "hb-test-utils.h"
 
@@ -90,8 +99,8 @@ static const char *const dir_names[N_DIRS] = { "push", "pull" };
 typedef struct
 {
   double seconds;
-  double cpu;       /* client user + system seconds */
-  double rss_mib;   /* client peak RSS */
+  double cpu;        /* client user + system seconds */
+  double rss_mib;    /* client peak RSS */
   double server_cpu; /* the server's user + system seconds over the same span */
 } Measure;
 
@@ -235,9 +244,8 @@ child_main (int argc, char **argv)
   remote = hb_remote_new (url, &error);
   die_on_error ("remote", error);
   cache = hb_sync_cache_new ();
-  replicator = hb_replicator_new (store, remote, cache,
-                                  push ? HB_REPLICATION_DIRECTION_PUSH
-                                       : HB_REPLICATION_DIRECTION_PULL);
+  replicator = hb_replicator_new (
+      store, remote, cache, push ? HB_REPLICATION_DIRECTION_PUSH : HB_REPLICATION_DIRECTION_PULL);
   hb_replicator_set_batch_size (replicator, BATCH);
   hb_replicator_set_create_target (replicator, push);
 
@@ -318,7 +326,8 @@ write_corpus (HbStore *store)
       g_ptr_array_add (batch, hb_test_note (rand, id, session_id, patient_id, written_at, 820));
       if (batch->len == BATCH || i == N_DOCS - 1)
         {
-          g_autoptr (GPtrArray) results = hb_store_bulk_docs_sync (store, batch, TRUE, NULL, &error);
+          g_autoptr (GPtrArray) results
+              = hb_store_bulk_docs_sync (store, batch, TRUE, NULL, &error);
 
           die_on_error ("bulk_docs", error);
           for (guint r = 0; r < results->len; r++)
@@ -383,10 +392,9 @@ export_corpus (HbStore *store, const char *dir, gsize *out_bytes)
 
           g_assert_cmpuint (json_array_get_length (leaves), ==, 1);
           g_ptr_array_add (ids, (gpointer)id);
-          g_hash_table_insert (
-              revs, (gpointer)id,
-              (gpointer)json_object_get_string_member (json_array_get_object_element (leaves, 0),
-                                                       "rev"));
+          g_hash_table_insert (revs, (gpointer)id,
+                               (gpointer)json_object_get_string_member (
+                                   json_array_get_object_element (leaves, 0), "rev"));
         }
       g_ptr_array_sort (ids, compare_strings);
       for (guint i = 0; i < ids->len; i++)
@@ -468,6 +476,7 @@ typedef struct
   char *work_dir; /* bodies, NDJSON, curl configs and outputs */
   char *store_path;
   char *perf_dir;
+  const char *server_pid; /* the running server's, for its CPU time */
   guint n_pages;
   SoupSession *session;
 } Bench;
@@ -527,8 +536,8 @@ check_written (const char *what, JsonObject *obj)
   gint64 failures = json_object_get_int_member_with_default (obj, "doc_write_failures", -1);
 
   if (written != N_DOCS || failures != 0)
-    g_error ("%s: %" G_GINT64_FORMAT " documents written, %" G_GINT64_FORMAT " failures",
-             what, written, failures);
+    g_error ("%s: %" G_GINT64_FORMAT " documents written, %" G_GINT64_FORMAT " failures", what,
+             written, failures);
 }
 
 static Measure
@@ -581,8 +590,8 @@ run_pouchdb (Bench *bench, Direction dir, const char *db_url)
 
   if (dir == DIR_PUSH)
     {
-      const char *argv[] = { bench->node, "--expose-gc", script, "push", ndjson, db_url, batch,
-                             NULL };
+      const char *argv[]
+          = { bench->node, "--expose-gc", script, "push", ndjson, db_url, batch, NULL };
       obj = run_child (what, argv, bench->server_dir);
     }
   else
@@ -644,24 +653,27 @@ append_transfer (GString *config, const char *url, const char *body_path)
  * it from a small image and reports curl's own rusage. Without /usr/bin/time, wait4 gives the
  * CPU and the RSS figure is an upper bound. */
 static void
-run_curl (const char *config_path, const char *out_path, Measure *m)
+run_curl (Bench *bench, const char *config_path, const char *out_path, Measure *m)
 {
   g_autofree char *rusage_path = g_strconcat (out_path, ".rusage", NULL);
-  const char *time_argv[] = { "/usr/bin/time", "-f", "%U %S %M", "-o", rusage_path, "curl",
-                              "--silent", "--show-error", "-K", config_path, NULL };
+  const char *time_argv[]
+      = { "/usr/bin/time", "-f",           "%U %S %M", "-o",        rusage_path, "curl",
+          "--silent",      "--show-error", "-K",       config_path, NULL };
   const char *const *argv = time_argv;
   gboolean timed = g_file_test ("/usr/bin/time", G_FILE_TEST_IS_EXECUTABLE);
   posix_spawn_file_actions_t actions;
   struct rusage ru;
   gint64 start;
+  double server0;
   pid_t pid;
   int status, rc;
 
   if (!timed)
     argv = time_argv + 5;
   posix_spawn_file_actions_init (&actions);
-  posix_spawn_file_actions_addopen (&actions, STDOUT_FILENO, out_path,
-                                    O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_addopen (&actions, STDOUT_FILENO, out_path, O_WRONLY | O_CREAT | O_TRUNC,
+                                    0600);
+  server0 = process_cpu_seconds (bench->server_pid);
   start = g_get_monotonic_time ();
   rc = posix_spawnp (&pid, argv[0], &actions, NULL, (char *const *)argv, environ);
   if (rc != 0)
@@ -670,6 +682,7 @@ run_curl (const char *config_path, const char *out_path, Measure *m)
     if (errno != EINTR)
       g_error ("wait4: %s", g_strerror (errno));
   m->seconds = (g_get_monotonic_time () - start) / (double)G_USEC_PER_SEC;
+  m->server_cpu = server0 >= 0 ? process_cpu_seconds (bench->server_pid) - server0 : -1;
   posix_spawn_file_actions_destroy (&actions);
   if (!WIFEXITED (status) || WEXITSTATUS (status) != 0)
     g_error ("curl failed (status %d)", status);
@@ -744,7 +757,7 @@ run_raw_push (Bench *bench, const char *db_url)
     }
   g_file_set_contents (config_path, config->str, config->len, &error);
   die_on_error ("curl config", error);
-  run_curl (config_path, out_path, &m);
+  run_curl (bench, config_path, out_path, &m);
   if (check_curl_output (out_path, bench->n_pages, 201, "\"error\"") != 0)
     g_error ("raw push: the server refused documents");
   return m;
@@ -793,23 +806,15 @@ run_raw_pull (Bench *bench, const char *db_url)
 
           for (guint r = 0; r < json_array_get_length (leaves); r++)
             {
+              JsonObject *leaf = json_array_get_object_element (leaves, r);
+
               if (body->len > strlen ("{\"docs\":["))
                 g_string_append_c (body, ',');
               g_string_append (body, "{\"id\":");
-              {
-                g_autoptr (JsonNode) id = json_node_new (JSON_NODE_VALUE);
-                g_autofree char *id_text = NULL;
-                g_autoptr (JsonNode) rev = json_node_new (JSON_NODE_VALUE);
-                g_autofree char *rev_text = NULL;
-
-                json_node_set_string (id, json_object_get_string_member (row, "id"));
-                id_text = json_to_string (id, FALSE);
-                json_node_set_string (
-                    rev, json_object_get_string_member (json_array_get_object_element (leaves, r),
-                                                        "rev"));
-                rev_text = json_to_string (rev, FALSE);
-                g_string_append_printf (body, "%s,\"rev\":%s}", id_text, rev_text);
-              }
+              hb_json_append_string (body, json_object_get_string_member (row, "id"));
+              g_string_append (body, ",\"rev\":");
+              hb_json_append_string (body, json_object_get_string_member (leaf, "rev"));
+              g_string_append_c (body, '}');
             }
         }
       g_string_append (body, "]}");
@@ -830,7 +835,7 @@ run_raw_pull (Bench *bench, const char *db_url)
     }
   g_file_set_contents (config_path, config->str, config->len, &error);
   die_on_error ("curl config", error);
-  run_curl (config_path, out_path, &m);
+  run_curl (bench, config_path, out_path, &m);
   found = check_curl_output (out_path, transfers, 200, "\"_revisions\"");
   if (found != N_DOCS)
     g_error ("raw pull: %u documents read, not %u", found, N_DOCS);
@@ -848,6 +853,7 @@ run_client (Bench *bench, Client client, guint run, Measure out[N_DIRS])
 
   die_on_error ("server", error);
   pid = g_strdup (g_subprocess_get_identifier (server->process));
+  bench->server_pid = pid;
   db_url = g_strdup_printf ("%s/bench-%s-%u", server->url, client_keys[client], run + 1);
   for (Direction dir = 0; dir < N_DIRS; dir++)
     {
@@ -856,24 +862,27 @@ run_client (Bench *bench, Client client, guint run, Measure out[N_DIRS])
 
       switch (client)
         {
-        case CLIENT_OURS:
-          m = run_ours (bench, dir, db_url, run);
-          break;
-        case CLIENT_POUCHDB:
-          m = run_pouchdb (bench, dir, db_url);
-          break;
-        case CLIENT_RAW:
-          m = dir == DIR_PUSH ? run_raw_push (bench, db_url) : run_raw_pull (bench, db_url);
-          break;
-        default:
-          g_assert_not_reached ();
+          case CLIENT_OURS:
+            m = run_ours (bench, dir, db_url, run);
+            break;
+          case CLIENT_POUCHDB:
+            m = run_pouchdb (bench, dir, db_url);
+            break;
+          case CLIENT_RAW:
+            m = dir == DIR_PUSH ? run_raw_push (bench, db_url) : run_raw_pull (bench, db_url);
+            break;
+          default:
+            g_assert_not_reached ();
         }
-      m.server_cpu = server0 >= 0 ? process_cpu_seconds (pid) - server0 : -1;
+      /* Raw measures the server around curl alone, not around the setup requests. */
+      if (client != CLIENT_RAW)
+        m.server_cpu = server0 >= 0 ? process_cpu_seconds (pid) - server0 : -1;
       if (dir == DIR_PUSH && server_doc_count (bench->session, db_url) != N_DOCS)
         g_error ("%s push: the server holds %" G_GINT64_FORMAT " documents", client_names[client],
                  server_doc_count (bench->session, db_url));
       out[dir] = m;
     }
+  bench->server_pid = NULL;
 }
 
 /* ---- reporting ------------------------------------------------------------------------- */
@@ -920,15 +929,15 @@ figure_of (const Measure *m, Fig fig)
 {
   switch (fig)
     {
-    case FIG_RATE:
-      return N_DOCS / m->seconds;
-    case FIG_CPU:
-      return m->cpu;
-    case FIG_RSS:
-      return m->rss_mib;
-    case FIG_SERVER:
-    default:
-      return m->server_cpu;
+      case FIG_RATE:
+        return N_DOCS / m->seconds;
+      case FIG_CPU:
+        return m->cpu;
+      case FIG_RSS:
+        return m->rss_mib;
+      case FIG_SERVER:
+      default:
+        return m->server_cpu;
     }
 }
 
@@ -977,8 +986,8 @@ print_direction (Measure (*m)[N_CLIENTS][N_DIRS],
       rss = figures (m, n_runs, c, d, FIG_RSS);
       server = figures (m, n_runs, c, d, FIG_SERVER);
       g_print ("  %-11s %10.0f [%7.0f] %10.3f [%7.3f] %10.1f [%7.1f] %10.3f [%7.3f]\n",
-               client_names[c], rate.best, rate.median, cpu.best, cpu.median, rss.best,
-               rss.median, server.best, server.median);
+               client_names[c], rate.best, rate.median, cpu.best, cpu.median, rss.best, rss.median,
+               server.best, server.median);
     }
   if (enabled[CLIENT_OURS] && enabled[CLIENT_RAW])
     print_ratio ("ours/raw docs/s", figures (m, n_runs, CLIENT_OURS, d, FIG_RATE),

@@ -12,16 +12,21 @@ sleeping 63 s; if no such column exists it falls back to waiting as long as the 
 """
 
 import fcntl
+import hashlib
 import json
 import os
 import re
 import select
 import shutil
+import signal
+import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import tempfile
 import termios
+import threading
 import time
 import unittest
 import urllib.request
@@ -30,6 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hbtestserver import TestProxy, TestServer  # noqa: E402
 
 CLI = os.environ.get("HBSYNC_CLI")
+# GLib's proxy resolver reads GSettings: the memory backend keeps the tool away from dconf.
+os.environ["GSETTINGS_BACKEND"] = "memory"
 
 PIN = "482913"
 NEW_PIN = "739154"
@@ -42,7 +49,9 @@ SECRET_NAME = "Zebulon"
 SECRET_NOTE = "Quillfeather reports dizziness"
 
 COMMANDS = ["init", "put", "get", "delete", "list", "changes", "import", "export", "stats",
-            "change-pin", "recover", "push", "pull", "sync"]
+            "change-pin", "recover", "push", "pull", "sync", "status", "diagnose", "session-sync"]
+SERVER_OPTIONS = ["--user", "--password-fd", "--cookie", "--token-fd", "--ca-file", "--pin-sha256",
+                  "--insecure-http"]
 
 
 def rev_of(pos, char):
@@ -289,6 +298,13 @@ class TestHelpAndUsage(CliTestCase):
         result = self.run_cli("init", "--help", secrets=None, store=False)
         for option in ("--no-device-secret", "--kdf-memory", "--kdf-iterations"):
             self.assertIn(option, result.stdout)
+        for command, options in (("sync", ["--continuous", "--poll-ms", "--create"]),
+                                 ("push", []), ("pull", []), ("status", ["--local"]),
+                                 ("diagnose", []), ("session-sync", ["--timeout"])):
+            result = self.run_cli(command, "--help", secrets=None, store=False)
+            self.assertEqual(result.code, 0, str(result))
+            for option in SERVER_OPTIONS + options:
+                self.assertIn(option, result.stdout, command)
 
     def test_version(self):
         result = self.run_cli("--version", secrets=None, store=False)
@@ -901,6 +917,572 @@ class TestReplication(CliTestCase):
             self.assertEqual(out["push"]["docs_written"], 26)
             self.assertIn("note:04", result.stderr)
             self.assertIn("forbidden", result.stderr)
+
+
+
+# ---- the sync manager's commands --------------------------------------------------------------
+
+ISO_TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+STATUS_KEYS = {"status", "pending_push", "pending_pull", "last_error", "time"}
+STATUSES = {"disabled", "offline", "connecting", "syncing", "up-to-date", "auth-failed", "error"}
+DIAGNOSTIC_CHECKS = ["network_available", "server_reachable", "tls_ok", "authenticated",
+                     "database_present", "vault_unlocked"]
+DEAD_URL = "http://127.0.0.1:1/clinic"
+
+
+def wait_until(predicate, timeout, what, interval=0.2):
+    """Calls predicate until it returns something true; fails after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %s s waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+class ContinuousSync:
+    """`hbsync sync URL --continuous` as a child process; its status lines as they come."""
+
+    def __init__(self, test, url, *args, secrets=(PIN,), stdin_data=None, store=None):
+        self.test = test
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, "".join(s + "\n" for s in secrets).encode())
+        os.close(write_fd)
+        self.stderr_file = tempfile.TemporaryFile()
+        self.args = ["--store", store or test.store, "--pin-fd", str(read_fd), "sync", url,
+                     "--continuous", *args]
+        try:
+            self.process = subprocess.Popen(
+                [CLI, *self.args],
+                stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=self.stderr_file, pass_fds=(read_fd,),
+                start_new_session=True)
+        finally:
+            os.close(read_fd)
+        if stdin_data is not None:
+            self.process.stdin.write(stdin_data.encode())
+            self.process.stdin.close()
+        self.lines = []
+        self._buffer = b""
+        test.addCleanup(self.kill)
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+        self.stderr_file.close()
+
+    def _read(self, timeout):
+        """Reads what is there within timeout; returns False at end of output."""
+        fd = self.process.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+        if not ready:
+            return True
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return False
+        self._buffer += chunk
+        while b"\n" in self._buffer:
+            line, _, self._buffer = self._buffer.partition(b"\n")
+            status = json.loads(line.decode("utf-8"))
+            self.check_line(status)
+            self.lines.append(status)
+        return True
+
+    def check_line(self, status):
+        self.test.assertTrue(STATUS_KEYS <= set(status), status)
+        self.test.assertIn(status["status"], STATUSES)
+        self.test.assertRegex(status["time"], ISO_TIME_RE)
+        for key in ("pending_push", "pending_pull"):
+            self.test.assertTrue(status[key] is None or status[key] >= 0, status)
+        if status["last_error"] is not None:
+            for secret in self.test.never_on_stderr:
+                self.test.assertNotIn(secret, status["last_error"])
+
+    def wait_for(self, predicate, timeout=30, what="a status line"):
+        """Reads lines until one satisfies predicate; returns it."""
+        start = len(self.lines)
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines[start:]:
+                if predicate(line):
+                    return line
+            start = len(self.lines)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._read(remaining):
+                raise AssertionError("no %s within %s s; lines so far:\n%s\nstderr: %s" % (
+                    what, timeout, "\n".join(json.dumps(x) for x in self.lines), self.stderr()))
+
+    def wait_status(self, status, timeout=30):
+        return self.wait_for(lambda line: line["status"] == status, timeout, repr(status))
+
+    def read_for(self, seconds):
+        """Collects the lines printed in the next seconds."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and self._read(deadline - time.monotonic()):
+            pass
+
+    def statuses(self):
+        return [line["status"] for line in self.lines]
+
+    def stderr(self):
+        self.stderr_file.seek(0)
+        return self.stderr_file.read().decode("utf-8", "replace")
+
+    def stop(self, sig=signal.SIGINT, timeout=30):
+        """Sends sig; returns the exit status once every line is read."""
+        self.process.send_signal(sig)
+        deadline = time.monotonic() + timeout
+        while self._read(deadline - time.monotonic()):
+            if time.monotonic() > deadline:
+                raise AssertionError("still running %s s after the signal" % timeout)
+        code = self.process.wait(timeout=max(1, deadline - time.monotonic()))
+        stderr = self.stderr()
+        for secret in self.test.never_on_stderr:
+            self.test.assertNotIn(secret, stderr)
+        return code
+
+
+class ServerTestCase(CliTestCase):
+    """A store with a few documents of one clinical session, and a server with a database."""
+
+    def setUp(self):
+        super().setUp()
+        self.server = TestServer()
+        self.addCleanup(self.server.stop)
+        self.db = self.server.url + "/clinic"
+        http_json("PUT", self.db)
+        self.init()
+        self.put({"_id": "session:s1", "type": "session", "patient_id": "patient:p1"})
+        self.put({"_id": "patient:p1", "type": "patient", "given_name": SECRET_NAME})
+        for i in range(3):
+            self.put({"_id": "note:s1-%d" % i, "type": "note", "session_id": "session:s1",
+                      "patient_id": "patient:p1", "text": "%s %d" % (SECRET_NOTE, i)})
+        self.put({"_id": "patient:p2", "type": "patient", "given_name": "Other"})
+
+    def server_ids(self, db=None):
+        rows = http_json("GET", (db or self.db) + "/_all_docs")["rows"]
+        return sorted(row["id"] for row in rows)
+
+    def store_has(self, doc_id, **kwargs):
+        result = self.run_cli("get", doc_id, **kwargs)
+        if result.code == 4:
+            return None
+        self.assertEqual(result.code, 0, str(result))
+        return result.json()
+
+    def proxy(self):
+        proxy = TestProxy(self.server.url)
+        self.addCleanup(proxy.stop)
+        return proxy
+
+    def requests_to(self, proxy, route):
+        return proxy.stats()["by_route"].get(route, 0)
+
+
+class TestContinuousSync(ServerTestCase):
+    def test_both_ways_until_interrupted(self):
+        sync = ContinuousSync(self, self.db)
+        first = sync.wait_status("up-to-date")
+        self.assertEqual((first["pending_push"], first["pending_pull"]), (0, 0))
+        self.assertIn(sync.lines[0]["status"], ("connecting", "syncing"))
+        self.assertEqual(len(self.server_ids()), 6)
+
+        # A server change arrives through the changes feed (read here by a second process).
+        http_json("PUT", self.db + "/note:from-server", {"type": "note", "text": "hello"})
+        doc = wait_until(lambda: self.store_has("note:from-server"), 30, "the pulled document")
+        self.assertEqual(doc["text"], "hello")
+
+        # A document written by another process reaches the server.
+        self.put({"_id": "note:from-cli", "type": "note", "text": "written elsewhere"})
+        wait_until(lambda: "note:from-cli" in self.server_ids(), 30, "the pushed document")
+        self.assertEqual(http_json("GET", self.db + "/note:from-cli")["text"], "written elsewhere")
+        sync.wait_for(lambda line: line["status"] == "up-to-date" and line["pending_push"] == 0,
+                      what="up-to-date after the push")
+
+        self.assertEqual(sync.stop(signal.SIGINT), 0, sync.stderr())
+        final = sync.lines[-1]
+        self.assertTrue(final.get("final"), final)
+        self.assertEqual(final["status"], "disabled")
+        self.assertEqual(sum(1 for line in sync.lines if line.get("final")), 1)
+        self.assertNotIn("error", sync.statuses())
+        self.assertTrue(all(line["last_error"] is None for line in sync.lines), sync.lines)
+        self.assertNotRegex(sync.stderr(), r"hbsync:|CRITICAL|WARNING")
+
+        # Nothing is left for the next run, which resumes from the checkpoints.
+        status = self.ok("status", self.db)
+        self.assertEqual((status["pending_push"], status["pending_pull"]), (0, 0))
+        out = self.ok("sync", self.db)
+        self.assertEqual(out["pull"]["docs_written"] + out["push"]["docs_written"], 0)
+
+    def test_sigterm_and_create(self):
+        db = self.server.url + "/created"
+        sync = ContinuousSync(self, db, "--create", "--poll-ms", "0")
+        sync.wait_status("up-to-date")
+        self.assertEqual(len(self.server_ids(db)), 6)
+        self.assertEqual(sync.stop(signal.SIGTERM), 0, sync.stderr())
+        self.assertEqual(sync.lines[-1]["status"], "disabled")
+        self.assertTrue(sync.lines[-1]["final"])
+
+    def test_dead_port_is_offline_not_error(self):
+        sync = ContinuousSync(self, DEAD_URL)
+        line = sync.wait_status("offline")
+        self.assertIsNotNone(line["last_error"])
+        sync.read_for(2)
+        self.assertNotIn("error", sync.statuses())
+        self.assertNotIn("up-to-date", sync.statuses())
+        self.assertEqual(sync.stop(), 0, sync.stderr())
+        self.assertTrue(sync.lines[-1]["final"])
+
+    def test_server_going_away_is_offline_then_back(self):
+        directory = self.path("leveldb")
+        server = TestServer(leveldb=directory)
+        port = server.port
+        db = server.url + "/clinic"
+        try:
+            http_json("PUT", db)
+            sync = ContinuousSync(self, db)
+            sync.wait_status("up-to-date")
+        finally:
+            server.stop()
+        sync.wait_status("offline")
+        server = TestServer(leveldb=directory, port=port)
+        self.addCleanup(server.stop)
+        sync.wait_status("up-to-date", timeout=60)
+        self.put({"_id": "note:after", "type": "note"})
+        wait_until(lambda: "note:after" in self.server_ids(db), 30, "the pushed document")
+        self.assertNotIn("error", sync.statuses())
+        self.assertEqual(sync.stop(), 0, sync.stderr())
+
+    def test_wrong_credentials_are_auth_failed_without_a_retry_storm(self):
+        proxy = self.proxy()
+        proxy.config(basic_auth="nurse:s3cret pass")
+        url = proxy.url + "/clinic"
+        self.never_on_stderr.append("wrong pass")
+        sync = ContinuousSync(self, url, "--user", "nurse", "--password-fd", "0",
+                              stdin_data="wrong pass\n")
+        line = sync.wait_status("auth-failed")
+        self.assertIsNotNone(line["last_error"])
+        proxy.clear_stats()
+        sync.read_for(4)
+        self.assertLessEqual(proxy.stats()["total"], 3, "retried against a refusing server")
+        self.assertEqual(sync.statuses()[-1], "auth-failed")
+        self.assertNotIn("error", sync.statuses())
+        self.assertNotIn("offline", sync.statuses())
+        self.assertEqual(sync.stop(), 0, sync.stderr())
+
+    def test_right_credentials_through_the_proxy(self):
+        proxy = self.proxy()
+        proxy.config(basic_auth="nurse:s3cret pass")
+        self.never_on_stderr.append("s3cret pass")
+        sync = ContinuousSync(self, proxy.url + "/clinic", "--user", "nurse", "--password-fd",
+                              "0", stdin_data="s3cret pass\n")
+        sync.wait_status("up-to-date")
+        self.assertEqual(len(self.server_ids()), 6)
+        self.assertEqual(sync.stop(), 0, sync.stderr())
+        for line in sync.lines:
+            self.assertNotIn("s3cret", json.dumps(line))
+
+    def test_usage(self):
+        self.fails(2, "sync", self.db, "--continuous", "--session", "session:s1")
+        self.fails(2, "sync", self.db, "--poll-ms", "100")
+        self.fails(2, "sync", self.db, "--continuous", "--poll-ms", "soon")
+        self.fails(2, "push", self.db, "--continuous")
+
+
+class TestStatus(ServerTestCase):
+    def test_pending_counts_and_checkpoints(self):
+        status = self.ok("status", self.db)
+        self.assertEqual(status["pending_push"], 6)
+        self.assertEqual(status["pending_pull"], 0)
+        self.assertIsNone(status["last_sync_time"])
+        self.assertEqual(status["update_seq"], 6)
+        for direction in ("push", "pull"):
+            self.assertRegex(status[direction]["replication_id"], r"^[0-9a-f]{32}$")
+            self.assertIsNone(status[direction]["checkpoint_seq"])
+            self.assertIsNone(status[direction]["checkpoint_time"])
+        self.assertNotEqual(status["push"]["replication_id"], status["pull"]["replication_id"])
+
+        out = self.ok("sync", self.db)
+        after = self.ok("status", self.db)
+        # The same replications as push, pull and the sync manager: the same checkpoints.
+        self.assertEqual(after["push"]["replication_id"], out["push"]["replication_id"])
+        self.assertEqual(after["pull"]["replication_id"], out["pull"]["replication_id"])
+        self.assertEqual((after["pending_push"], after["pending_pull"]), (0, 0))
+        self.assertEqual(after["push"]["checkpoint_seq"], 6)
+        self.assertRegex(after["push"]["checkpoint_time"], ISO_TIME_RE)
+        self.assertRegex(after["last_sync_time"], ISO_TIME_RE)
+
+        self.put({"_id": "note:local", "type": "note"})
+        http_json("PUT", self.db + "/note:remote-1", {"type": "note"})
+        http_json("PUT", self.db + "/note:remote-2", {"type": "note"})
+        now = self.ok("status", self.db)
+        self.assertEqual((now["pending_push"], now["pending_pull"]), (1, 2))
+        self.assertNotIn("server_error", now)
+
+        local = self.ok("status", self.db, "--local")
+        self.assertEqual(local["pending_push"], 1)
+        self.assertIsNone(local["pending_pull"])
+
+    def test_server_unreachable(self):
+        status = self.ok("status", DEAD_URL)
+        self.assertEqual(status["pending_push"], 6)
+        self.assertIsNone(status["pending_pull"])
+        self.assertIn("server_error", status)
+        self.ok("status", DEAD_URL, "--local")
+        self.fails(2, "status")
+        self.fails(3, "status", self.db, secrets=("000000",))
+
+
+class TestDiagnose(ServerTestCase):
+    def check_shape(self, out):
+        for check in DIAGNOSTIC_CHECKS:
+            self.assertIsInstance(out[check], bool, check)
+        self.assertEqual(set(out["cache"]), {"entries", "unwritten", "bytes", "peak_bytes", "hits",
+                                             "misses", "evictions", "wipes"})
+        self.assertIn("last_error", out)
+        self.assertIsInstance(out["detail"], str)
+        self.assertEqual(out["ok"], all(out[check] for check in DIAGNOSTIC_CHECKS))
+
+    def test_live_server(self):
+        out = self.ok("diagnose", self.db)
+        self.check_shape(out)
+        self.assertTrue(out["ok"])
+        for check in DIAGNOSTIC_CHECKS:
+            self.assertTrue(out[check], check)
+
+    def test_dead_port(self):
+        result = self.fails(7, "diagnose", DEAD_URL)
+        out = result.json()
+        self.check_shape(out)
+        self.assertFalse(out["server_reachable"])
+        self.assertFalse(out["ok"])
+        self.assertTrue(out["vault_unlocked"])
+
+    def test_missing_database(self):
+        out = self.fails(7, "diagnose", self.server.url + "/missing").json()
+        self.check_shape(out)
+        self.assertTrue(out["server_reachable"])
+        self.assertTrue(out["authenticated"])
+        self.assertFalse(out["database_present"])
+
+    def test_credentials_through_the_proxy(self):
+        proxy = self.proxy()
+        proxy.config(basic_auth="nurse:s3cret pass")
+        url = proxy.url + "/clinic"
+        self.never_on_stderr += ["s3cret pass", "wrong pass"]
+        for args, stdin in ((["--user", "nurse", "--password-fd", "0"], "wrong pass\n"),
+                            ([], None)):
+            with self.subTest(args=args):
+                result = self.fails(7, "diagnose", url, *args, stdin_data=stdin)
+                out = result.json()
+                self.check_shape(out)
+                self.assertTrue(out["server_reachable"])
+                self.assertFalse(out["authenticated"])
+                self.assertNotIn("wrong pass", result.stdout)
+        out = self.ok("diagnose", url, "--user", "nurse", "--password-fd", "0",
+                      stdin_data="s3cret pass\n")
+        self.assertTrue(out["authenticated"])
+        self.assertTrue(out["ok"])
+
+
+class TestSessionSync(ServerTestCase):
+    def test_synced(self):
+        out = self.ok("session-sync", self.db, "session:s1", "--timeout", "20000")
+        self.assertEqual(set(out), {"session_id", "synced", "elapsed_ms"})
+        self.assertEqual(out["session_id"], "session:s1")
+        self.assertIs(out["synced"], True)
+        self.assertLess(out["elapsed_ms"], 20000)
+        self.assertEqual(self.server_ids(), ["note:s1-0", "note:s1-1", "note:s1-2", "patient:p1",
+                                             "session:s1"])
+        self.assertEqual(http_json("GET", self.db + "/note:s1-2")["text"], SECRET_NOTE + " 2")
+        # Already there: still synced.
+        self.assertTrue(self.ok("session-sync", self.db, "session:s1")["synced"])
+
+    def test_dead_server_answers_within_the_timeout(self):
+        start = time.monotonic()
+        result = self.fails(7, "session-sync", DEAD_URL, "session:s1", "--timeout", "1500")
+        wall = time.monotonic() - start
+        out = result.json()
+        self.assertIs(out["synced"], False)
+        self.assertLess(out["elapsed_ms"], 1500 + 1500)
+        self.assertLess(wall, 1.5 + 10)
+        self.assertIn("session:s1", result.stderr)
+
+    def test_usage(self):
+        self.fails(2, "session-sync", self.db)
+        self.fails(2, "session-sync", self.db, "session:s1", "--timeout", "0")
+        self.fails(2, "session-sync", self.db, "session:s1", "extra")
+
+
+class TestServerOptions(ServerTestCase):
+    def test_bearer_token(self):
+        proxy = self.proxy()
+        proxy.config(bearer_token="tok-5a1e2b")
+        url = proxy.url + "/clinic"
+        self.never_on_stderr += ["tok-5a1e2b", "tok-stale"]
+        result = self.fails(7, "push", url, "--token-fd", "0", stdin_data="tok-stale\n")
+        self.assertIn("401", result.stderr)
+        out = self.ok("push", url, "--token-fd", "0", stdin_data="tok-5a1e2b\n")
+        self.assertEqual(out["push"]["docs_written"], 6)
+        self.assertNotIn("tok-5a1e2b", json.dumps(out))
+        out = self.ok("diagnose", url, "--token-fd", "0", stdin_data="tok-5a1e2b\n")
+        self.assertTrue(out["authenticated"])
+        self.assertTrue(self.ok("session-sync", url, "session:s1", "--token-fd", "0",
+                                stdin_data="tok-5a1e2b\n")["synced"])
+        sync = ContinuousSync(self, url, "--token-fd", "0", stdin_data="tok-5a1e2b\n")
+        sync.wait_status("up-to-date")
+        self.assertEqual(sync.stop(), 0, sync.stderr())
+        self.fails(1, "push", url, "--token-fd", "0", stdin_data="\n")
+
+    def test_cookie_session(self):
+        proxy = self.proxy()
+        proxy.config(basic_auth="nurse:s3cret pass")
+        url = proxy.url + "/clinic"
+        self.never_on_stderr.append("s3cret pass")
+        out = self.ok("push", url, "--user", "nurse", "--cookie", "--password-fd", "0",
+                      stdin_data="s3cret pass\n")
+        self.assertEqual(out["push"]["docs_written"], 6)
+        stats = proxy.stats()
+        self.assertGreaterEqual(stats["by_route"].get("POST /_session", 0), 1, stats["by_route"])
+        # One login serves the whole run.
+        self.assertLessEqual(stats["by_route"].get("POST /_session", 0), 2, stats["by_route"])
+
+        proxy.clear_stats()
+        sync = ContinuousSync(self, url, "--user", "nurse", "--cookie", "--password-fd", "0",
+                              stdin_data="s3cret pass\n")
+        sync.wait_status("up-to-date")
+        self.assertEqual(sync.stop(), 0, sync.stderr())
+        self.assertGreaterEqual(self.requests_to(proxy, "POST /_session"), 1)
+
+        proxy.clear_stats()
+        result = self.fails(7, "diagnose", url, "--user", "nurse", "--cookie", "--password-fd",
+                            "0", stdin_data="wrong\n")
+        self.assertFalse(result.json()["authenticated"])
+
+    def test_usage_errors_before_any_secret(self):
+        cases = [
+            ["diagnose", self.db, "--cookie"],
+            ["diagnose", self.db, "--password-fd", "0"],
+            ["diagnose", self.db, "--user", "nurse", "--token-fd", "0"],
+            ["diagnose", self.db, "--pin-sha256", "00:11"],
+            ["diagnose", self.db, "--pin-sha256", "z" * 64],
+            ["diagnose", self.db, "--ca-file", self.path("missing.pem")],
+            ["diagnose", self.db, "--token-fd", "999"],
+            ["diagnose", "http://clinic.invalid/clinic"],
+            ["push", "http://clinic.invalid/clinic"],
+            ["status", "http://clinic.invalid/clinic"],
+        ]
+        for args in cases:
+            with self.subTest(args=args):
+                result = self.fails(2, *args, stdin_data="")
+                self.assertIn("Usage:", result.stderr)
+                self.assertEqual(result.stdout, "")
+        result = self.fails(2, "sync", "http://clinic.invalid/clinic", "--continuous")
+        self.assertIn("--insecure-http", result.stderr)
+
+    def test_insecure_http_is_allowed_when_asked(self):
+        # Allowed, and then only unreachable: the name does not resolve.
+        out = self.fails(7, "diagnose", "http://clinic.invalid/clinic", "--insecure-http").json()
+        self.assertFalse(out["server_reachable"])
+        self.assertFalse(out["ok"])
+
+
+class TlsFront:
+    """A TLS listener on 127.0.0.1 in front of a plain http server, with a self-signed
+    certificate for 127.0.0.1 made by openssl. .port, .cert (PEM file), .sha256 (hex)."""
+
+    def __init__(self, target_port, directory):
+        self.cert = os.path.join(directory, "server.pem")
+        key = os.path.join(directory, "server.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        key, "-out", self.cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True, timeout=60)
+        with open(self.cert, encoding="ascii") as f:
+            self.sha256 = hashlib.sha256(ssl.PEM_cert_to_DER_cert(f.read())).hexdigest()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(self.cert, key)
+        self.target_port = target_port
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        tls = plain = None
+        try:
+            conn.settimeout(30)
+            tls = self.context.wrap_socket(conn, server_side=True)
+            plain = socket.create_connection(("127.0.0.1", self.target_port), timeout=30)
+            while not self.closed:
+                readable = [tls] if tls.pending() else \
+                    select.select([tls, plain], [], [], 1.0)[0]
+                for source in readable:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    (plain if source is tls else tls).sendall(data)
+        except (OSError, ssl.SSLError):
+            pass  # a refused handshake, or a side that went away
+        finally:
+            for s in (tls or conn, plain):
+                if s is not None:
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
+
+    def close(self):
+        self.closed = True
+        self.listener.close()
+
+
+@unittest.skipUnless(shutil.which("openssl"), "openssl makes the test certificate")
+class TestTls(ServerTestCase):
+    def setUp(self):
+        super().setUp()
+        self.front = TlsFront(self.server.port, self.dir)
+        self.addCleanup(self.front.close)
+        self.https = "https://127.0.0.1:%d/clinic" % self.front.port
+
+    def test_untrusted_certificate_is_refused(self):
+        out = self.fails(7, "diagnose", self.https).json()
+        self.assertFalse(out["tls_ok"])
+        self.assertFalse(out["ok"])
+        self.fails(7, "push", self.https)
+        self.assertEqual(self.server_ids(), [])
+
+    def test_ca_file(self):
+        out = self.ok("diagnose", self.https, "--ca-file", self.front.cert)
+        self.assertTrue(out["tls_ok"])
+        self.assertTrue(out["ok"])
+        self.assertEqual(self.ok("push", self.https, "--ca-file", self.front.cert)
+                         ["push"]["docs_written"], 6)
+
+    def test_pinned_fingerprint(self):
+        pin = ":".join(self.front.sha256[i:i + 2].upper() for i in range(0, 64, 2))
+        out = self.ok("diagnose", self.https, "--ca-file", self.front.cert, "--pin-sha256", pin)
+        self.assertTrue(out["tls_ok"])
+        wrong = "%064x" % (int(self.front.sha256, 16) ^ 1)
+        out = self.fails(7, "diagnose", self.https, "--ca-file", self.front.cert,
+                         "--pin-sha256", wrong).json()
+        self.assertFalse(out["tls_ok"])
+        self.fails(7, "push", self.https, "--ca-file", self.front.cert, "--pin-sha256", wrong)
+        self.assertEqual(self.server_ids(), [])
 
 
 if __name__ == "__main__":

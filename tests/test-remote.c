@@ -62,6 +62,14 @@ typedef struct
   char *accept;
   char *content_type;
   char *request_body;
+  char *cookie;
+
+  /* A cookie session: POST .../_session answers with a new AuthSession cookie, s1, s2, ... */
+  guint logins;
+  char *login_path;
+  char *login_body;
+  guint session_max_age; /* sent with it when not 0 */
+  const char *set_cookie; /* a Set-Cookie header for every other answer */
 } Fixture;
 
 static void
@@ -118,6 +126,29 @@ set_answer (Fixture *f, SoupServerMessage *msg, const char *path)
         }
     }
   respond (msg, f->status, f->body);
+  if (f->set_cookie != NULL)
+    soup_message_headers_append (soup_server_message_get_response_headers (msg), "Set-Cookie",
+                                 f->set_cookie);
+}
+
+static void
+answer_login (Fixture *f, SoupServerMessage *msg)
+{
+  SoupMessageHeaders *headers = soup_server_message_get_response_headers (msg);
+  g_autofree char *cookie = NULL;
+
+  f->logins++;
+  g_free (f->login_path);
+  f->login_path = g_strdup (f->path);
+  g_free (f->login_body);
+  f->login_body = g_strdup (f->request_body);
+  if (f->session_max_age != 0)
+    cookie = g_strdup_printf ("AuthSession=s%u; Max-Age=%u; Path=/; HttpOnly", f->logins,
+                              f->session_max_age);
+  else
+    cookie = g_strdup_printf ("AuthSession=s%u; Path=/; HttpOnly", f->logins);
+  soup_message_headers_append (headers, "Set-Cookie", cookie);
+  respond (msg, SOUP_STATUS_OK, "{\"ok\":true,\"name\":\"nurse\",\"roles\":[]}");
 }
 
 static gboolean
@@ -183,8 +214,13 @@ server_callback (SoupServer *server,
   f->content_type = g_strdup (soup_message_headers_get_content_type (headers, NULL));
   g_free (f->request_body);
   f->request_body = g_strndup (g_bytes_get_data (body, NULL), g_bytes_get_size (body));
+  g_free (f->cookie);
+  f->cookie = g_strdup (soup_message_headers_get_one (headers, "Cookie"));
 
-  set_answer (f, msg, f->path);
+  if (g_str_has_suffix (f->path, "/_session") && g_strcmp0 (f->method, "POST") == 0)
+    answer_login (f, msg);
+  else
+    set_answer (f, msg, f->path);
   if (f->delay_ms > 0)
     {
       Held *h = g_new0 (Held, 1);
@@ -268,6 +304,9 @@ fixture_teardown (Fixture *f, gconstpointer data)
   g_free (f->accept);
   g_free (f->content_type);
   g_free (f->request_body);
+  g_free (f->cookie);
+  g_free (f->login_path);
+  g_free (f->login_body);
 }
 
 /* ---- waiting for results ----------------------------------------------------------------- */
@@ -334,7 +373,7 @@ typedef struct
 {
   GSocketService *service;
   guint port;
-  const char *reply;
+  GBytes *reply;
   GMutex lock;
   GPtrArray *request_lines;
 } RawServer;
@@ -349,6 +388,8 @@ raw_run (GThreadedSocketService *service,
   GInputStream *in = g_io_stream_get_input_stream (G_IO_STREAM (connection));
   GOutputStream *out = g_io_stream_get_output_stream (G_IO_STREAM (connection));
   g_autoptr (GString) head = g_string_new (NULL);
+  gsize len;
+  const char *reply = g_bytes_get_data (raw->reply, &len);
   char c;
 
   while (!g_str_has_suffix (head->str, "\r\n\r\n")
@@ -357,31 +398,52 @@ raw_run (GThreadedSocketService *service,
   g_mutex_lock (&raw->lock);
   g_ptr_array_add (raw->request_lines, g_strndup (head->str, strcspn (head->str, "\r")));
   g_mutex_unlock (&raw->lock);
-  g_output_stream_write_all (out, raw->reply, strlen (raw->reply), NULL, NULL, NULL);
+  g_output_stream_write_all (out, reply, len, NULL, NULL, NULL);
   g_io_stream_close (G_IO_STREAM (connection), NULL, NULL);
   return TRUE;
 }
 
+/* Listens on loopback, or on every IPv4 address when `any` is set. */
 static RawServer *
-raw_server_new (const char *reply)
+raw_server_new_full (GBytes *reply, gboolean any)
 {
   RawServer *raw = g_new0 (RawServer, 1);
-  g_autoptr (GInetAddress) loopback = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
-  g_autoptr (GSocketAddress) any = g_inet_socket_address_new (loopback, 0);
+  g_autoptr (GInetAddress) address = any ? g_inet_address_new_any (G_SOCKET_FAMILY_IPV4)
+                                         : g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
+  g_autoptr (GSocketAddress) socket_address = g_inet_socket_address_new (address, 0);
   g_autoptr (GSocketAddress) bound = NULL;
   g_autoptr (GError) error = NULL;
 
   g_mutex_init (&raw->lock);
-  raw->reply = reply;
+  raw->reply = g_bytes_ref (reply);
   raw->request_lines = g_ptr_array_new_with_free_func (g_free);
   raw->service = g_threaded_socket_service_new (2);
-  g_socket_listener_add_address (G_SOCKET_LISTENER (raw->service), any, G_SOCKET_TYPE_STREAM,
-                                 G_SOCKET_PROTOCOL_TCP, NULL, &bound, &error);
+  g_socket_listener_add_address (G_SOCKET_LISTENER (raw->service), socket_address,
+                                 G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL, &bound, &error);
   g_assert_no_error (error);
   raw->port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
   g_signal_connect (raw->service, "run", G_CALLBACK (raw_run), raw);
   g_socket_service_start (raw->service);
   return raw;
+}
+
+static RawServer *
+raw_server_new (const char *reply)
+{
+  g_autoptr (GBytes) bytes = g_bytes_new_static (reply, strlen (reply));
+
+  return raw_server_new_full (bytes, FALSE);
+}
+
+static guint
+raw_server_connections (RawServer *raw)
+{
+  guint n;
+
+  g_mutex_lock (&raw->lock);
+  n = raw->request_lines->len;
+  g_mutex_unlock (&raw->lock);
+  return n;
 }
 
 static HbRemote *
@@ -413,6 +475,7 @@ raw_server_free (RawServer *raw)
   g_socket_service_stop (raw->service);
   g_socket_listener_close (G_SOCKET_LISTENER (raw->service));
   g_object_unref (raw->service);
+  g_bytes_unref (raw->reply);
   g_ptr_array_unref (raw->request_lines);
   g_mutex_clear (&raw->lock);
   g_free (raw);

@@ -34,6 +34,7 @@ typedef enum
 {
   HB_CLI_ERROR_USAGE,
   HB_CLI_ERROR_FAILED,
+  HB_CLI_ERROR_NETWORK, /* a check against the server came out negative (diagnose, session-sync) */
 } HbCliError;
 
 #define HB_CLI_ERROR (hb_cli_error_quark ())
@@ -159,7 +160,8 @@ exit_code_for_error (const GError *error)
     }
 
   /* The server: unreachable, refusing, failing or answering nonsense. */
-  if (error->domain == HB_REMOTE_ERROR)
+  if (error->domain == HB_REMOTE_ERROR
+      || (error->domain == HB_CLI_ERROR && error->code == HB_CLI_ERROR_NETWORK))
     return HB_CLI_EXIT_NETWORK;
 
   if (error->domain == G_OPTION_ERROR
@@ -1681,7 +1683,310 @@ cmd_recover (HbCli *cli, GError **error)
   return TRUE;
 }
 
-/* ---- replication ---------------------------------------------------------------------- */
+/* ---- the server: URL, credentials, TLS ------------------------------------------------ */
+
+/* How to reach the server: the options of every command that talks to it. */
+typedef struct
+{
+  char *user;
+  char *password_fd;
+  gboolean cookie;
+  char *token_fd;
+  char *ca_file;
+  char *pin_sha256;
+  gboolean insecure_http;
+} ServerOptions;
+
+static void
+server_options_clear (ServerOptions *server)
+{
+  g_clear_pointer (&server->user, g_free);
+  g_clear_pointer (&server->password_fd, g_free);
+  g_clear_pointer (&server->token_fd, g_free);
+  g_clear_pointer (&server->ca_file, g_free);
+  g_clear_pointer (&server->pin_sha256, g_free);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (ServerOptions, server_options_clear)
+
+/* Appends a G_OPTION_ENTRY_NULL-terminated list to a zero-terminated GArray of entries. */
+static void
+append_entries (GArray *all, const GOptionEntry *entries)
+{
+  for (guint i = 0; entries != NULL && entries[i].long_name != NULL; i++)
+    g_array_append_vals (all, &entries[i], 1);
+}
+
+static void
+append_server_entries (GArray *all, ServerOptions *server)
+{
+  const GOptionEntry entries[] = {
+    { "user", 0, 0, G_OPTION_ARG_STRING, &server->user,
+      "Authenticate as this user: HTTP basic, or a cookie session with --cookie", "U" },
+    { "password-fd", 0, 0, G_OPTION_ARG_STRING, &server->password_fd,
+      "Read the password from this file descriptor (otherwise asked on the terminal)", "N" },
+    { "cookie", 0, 0, G_OPTION_ARG_NONE, &server->cookie,
+      "Log in once with a CouchDB cookie session (POST /_session) instead of sending the "
+      "password with every request",
+      NULL },
+    { "token-fd", 0, 0, G_OPTION_ARG_STRING, &server->token_fd,
+      "Authenticate with a bearer token read from this file descriptor (one line)", "N" },
+    { "ca-file", 0, 0, G_OPTION_ARG_FILENAME, &server->ca_file,
+      "Trust the certificate authorities in this PEM file instead of the system's", "FILE" },
+    { "pin-sha256", 0, 0, G_OPTION_ARG_STRING, &server->pin_sha256,
+      "Accept only a server certificate whose DER bytes have this SHA-256 (hex, colons "
+      "allowed), on top of the usual verification",
+      "HEX" },
+    { "insecure-http", 0, 0, G_OPTION_ARG_NONE, &server->insecure_http,
+      "Allow plain http to a host other than this machine (clinical data then crosses the "
+      "network unencrypted)",
+      NULL },
+    G_OPTION_ENTRY_NULL,
+  };
+
+  append_entries (all, entries);
+}
+
+static gboolean
+parse_fd (const char *option, const char *text, int *out, GError **error)
+{
+  guint64 fd;
+
+  if (!parse_uint (option, text, 0, G_MAXINT, &fd, error))
+    return FALSE;
+  if (fcntl ((int)fd, F_GETFD) < 0)
+    {
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "%s %d: not an open file descriptor",
+                   option, (int)fd);
+      return FALSE;
+    }
+  *out = (int)fd;
+  return TRUE;
+}
+
+static HbCliSecret *
+read_password (HbCli *cli, const char *password_fd, const char *user, GError **error)
+{
+  g_autofree char *prompt = NULL;
+  int fd;
+
+  if (password_fd != NULL)
+    {
+      if (!parse_fd ("--password-fd", password_fd, &fd, error))
+        return NULL;
+      return read_secret_line (fd, "password", error);
+    }
+  prompt = g_strdup_printf ("Password for %s: ", user);
+  return ask_on_tty (cli, prompt, "password (or pass --password-fd N)", error);
+}
+
+/* The same rule as the sync manager's, checked here so that the mistake is a usage error
+ * reported before any secret is asked for. */
+static gboolean
+is_loopback_host (const char *host)
+{
+  g_autoptr (GInetAddress) address = NULL;
+
+  if (host == NULL)
+    return FALSE;
+  if (g_ascii_strcasecmp (host, "localhost") == 0)
+    return TRUE;
+  address = g_inet_address_new_from_string (host);
+  return address != NULL && g_inet_address_get_is_loopback (address);
+}
+
+static char *
+normalize_fingerprint (const char *text, GError **error)
+{
+  g_autoptr (GString) hex = g_string_new (NULL);
+
+  for (const char *p = text; *p != '\0'; p++)
+    {
+      if (*p == ':')
+        continue;
+      if (!g_ascii_isxdigit (*p))
+        {
+          g_string_truncate (hex, 0);
+          break;
+        }
+      g_string_append_c (hex, g_ascii_tolower (*p));
+    }
+  if (hex->len != 64)
+    {
+      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE,
+                           "--pin-sha256: expected the certificate's SHA-256 as 64 hexadecimal "
+                           "digits (colons allowed)");
+      return NULL;
+    }
+  return g_string_free (g_steal_pointer (&hex), FALSE);
+}
+
+/* Checks the URL and the server options and reads the password or token, all before the PIN
+ * (a mistake costs no PIN attempt; push and pull always read the password first). The secret
+ * goes into the configuration, which wipes its copy when finalized; the one read here is wiped
+ * on return. */
+static HbSyncConfig *
+make_sync_config (HbCli *cli, const char *url, const ServerOptions *server, GError **error)
+{
+  g_autoptr (GError) local_error = NULL;
+  g_autoptr (HbRemote) probe = hb_remote_new (url, &local_error);
+  g_autoptr (GUri) uri = NULL;
+  g_autoptr (HbSyncConfig) config = NULL;
+  g_autoptr (HbCliSecret) secret = NULL;
+  g_autofree char *fingerprint = NULL;
+
+  if (probe == NULL)
+    {
+      /* A URL that cannot name a database is the caller's mistake, not the network's. */
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "%s", local_error->message);
+      return NULL;
+    }
+  uri = g_uri_parse (url, G_URI_FLAGS_NONE, NULL);
+  if (uri != NULL && g_ascii_strcasecmp (g_uri_get_scheme (uri), "http") == 0
+      && !is_loopback_host (g_uri_get_host (uri)) && !server->insecure_http)
+    {
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE,
+                   "plain http to %s would send clinical data unencrypted; use https, or pass "
+                   "--insecure-http",
+                   g_uri_get_host (uri));
+      return NULL;
+    }
+  if (server->password_fd != NULL && server->user == NULL)
+    {
+      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "--password-fd needs --user");
+      return NULL;
+    }
+  if (server->cookie && server->user == NULL)
+    {
+      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "--cookie needs --user");
+      return NULL;
+    }
+  if (server->token_fd != NULL && server->user != NULL)
+    {
+      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE,
+                           "give either --user (password) or --token-fd (bearer token), not both");
+      return NULL;
+    }
+  if (server->pin_sha256 != NULL
+      && (fingerprint = normalize_fingerprint (server->pin_sha256, error)) == NULL)
+    return NULL;
+  if (server->ca_file != NULL && !g_file_test (server->ca_file, G_FILE_TEST_IS_REGULAR))
+    {
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "--ca-file %s: no such file",
+                   server->ca_file);
+      return NULL;
+    }
+
+  config = hb_sync_config_new (url);
+  if (server->user != NULL)
+    {
+      secret = read_password (cli, server->password_fd, server->user, error);
+      if (secret == NULL)
+        return NULL;
+      hb_sync_config_set_username (config, server->user);
+      hb_sync_config_set_auth_method (config, server->cookie ? HB_AUTH_METHOD_COOKIE
+                                                             : HB_AUTH_METHOD_BASIC);
+    }
+  else if (server->token_fd != NULL)
+    {
+      int fd;
+
+      if (!parse_fd ("--token-fd", server->token_fd, &fd, error))
+        return NULL;
+      secret = read_secret_line (fd, "bearer token", error);
+      if (secret == NULL)
+        return NULL;
+      if (secret[0] == '\0')
+        {
+          g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED,
+                               "the bearer token is empty");
+          return NULL;
+        }
+      hb_sync_config_set_auth_method (config, HB_AUTH_METHOD_BEARER);
+    }
+  if (secret != NULL)
+    hb_sync_config_set_secret (config, secret);
+  hb_sync_config_set_ca_file (config, server->ca_file);
+  hb_sync_config_set_pinned_sha256 (config, fingerprint);
+  hb_sync_config_set_allow_insecure_http (config, server->insecure_http);
+  return g_steal_pointer (&config);
+}
+
+/* Parses a command that talks to the server: its own entries, then the server options. */
+static GStrv
+parse_server_command (HbCli *cli,
+                      const GOptionEntry *entries,
+                      ServerOptions *server,
+                      guint min_args,
+                      guint max_args,
+                      GError **error)
+{
+  g_autoptr (GArray) all = g_array_new (TRUE, TRUE, sizeof (GOptionEntry));
+
+  append_entries (all, entries);
+  append_server_entries (all, server);
+  return parse_command_line (cli, (const GOptionEntry *)(gpointer)all->data, NULL, min_args,
+                             max_args, error);
+}
+
+/* Reads the credentials, unlocks the store and builds a manager over it, stopped. The manager
+ * makes the connection to the server from the configuration, so that every command reaches the
+ * server with the same authentication and TLS settings. */
+static HbSyncManager *
+connect_server (HbCli *cli,
+                const char *url,
+                const ServerOptions *server,
+                guint batch_size,
+                gboolean continuous,
+                GError **error)
+{
+  g_autoptr (HbSyncConfig) config = make_sync_config (cli, url, server, error);
+
+  if (config == NULL)
+    return NULL;
+  if (batch_size > 0)
+    hb_sync_config_set_batch_size (config, batch_size);
+  hb_sync_config_set_continuous (config, continuous);
+  if (!open_store (cli, error))
+    return NULL;
+  return hb_sync_manager_new (cli->store, config, error);
+}
+
+/* Runs the main loop until *done. */
+static void
+wait_for (gboolean *done)
+{
+  while (!*done)
+    g_main_context_iteration (NULL, TRUE);
+}
+
+static void
+set_count_member (JsonObject *object, const char *name, gint64 count)
+{
+  if (count < 0)
+    json_object_set_null_member (object, name);
+  else
+    json_object_set_int_member (object, name, count);
+}
+
+static void
+set_string_or_null_member (JsonObject *object, const char *name, const char *value)
+{
+  if (value == NULL)
+    json_object_set_null_member (object, name);
+  else
+    json_object_set_string_member (object, name, value);
+}
+
+static void
+set_time_member (JsonObject *object, const char *name, GDateTime *time)
+{
+  g_autofree char *text = time != NULL ? g_date_time_format_iso8601 (time) : NULL;
+
+  set_string_or_null_member (object, name, text);
+}
+
+/* ---- push, pull, sync ----------------------------------------------------------------- */
 
 typedef struct
 {
@@ -1694,6 +1999,7 @@ typedef struct
   GError *error;
   gboolean progress_shown;
   gboolean interrupted;
+  guint sigint_id, sigterm_id;
 } SyncRun;
 
 static gboolean
@@ -1701,8 +2007,11 @@ on_interrupt (gpointer data)
 {
   SyncRun *run = data;
 
-  /* The first ^C stops cleanly at the last checkpoint; a second one is the default action. */
+  /* The first ^C stops cleanly at the last checkpoint; with both handlers gone, a second one
+   * is the default action. */
   run->interrupted = TRUE;
+  g_clear_handle_id (&run->sigint_id, g_source_remove);
+  g_clear_handle_id (&run->sigterm_id, g_source_remove);
   g_cancellable_cancel (run->cancellable);
   return G_SOURCE_REMOVE;
 }
@@ -1796,90 +2105,296 @@ result_to_json (const HbReplicationResult *result)
   return node_for_object (obj);
 }
 
-static gboolean
-read_password (HbCli *cli, const char *password_fd, const char *user, char **out, GError **error)
-{
-  guint64 fd;
+/* ---- sync --continuous ---------------------------------------------------------------- */
 
-  if (password_fd != NULL)
-    {
-      if (!parse_uint ("--password-fd", password_fd, 0, G_MAXINT, &fd, error))
-        return FALSE;
-      if (fcntl ((int)fd, F_GETFD) < 0)
-        {
-          g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE,
-                       "--password-fd %d: not an open file descriptor", (int)fd);
-          return FALSE;
-        }
-      *out = read_secret_line ((int)fd, "password", error);
-    }
-  else
-    {
-      g_autofree char *prompt = g_strdup_printf ("Password for %s: ", user);
-      *out = ask_on_tty (cli, prompt, "password (or pass --password-fd N)", error);
-    }
-  return *out != NULL;
+typedef struct
+{
+  GMainLoop *loop;
+  HbStore *store;
+  GCancellable *cancellable; /* the store watch's */
+  guint64 seen_seq;          /* the store's update sequence as last seen here */
+  gboolean watching;         /* a look at the store is under way */
+  guint watch_id;
+  guint sigint_id, sigterm_id;
+  gboolean done;
+  GError *error;
+} Continuous;
+
+static const char *
+status_name (HbSyncStatus status)
+{
+  g_autoptr (GEnumClass) klass = g_type_class_ref (HB_TYPE_SYNC_STATUS);
+  GEnumValue *value = g_enum_get_value (klass, status);
+
+  return value != NULL ? value->value_nick : "unknown";
 }
 
-/* push, pull or sync: directions[] in order, each run to the end before the next. */
+static void
+print_status_line (HbSyncManager *manager, gboolean final)
+{
+  JsonObject *object = json_object_new ();
+  g_autoptr (JsonNode) node = node_for_object (object);
+  g_autoptr (GDateTime) now = g_date_time_new_now_utc ();
+
+  json_object_set_string_member (object, "status",
+                                 status_name (hb_sync_manager_get_status (manager)));
+  set_count_member (object, "pending_push", hb_sync_manager_get_pending_push (manager));
+  set_count_member (object, "pending_pull", hb_sync_manager_get_pending_pull (manager));
+  set_string_or_null_member (object, "last_error", hb_sync_manager_get_last_error (manager));
+  set_time_member (object, "time", now);
+  if (final)
+    json_object_set_boolean_member (object, "final", TRUE);
+  print_json_line (node);
+  /* One line per change, as it happens, whatever reads the pipe. */
+  fflush (stdout);
+}
+
+static void
+on_status_changed (HbSyncManager *manager, HbSyncStatus status, gpointer data)
+{
+  print_status_line (manager, FALSE);
+}
+
+/* HbStore emits "changed" for the writes of this process only. Another process writing the
+ * same store (another hbsync, the clinic application) is noticed by looking at the changes
+ * feed every --poll-ms, and announced with the store's own signal, so that the manager treats
+ * it as it treats any local change: counted, then pushed after its debounce. */
+static void
+on_store_changed_here (HbStore *store, guint64 update_seq, gpointer data)
+{
+  Continuous *c = data;
+
+  /* The manager pushes everything up to here on its own. */
+  c->seen_seq = MAX (c->seen_seq, update_seq);
+}
+
+static void
+on_watch_stats (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Continuous *c = data;
+  g_autoptr (JsonNode) stats = hb_store_get_stats_finish (HB_STORE (source), result, NULL);
+  gint64 seq;
+
+  c->watching = FALSE;
+  if (stats == NULL || g_cancellable_is_cancelled (c->cancellable))
+    return;
+  seq = json_object_get_int_member_with_default (json_node_get_object (stats), "update_seq", 0);
+  if (seq > 0 && (guint64)seq > c->seen_seq)
+    g_signal_emit_by_name (c->store, "changed", (guint64)seq);
+}
+
+static void
+on_watch_changes (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Continuous *c = data;
+  g_autoptr (JsonNode) changes = hb_store_changes_finish (HB_STORE (source), result, NULL);
+  JsonArray *rows;
+
+  c->watching = FALSE;
+  if (changes == NULL || g_cancellable_is_cancelled (c->cancellable))
+    return;
+  rows = json_object_get_array_member (json_node_get_object (changes), "results");
+  if (rows == NULL || json_array_get_length (rows) == 0)
+    return;
+  /* Something was written elsewhere: where the store is now. */
+  c->watching = TRUE;
+  hb_store_get_stats_async (c->store, c->cancellable, on_watch_stats, c);
+}
+
 static gboolean
-replicate (HbCli *cli, const HbReplicationDirection *directions, guint n_directions, GError **error)
+watch_store (gpointer data)
+{
+  Continuous *c = data;
+
+  if (!c->watching)
+    {
+      c->watching = TRUE;
+      hb_store_changes_async (c->store, c->seen_seq, 1, c->cancellable, on_watch_changes, c);
+    }
+  return G_SOURCE_CONTINUE;
+}
+
+static gboolean
+on_continuous_interrupt (gpointer data)
+{
+  Continuous *c = data;
+
+  /* With both handlers gone, a second signal is the default action. */
+  g_clear_handle_id (&c->sigint_id, g_source_remove);
+  g_clear_handle_id (&c->sigterm_id, g_source_remove);
+  g_main_loop_quit (c->loop);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+on_database_created (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Continuous *c = data;
+
+  hb_remote_create_database_finish (HB_REMOTE (source), result, &c->error);
+  c->done = TRUE;
+}
+
+static gboolean
+on_drain_timeout (gpointer data)
+{
+  gboolean *timed_out = data;
+
+  *timed_out = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+/* Runs the manager until SIGINT or SIGTERM, one JSON line per status change; takes the
+ * manager. */
+static gboolean
+run_continuous (HbCli *cli, HbSyncManager *manager, gboolean create, guint poll_ms, GError **error)
+{
+  g_autoptr (GMainLoop) loop = g_main_loop_new (NULL, FALSE);
+  g_autoptr (GCancellable) cancellable = g_cancellable_new ();
+  Continuous c = { 0 };
+  GWeakRef weak;
+  gulong changed_id;
+  gboolean timed_out = FALSE;
+  guint drain_id;
+
+  c.loop = loop;
+  c.store = cli->store;
+  c.cancellable = cancellable;
+  if (create)
+    {
+      hb_remote_create_database_async (hb_sync_manager_get_remote (manager), NULL,
+                                       on_database_created, &c);
+      wait_for (&c.done);
+      if (c.error != NULL)
+        {
+          g_propagate_error (error, c.error);
+          g_object_unref (manager);
+          return FALSE;
+        }
+    }
+
+  c.seen_seq = hb_store_get_update_seq (cli->store);
+  changed_id = g_signal_connect (cli->store, "changed", G_CALLBACK (on_store_changed_here), &c);
+  g_signal_connect (manager, "status-changed", G_CALLBACK (on_status_changed), NULL);
+  c.sigint_id = g_unix_signal_add (SIGINT, on_continuous_interrupt, &c);
+  c.sigterm_id = g_unix_signal_add (SIGTERM, on_continuous_interrupt, &c);
+  if (poll_ms > 0)
+    c.watch_id = g_timeout_add (poll_ms, watch_store, &c);
+
+  hb_sync_manager_start (manager);
+  g_main_loop_run (loop);
+
+  g_clear_handle_id (&c.watch_id, g_source_remove);
+  g_cancellable_cancel (cancellable);
+  g_signal_handlers_disconnect_by_func (manager, on_status_changed, NULL);
+  /* Running replications are cancelled; each resumes from its last checkpoint next time. */
+  hb_sync_manager_stop (manager);
+  print_status_line (manager, TRUE);
+
+  /* Cancelled runs end on this main context, each holding the manager until then: let them,
+   * so that the store closes with nothing left working on it. */
+  g_weak_ref_init (&weak, manager);
+  g_object_unref (manager);
+  drain_id = g_timeout_add_seconds (10, on_drain_timeout, &timed_out);
+  for (;;)
+    {
+      HbSyncManager *alive = g_weak_ref_get (&weak);
+
+      if (alive == NULL && !c.watching)
+        break;
+      g_clear_object (&alive);
+      if (timed_out)
+        {
+          fputs ("hbsync: the sync manager did not stop within 10 seconds\n", stderr);
+          break;
+        }
+      g_main_context_iteration (NULL, TRUE);
+    }
+  if (!timed_out)
+    g_source_remove (drain_id);
+  g_weak_ref_clear (&weak);
+  g_signal_handler_disconnect (cli->store, changed_id);
+  return TRUE;
+}
+
+/* push, pull or sync: directions[] in order, each run to the end before the next; or, for
+ * sync --continuous, the sync manager until interrupted. */
+static gboolean
+replicate (HbCli *cli,
+           const HbReplicationDirection *directions,
+           guint n_directions,
+           gboolean continuous_allowed,
+           GError **error)
 {
   g_autofree char *session = NULL;
   g_autofree char *batch_size_arg = NULL;
-  g_autofree char *user = NULL;
-  g_autofree char *password_fd = NULL;
+  g_autofree char *poll_ms_arg = NULL;
   gboolean create = FALSE;
-  const GOptionEntry entries[] = {
+  gboolean continuous = FALSE;
+  const GOptionEntry common_entries[] = {
     { "session", 0, 0, G_OPTION_ARG_STRING, &session,
       "Only this clinical session: its document, observations, notes and patient", "ID" },
     { "batch-size", 0, 0, G_OPTION_ARG_STRING, &batch_size_arg, "Documents per batch (default 100)",
       "N" },
-    { "user", 0, 0, G_OPTION_ARG_STRING, &user, "Basic authentication as this user", "U" },
-    { "password-fd", 0, 0, G_OPTION_ARG_STRING, &password_fd,
-      "Read the password from this file descriptor (otherwise asked on the terminal)", "N" },
     { "create", 0, 0, G_OPTION_ARG_NONE, &create, "Create the server database if missing", NULL },
     G_OPTION_ENTRY_NULL,
   };
-  g_auto (GStrv) args = parse_command_line (cli, entries, NULL, 1, 1, error);
-  g_autoptr (HbRemote) remote = NULL;
-  g_autoptr (HbSyncCache) cache = NULL;
+  const GOptionEntry continuous_entries[] = {
+    { "continuous", 0, 0, G_OPTION_ARG_NONE, &continuous,
+      "Keep syncing both ways until SIGINT or SIGTERM, printing one JSON line per status change",
+      NULL },
+    { "poll-ms", 0, 0, G_OPTION_ARG_STRING, &poll_ms_arg,
+      "With --continuous: look for writes by other processes this often (default 1000; 0: "
+      "never)",
+      "MS" },
+    G_OPTION_ENTRY_NULL,
+  };
+  g_autoptr (GArray) entries = g_array_new (TRUE, TRUE, sizeof (GOptionEntry));
+  g_auto (ServerOptions) server = { 0 };
+  g_auto (GStrv) args = NULL;
+  g_autoptr (HbSyncManager) manager = NULL;
+  HbRemote *remote;
+  HbSyncCache *cache;
   g_autoptr (GMainLoop) loop = NULL;
   g_autoptr (GCancellable) cancellable = NULL;
   g_autoptr (JsonObject) summary = NULL;
-  g_autoptr (HbCliSecret) password = NULL;
-  g_autoptr (GError) local_error = NULL;
   guint64 batch_size = 100;
+  guint64 poll_ms = 0;
   gboolean ok = TRUE;
-  guint sigint_id, sigterm_id;
 
+  append_entries (entries, common_entries);
+  if (continuous_allowed)
+    append_entries (entries, continuous_entries);
+  args = parse_server_command (cli, (const GOptionEntry *)(gpointer)entries->data, &server, 1, 1,
+                               error);
   if (args == NULL)
     return FALSE;
   if (batch_size_arg != NULL
       && !parse_uint ("--batch-size", batch_size_arg, 1, 100000, &batch_size, error))
     return FALSE;
-  remote = hb_remote_new (args[0], &local_error);
-  if (remote == NULL)
+  if (poll_ms_arg != NULL && !continuous)
     {
-      /* A URL that cannot name a database is the caller's mistake, not the network's. */
-      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "%s", local_error->message);
+      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE,
+                           "--poll-ms needs --continuous");
       return FALSE;
     }
-  if (password_fd != NULL && user == NULL)
-    {
-      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "--password-fd needs --user");
-      return FALSE;
-    }
-  if (user != NULL)
-    {
-      if (!read_password (cli, password_fd, user, &password, error))
-        return FALSE;
-      hb_remote_set_basic_auth (remote, user, password);
-    }
-  if (!open_store (cli, error))
+  if (poll_ms_arg != NULL && !parse_uint ("--poll-ms", poll_ms_arg, 0, 3600000, &poll_ms, error))
     return FALSE;
+  if (continuous && session != NULL)
+    {
+      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE,
+                           "--continuous syncs the whole store; it takes no --session");
+      return FALSE;
+    }
 
-  cache = hb_sync_cache_new ();
+  manager = connect_server (cli, args[0], &server, (guint)batch_size, continuous, error);
+  if (manager == NULL)
+    return FALSE;
+  if (continuous)
+    return run_continuous (cli, g_steal_pointer (&manager), create, (guint)poll_ms, error);
+
+  remote = hb_sync_manager_get_remote (manager);
+  cache = hb_sync_manager_get_cache (manager);
   loop = g_main_loop_new (NULL, FALSE);
   cancellable = g_cancellable_new ();
   summary = json_object_new ();
@@ -1899,12 +2414,12 @@ replicate (HbCli *cli, const HbReplicationDirection *directions, guint n_directi
       hb_replicator_set_create_target (replicator, create);
       g_signal_connect (replicator, "progress", G_CALLBACK (on_sync_progress), &run);
       g_signal_connect (replicator, "document-denied", G_CALLBACK (on_sync_denied), &run);
-      sigint_id = g_unix_signal_add (SIGINT, on_interrupt, &run);
-      sigterm_id = g_unix_signal_add (SIGTERM, on_interrupt, &run);
+      run.sigint_id = g_unix_signal_add (SIGINT, on_interrupt, &run);
+      run.sigterm_id = g_unix_signal_add (SIGTERM, on_interrupt, &run);
       hb_replicator_run_async (replicator, cancellable, on_sync_done, &run);
       g_main_loop_run (loop);
-      g_source_remove (sigint_id);
-      g_source_remove (sigterm_id);
+      g_clear_handle_id (&run.sigint_id, g_source_remove);
+      g_clear_handle_id (&run.sigterm_id, g_source_remove);
       if (run.progress_shown)
         fputc ('\n', stderr);
       g_signal_handlers_disconnect_by_data (replicator, &run);
@@ -1946,7 +2461,7 @@ cmd_push (HbCli *cli, GError **error)
 {
   const HbReplicationDirection directions[] = { HB_REPLICATION_DIRECTION_PUSH };
 
-  return replicate (cli, directions, G_N_ELEMENTS (directions), error);
+  return replicate (cli, directions, G_N_ELEMENTS (directions), FALSE, error);
 }
 
 static gboolean
@@ -1954,7 +2469,7 @@ cmd_pull (HbCli *cli, GError **error)
 {
   const HbReplicationDirection directions[] = { HB_REPLICATION_DIRECTION_PULL };
 
-  return replicate (cli, directions, G_N_ELEMENTS (directions), error);
+  return replicate (cli, directions, G_N_ELEMENTS (directions), FALSE, error);
 }
 
 static gboolean
@@ -1964,7 +2479,414 @@ cmd_sync (HbCli *cli, GError **error)
   const HbReplicationDirection directions[]
       = { HB_REPLICATION_DIRECTION_PULL, HB_REPLICATION_DIRECTION_PUSH };
 
-  return replicate (cli, directions, G_N_ELEMENTS (directions), error);
+  return replicate (cli, directions, G_N_ELEMENTS (directions), TRUE, error);
+}
+
+/* ---- status --------------------------------------------------------------------------- */
+
+/* A checkpoint's history entries carry HTTP dates, as CouchDB's do. */
+static GDateTime *
+parse_http_date (const char *text)
+{
+  static const char months[12][4]
+      = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+  char month[4] = "";
+  int day, year, hour, minute, second;
+
+  if (text == NULL
+      || sscanf (text, "%*3s, %d %3s %d %d:%d:%d GMT", &day, month, &year, &hour, &minute,
+                 &second)
+             != 6)
+    return NULL;
+  for (guint m = 0; m < G_N_ELEMENTS (months); m++)
+    if (g_str_equal (month, months[m]))
+      return g_date_time_new_utc (year, (int)m + 1, day, hour, minute, second);
+  return NULL;
+}
+
+typedef struct
+{
+  char *replication_id;
+  JsonNode *seq;   /* where the checkpoint is, or NULL */
+  GDateTime *time; /* when it was written, or NULL */
+} Checkpoint;
+
+static void
+checkpoint_clear (Checkpoint *checkpoint)
+{
+  g_clear_pointer (&checkpoint->replication_id, g_free);
+  g_clear_pointer (&checkpoint->seq, json_node_unref);
+  g_clear_pointer (&checkpoint->time, g_date_time_unref);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (Checkpoint, checkpoint_clear)
+
+/* The store's side of the checkpoint of the manager's replication in one direction: the same
+ * replication id, since it hashes only the store, the URL, the direction and the filter. */
+static gboolean
+read_checkpoint (HbSyncManager *manager,
+                 HbReplicationDirection direction,
+                 Checkpoint *out,
+                 GError **error)
+{
+  HbStore *store = hb_sync_manager_get_store (manager);
+  g_autoptr (HbReplicator) replicator = hb_replicator_new (
+      store, hb_sync_manager_get_remote (manager), hb_sync_manager_get_cache (manager), direction);
+  g_autofree char *local_id = NULL;
+  g_autoptr (GError) local_error = NULL;
+  g_autoptr (JsonNode) log = NULL;
+  JsonObject *object;
+  JsonNode *history;
+
+  out->replication_id = hb_replicator_get_replication_id (replicator);
+  local_id = g_strconcat ("_local/", out->replication_id, NULL);
+  log = hb_store_get_local_sync (store, local_id, NULL, &local_error);
+  if (log == NULL)
+    {
+      if (g_error_matches (local_error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND))
+        return TRUE;
+      g_propagate_error (error, g_steal_pointer (&local_error));
+      return FALSE;
+    }
+  if (!JSON_NODE_HOLDS_OBJECT (log))
+    return TRUE;
+  object = json_node_get_object (log);
+  if (json_object_has_member (object, "source_last_seq"))
+    out->seq = json_node_copy (json_object_get_member (object, "source_last_seq"));
+  history = json_object_get_member (object, "history");
+  if (history != NULL && JSON_NODE_HOLDS_ARRAY (history)
+      && json_array_get_length (json_node_get_array (history)) > 0)
+    {
+      JsonNode *last = json_array_get_element (json_node_get_array (history), 0);
+
+      if (JSON_NODE_HOLDS_OBJECT (last))
+        out->time = parse_http_date (object_get_string (json_node_get_object (last), "end_time"));
+    }
+  return TRUE;
+}
+
+static JsonNode *
+checkpoint_to_json (const Checkpoint *checkpoint)
+{
+  JsonObject *object = json_object_new ();
+
+  json_object_set_string_member (object, "replication_id", checkpoint->replication_id);
+  if (checkpoint->seq != NULL)
+    json_object_set_member (object, "checkpoint_seq", json_node_copy (checkpoint->seq));
+  else
+    json_object_set_null_member (object, "checkpoint_seq");
+  set_time_member (object, "checkpoint_time", checkpoint->time);
+  return node_for_object (object);
+}
+
+/* What the manager counts as pending push: the store's changes after the push checkpoint. */
+static gint64
+count_pending_push (HbStore *store, const Checkpoint *push, GError **error)
+{
+  g_autoptr (JsonNode) changes = NULL;
+  JsonObject *object;
+  guint64 since = 0;
+
+  if (push->seq != NULL && JSON_NODE_HOLDS_VALUE (push->seq)
+      && json_node_get_value_type (push->seq) == G_TYPE_INT64 && json_node_get_int (push->seq) > 0)
+    since = (guint64)json_node_get_int (push->seq);
+  changes = hb_store_changes_sync (store, since, 1, NULL, error);
+  if (changes == NULL)
+    return -1;
+  object = json_node_get_object (changes);
+  return (gint64)json_array_get_length (json_object_get_array_member (object, "results"))
+         + json_object_get_int_member_with_default (object, "pending", 0);
+}
+
+#define PENDING_PULL_PAGE 1000
+#define PENDING_PULL_PAGES 20
+
+typedef struct
+{
+  gboolean done;
+  HbRemoteChanges *changes;
+  GError *error;
+} PendingPull;
+
+static void
+on_pending_pull (GObject *source, GAsyncResult *result, gpointer data)
+{
+  PendingPull *p = data;
+
+  p->changes = hb_remote_changes_finish (HB_REMOTE (source), result, &p->error);
+  p->done = TRUE;
+}
+
+/* The documents of one page of the server's feed that the store lacks a revision of. */
+static gint64
+count_missing (HbStore *store, HbRemoteChanges *changes, GError **error)
+{
+  JsonObject *request = json_object_new ();
+  g_autoptr (JsonNode) node = node_for_object (request);
+  g_autoptr (JsonNode) missing = NULL;
+
+  for (guint i = 0; i < changes->results->len; i++)
+    {
+      HbRemoteChange *change = g_ptr_array_index (changes->results, i);
+      JsonArray *revs = json_array_new ();
+
+      for (guint r = 0; change->revs != NULL && change->revs[r] != NULL; r++)
+        json_array_add_string_element (revs, change->revs[r]);
+      json_object_set_array_member (request, change->id, revs);
+    }
+  missing = hb_store_revs_diff_sync (store, node, NULL, error);
+  if (missing == NULL)
+    return -1;
+  return JSON_NODE_HOLDS_OBJECT (missing) ? json_object_get_size (json_node_get_object (missing))
+                                          : 0;
+}
+
+/* The server's changes after the pull checkpoint that the store does not have yet (the feed
+ * also lists what this store pushed, which no pull needs to bring back); -1 with no error when
+ * the feed is longer than this command reads. */
+static gint64
+count_pending_pull (HbSyncManager *manager, const Checkpoint *pull, GError **error)
+{
+  g_autoptr (JsonNode) since = pull->seq != NULL ? json_node_copy (pull->seq) : NULL;
+  gint64 count = 0;
+
+  for (guint page = 0; page < PENDING_PULL_PAGES; page++)
+    {
+      PendingPull p = { 0 };
+      g_autoptr (HbRemoteChanges) changes = NULL;
+      gint64 missing;
+
+      hb_remote_changes_async (hb_sync_manager_get_remote (manager), since, PENDING_PULL_PAGE,
+                               NULL, FALSE, 0, NULL, on_pending_pull, &p);
+      wait_for (&p.done);
+      if (p.error != NULL)
+        {
+          g_propagate_error (error, p.error);
+          return -1;
+        }
+      changes = p.changes;
+      if (changes->results->len == 0)
+        return count;
+      missing = count_missing (hb_sync_manager_get_store (manager), changes, error);
+      if (missing < 0)
+        return -1;
+      count += missing;
+      if (changes->pending == 0 || changes->results->len < PENDING_PULL_PAGE
+          || changes->last_seq == NULL)
+        return count;
+      g_clear_pointer (&since, json_node_unref);
+      since = json_node_copy (changes->last_seq);
+    }
+  return -1;
+}
+
+static gboolean
+cmd_status (HbCli *cli, GError **error)
+{
+  gboolean local = FALSE;
+  const GOptionEntry entries[] = {
+    { "local", 0, 0, G_OPTION_ARG_NONE, &local,
+      "Do not ask the server (pending_pull is then null)", NULL },
+    G_OPTION_ENTRY_NULL,
+  };
+  g_auto (ServerOptions) server = { 0 };
+  g_auto (GStrv) args = parse_server_command (cli, entries, &server, 1, 1, error);
+  g_autoptr (HbSyncManager) manager = NULL;
+  g_auto (Checkpoint) push = { 0 };
+  g_auto (Checkpoint) pull = { 0 };
+  g_autoptr (GError) server_error = NULL;
+  JsonObject *object;
+  g_autoptr (JsonNode) node = NULL;
+  gint64 pending_push, pending_pull = -1;
+  GDateTime *last_sync = NULL;
+
+  if (args == NULL)
+    return FALSE;
+  manager = connect_server (cli, args[0], &server, 0, FALSE, error);
+  if (manager == NULL)
+    return FALSE;
+  if (!read_checkpoint (manager, HB_REPLICATION_DIRECTION_PUSH, &push, error)
+      || !read_checkpoint (manager, HB_REPLICATION_DIRECTION_PULL, &pull, error))
+    return FALSE;
+  pending_push = count_pending_push (cli->store, &push, error);
+  if (pending_push < 0)
+    return FALSE;
+  if (!local)
+    pending_pull = count_pending_pull (manager, &pull, &server_error);
+  /* Both directions have reached their checkpoints: the older of the two times. */
+  if (push.time != NULL && pull.time != NULL)
+    last_sync = g_date_time_compare (push.time, pull.time) <= 0 ? push.time : pull.time;
+
+  object = json_object_new ();
+  node = node_for_object (object);
+  json_object_set_string_member (object, "url",
+                                 hb_remote_get_url (hb_sync_manager_get_remote (manager)));
+  json_object_set_string_member (object, "store_uuid", hb_store_get_uuid (cli->store));
+  json_object_set_int_member (object, "update_seq",
+                              (gint64)hb_store_get_update_seq (cli->store));
+  set_count_member (object, "pending_push", pending_push);
+  set_count_member (object, "pending_pull", pending_pull);
+  set_time_member (object, "last_sync_time", last_sync);
+  json_object_set_member (object, "push", checkpoint_to_json (&push));
+  json_object_set_member (object, "pull", checkpoint_to_json (&pull));
+  if (server_error != NULL)
+    json_object_set_string_member (object, "server_error", server_error->message);
+  print_json (node);
+  return TRUE;
+}
+
+/* ---- diagnose ------------------------------------------------------------------------- */
+
+typedef struct
+{
+  gboolean done;
+  HbSyncDiagnostics *diagnostics;
+  GError *error;
+} Diagnose;
+
+static void
+on_diagnosed (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Diagnose *d = data;
+
+  d->diagnostics = hb_sync_manager_diagnose_finish (HB_SYNC_MANAGER (source), result, &d->error);
+  d->done = TRUE;
+}
+
+static gboolean
+cmd_diagnose (HbCli *cli, GError **error)
+{
+  g_auto (ServerOptions) server = { 0 };
+  g_auto (GStrv) args = parse_server_command (cli, NULL, &server, 1, 1, error);
+  g_autoptr (HbSyncManager) manager = NULL;
+  g_autoptr (HbSyncDiagnostics) diagnostics = NULL;
+  Diagnose d = { 0 };
+  JsonObject *object, *cache;
+  g_autoptr (JsonNode) node = NULL;
+  gboolean ok;
+
+  if (args == NULL)
+    return FALSE;
+  manager = connect_server (cli, args[0], &server, 0, FALSE, error);
+  if (manager == NULL)
+    return FALSE;
+  hb_sync_manager_diagnose_async (manager, NULL, on_diagnosed, &d);
+  wait_for (&d.done);
+  if (d.error != NULL)
+    {
+      g_propagate_error (error, d.error);
+      return FALSE;
+    }
+  diagnostics = d.diagnostics;
+
+  ok = diagnostics->network_available && diagnostics->server_reachable && diagnostics->tls_ok
+       && diagnostics->authenticated && diagnostics->database_present
+       && diagnostics->vault_unlocked;
+  object = json_object_new ();
+  node = node_for_object (object);
+  json_object_set_boolean_member (object, "ok", ok);
+  json_object_set_boolean_member (object, "network_available", diagnostics->network_available);
+  json_object_set_boolean_member (object, "server_reachable", diagnostics->server_reachable);
+  json_object_set_boolean_member (object, "tls_ok", diagnostics->tls_ok);
+  json_object_set_boolean_member (object, "authenticated", diagnostics->authenticated);
+  json_object_set_boolean_member (object, "database_present", diagnostics->database_present);
+  json_object_set_boolean_member (object, "vault_unlocked", diagnostics->vault_unlocked);
+  cache = json_object_new ();
+  json_object_set_int_member (cache, "entries", diagnostics->cache.entries);
+  json_object_set_int_member (cache, "unwritten", diagnostics->cache.unwritten);
+  json_object_set_int_member (cache, "bytes", (gint64)diagnostics->cache.bytes);
+  json_object_set_int_member (cache, "peak_bytes", (gint64)diagnostics->cache.peak_bytes);
+  json_object_set_int_member (cache, "hits", (gint64)diagnostics->cache.hits);
+  json_object_set_int_member (cache, "misses", (gint64)diagnostics->cache.misses);
+  json_object_set_int_member (cache, "evictions", (gint64)diagnostics->cache.evictions);
+  json_object_set_int_member (cache, "wipes", (gint64)diagnostics->cache.wipes);
+  json_object_set_object_member (object, "cache", cache);
+  set_string_or_null_member (object, "last_error", diagnostics->last_error);
+  set_string_or_null_member (object, "detail", diagnostics->detail);
+  print_json (node);
+
+  if (!ok)
+    {
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_NETWORK, "diagnose: %s",
+                   diagnostics->detail != NULL ? diagnostics->detail
+                                               : "a check failed; see the output");
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* ---- session-sync --------------------------------------------------------------------- */
+
+typedef struct
+{
+  gboolean done;
+  gboolean synced;
+  GError *error;
+} SessionSync;
+
+static void
+on_session_synced (GObject *source, GAsyncResult *result, gpointer data)
+{
+  SessionSync *s = data;
+
+  s->synced
+      = hb_sync_manager_ensure_session_synced_finish (HB_SYNC_MANAGER (source), result, &s->error);
+  s->done = TRUE;
+}
+
+static gboolean
+cmd_session_sync (HbCli *cli, GError **error)
+{
+  g_autofree char *timeout_arg = NULL;
+  const GOptionEntry entries[] = {
+    { "timeout", 0, 0, G_OPTION_ARG_STRING, &timeout_arg,
+      "Give up after this many milliseconds (default 10000)", "MS" },
+    G_OPTION_ENTRY_NULL,
+  };
+  g_auto (ServerOptions) server = { 0 };
+  g_auto (GStrv) args = parse_server_command (cli, entries, &server, 2, 2, error);
+  g_autoptr (HbSyncManager) manager = NULL;
+  SessionSync s = { 0 };
+  guint64 timeout_ms = 10000;
+  gint64 start;
+  JsonObject *object;
+  g_autoptr (JsonNode) node = NULL;
+
+  if (args == NULL)
+    return FALSE;
+  if (timeout_arg != NULL && !parse_uint ("--timeout", timeout_arg, 1, 24 * 3600 * 1000,
+                                          &timeout_ms, error))
+    return FALSE;
+  manager = connect_server (cli, args[0], &server, 0, FALSE, error);
+  if (manager == NULL)
+    return FALSE;
+
+  start = g_get_monotonic_time ();
+  hb_sync_manager_ensure_session_synced_async (manager, args[1], (guint)timeout_ms, NULL,
+                                               on_session_synced, &s);
+  wait_for (&s.done);
+  if (s.error != NULL)
+    {
+      g_propagate_error (error, s.error);
+      return FALSE;
+    }
+
+  object = json_object_new ();
+  node = node_for_object (object);
+  json_object_set_string_member (object, "session_id", args[1]);
+  json_object_set_boolean_member (object, "synced", s.synced);
+  json_object_set_int_member (object, "elapsed_ms", (g_get_monotonic_time () - start) / 1000);
+  print_json (node);
+
+  if (!s.synced)
+    {
+      g_set_error (error, HB_CLI_ERROR, HB_CLI_ERROR_NETWORK,
+                   "session-sync: %s is not confirmed on the server (timeout %" G_GUINT64_FORMAT
+                   " ms)",
+                   args[1], timeout_ms);
+      return FALSE;
+    }
+  return TRUE;
 }
 
 static const HbCliCommand commands[] = {
@@ -1983,7 +2905,15 @@ static const HbCliCommand commands[] = {
     cmd_recover },
   { "push", "URL", "Replicate the store to a CouchDB database", cmd_push },
   { "pull", "URL", "Replicate a CouchDB database into the store", cmd_pull },
-  { "sync", "URL", "Pull, then push: both directions", cmd_sync },
+  { "sync", "URL", "Pull, then push: both directions (--continuous: until interrupted)",
+    cmd_sync },
+  { "status", "URL", "Print the sync state for a server: pending counts, checkpoints",
+    cmd_status },
+  { "diagnose", "URL", "Check network, server, TLS, credentials, database, vault and cache",
+    cmd_diagnose },
+  { "session-sync", "URL SESSION_ID",
+    "Push a clinical session and confirm the server holds all of it (--timeout MS)",
+    cmd_session_sync },
 };
 
 static char *
@@ -1995,7 +2925,11 @@ describe_commands (void)
     {
       g_autofree char *usage = g_strdup_printf ("%s %s", commands[i].name, commands[i].params);
 
-      g_string_append_printf (text, "  %-16s %s\n", usage, commands[i].summary);
+      /* A long usage takes a line of its own. */
+      if (strlen (usage) > 16)
+        g_string_append_printf (text, "  %s\n  %-16s %s\n", usage, "", commands[i].summary);
+      else
+        g_string_append_printf (text, "  %-16s %s\n", usage, commands[i].summary);
     }
 
   g_string_append (
@@ -2007,6 +2941,19 @@ describe_commands (void)
       "otherwise it is asked on the terminal without echo. 'hbsync COMMAND --help' shows the\n"
       "options of a command.\n"
       "\n"
+      "The commands that talk to a server (push, pull, sync, status, diagnose, session-sync)\n"
+      "authenticate with --user U and a password (--password-fd N, else asked on the "
+      "terminal),\n"
+      "as a CouchDB cookie session with --cookie, or with a bearer token read from --token-fd "
+      "N;\n"
+      "--ca-file FILE and --pin-sha256 HEX tighten TLS; plain http is refused except to this\n"
+      "machine unless --insecure-http is given. The password is read before the PIN. Secrets\n"
+      "are never taken from the command line and never printed.\n"
+      "\n"
+      "sync --continuous prints one JSON line per status change (status: connecting, syncing,\n"
+      "up-to-date, offline, auth-failed, error, disabled) and stops cleanly on SIGINT or "
+      "SIGTERM.\n"
+      "\n"
       "Exit status:\n"
       "  0  success\n"
       "  1  any other failure\n"
@@ -2015,7 +2962,8 @@ describe_commands (void)
       "  4  not found (document, revision or store)\n"
       "  5  conflict (a stale or missing revision)\n"
       "  6  corrupt record\n"
-      "  7  network or server failure (push, pull, sync)\n");
+      "  7  network or server failure (push, pull, sync), a failed check (diagnose),\n"
+      "     or a session not confirmed on the server in time (session-sync)\n");
   return g_string_free (text, FALSE);
 }
 
