@@ -230,5 +230,73 @@ class SyncCacheTest(unittest.TestCase):
         self.assertEqual(cache.get_stats().entries, 0)
 
 
+class ReplicationTest(unittest.TestCase):
+    """Push and pull from Python, through the tests' CouchDB-protocol server."""
+
+    def setUp(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from hbtestserver import TestServer
+        self.server = TestServer()
+        self.tmpdir = tempfile.mkdtemp(prefix='hbsync-test-gi-')
+        self.stores = []
+
+    def tearDown(self):
+        for store, vault in self.stores:
+            store.close()
+            vault.lock()
+        self.stores = []
+        self.server.stop()
+        shutil.rmtree(self.tmpdir)
+
+    def new_store(self, name):
+        vault = Hbsync.Vault.new(os.path.join(self.tmpdir, name))
+        vault.set_kdf_params(8192, 1, 1)
+        _result_of(vault.create_sync(PIN, Hbsync.VaultFlags.NO_DEVICE_SECRET, None))
+        store = Hbsync.Store.open_sync(vault, None)
+        self.stores.append((store, vault))
+        return store
+
+    def replicate(self, store, url, direction):
+        remote = Hbsync.Remote.new(url)
+        cache = Hbsync.SyncCache.new()
+        replicator = Hbsync.Replicator.new(store, remote, cache, direction)
+        replicator.set_create_target(True)
+        loop = GLib.MainLoop()
+        outcome = {}
+        progress = []
+        replicator.connect('progress', lambda r, read, written, failed, pending:
+                           progress.append(written))
+
+        def done(source, result):
+            try:
+                outcome['result'] = source.run_finish(result)
+            except GLib.Error as e:
+                outcome['error'] = e
+            loop.quit()
+
+        replicator.run_async(None, done)
+        GLib.timeout_add_seconds(60, loop.quit)
+        loop.run()
+        self.assertNotIn('error', outcome)
+        self.assertEqual(replicator.get_state(), Hbsync.ReplicatorState.COMPLETE)
+        self.assertTrue(progress)
+        return outcome['result']
+
+    def test_push_then_pull(self):
+        url = self.server.url + '/clinic'
+        source = self.new_store('a.db')
+        source.put_sync(Json.from_string(PATIENT), None)
+        pushed = self.replicate(source, url, Hbsync.ReplicationDirection.PUSH)
+        self.assertEqual(pushed.docs_written, 1)
+        self.assertRegex(pushed.replication_id, r'^[0-9a-f]{32}$')
+
+        target = self.new_store('b.db')
+        pulled = self.replicate(target, url, Hbsync.ReplicationDirection.PULL)
+        self.assertEqual(pulled.docs_written, 1)
+        got = target.get_sync('patient:0f3c2a9e-5d1b-4c7e-9a2f-6b8d4e1c7a30', None,
+                              Hbsync.GetFlags.NONE, None)
+        self.assertEqual(got.get_object().get_string_member('national_id'), 'NG-58219734')
+
+
 if __name__ == '__main__':
     unittest.main(verbosity=2)
