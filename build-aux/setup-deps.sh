@@ -1,5 +1,7 @@
 #!/bin/sh
 # Install the Debian 12 packages needed to build, test and run libhbsync.
+# glib-networking is GIO's TLS backend (without it every https request fails); gnutls-bin
+# gives the tests certtool, to make their certificates.
 # Safe to rerun: packages already installed are left alone, and `apt-get update`
 # runs only when something is missing.
 set -eu
@@ -23,6 +25,7 @@ dbus
 dbus-daemon
 libjson-glib-dev
 libsoup-3.0-dev
+glib-networking
 python3-gi
 libsecret-tools
 sqlite3

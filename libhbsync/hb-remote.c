@@ -58,7 +58,7 @@ struct _HbRemote
 
   /* Credentials. Every string here is wiped when it is replaced. */
   AuthKind auth;
-  char *authorization; /* "Basic ..." or "Bearer ..." */
+  char *authorization;   /* "Basic ..." or "Bearer ..." */
   guint auth_generation; /* changes whenever what a request carries changes */
   gboolean token_expired_emitted;
 
@@ -175,8 +175,8 @@ pinned_database_verify_chain (GTlsDatabase *database,
   GTlsCertificateFlags errors = G_TLS_CERTIFICATE_UNKNOWN_CA;
 
   if (self->inner != NULL)
-    errors = g_tls_database_verify_chain (self->inner, chain, purpose, identity, interaction,
-                                          flags, cancellable, error);
+    errors = g_tls_database_verify_chain (self->inner, chain, purpose, identity, interaction, flags,
+                                          cancellable, error);
   if (!certificate_matches_pin (chain, self->pin))
     errors |= G_TLS_CERTIFICATE_GENERIC_ERROR;
   return errors;
@@ -579,8 +579,7 @@ hb_remote_class_init (HbRemoteClass *klass)
    * have passed. Applies to cookies obtained afterwards.
    */
   properties[PROP_COOKIE_LIFETIME]
-      = g_param_spec_uint ("cookie-lifetime", NULL, NULL, 1, G_MAXUINT / G_USEC_PER_SEC,
-                           DEFAULT_COOKIE_LIFETIME,
+      = g_param_spec_uint ("cookie-lifetime", NULL, NULL, 1, G_MAXINT, DEFAULT_COOKIE_LIFETIME,
                            G_PARAM_READWRITE | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
   /**
    * HbRemote:login-interval:
@@ -609,10 +608,9 @@ hb_remote_class_init (HbRemoteClass *klass)
    * one fails with %HB_REMOTE_ERROR_BAD_RESPONSE, and no more than this is ever held in
    * memory for it.
    */
-  properties[PROP_MAX_RESPONSE_BYTES]
-      = g_param_spec_uint64 ("max-response-bytes", NULL, NULL, 1, G_MAXSSIZE,
-                             DEFAULT_MAX_RESPONSE_BYTES,
-                             G_PARAM_READWRITE | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
+  properties[PROP_MAX_RESPONSE_BYTES] = g_param_spec_uint64 (
+      "max-response-bytes", NULL, NULL, 1, G_MAXSSIZE, DEFAULT_MAX_RESPONSE_BYTES,
+      G_PARAM_READWRITE | G_PARAM_EXPLICIT_NOTIFY | G_PARAM_STATIC_STRINGS);
   g_object_class_install_properties (object_class, N_PROPS, properties);
 
   /**
@@ -624,9 +622,9 @@ hb_remote_class_init (HbRemoteClass *klass)
    * has the refused request sent again with it; otherwise that request fails with
    * %HB_REMOTE_ERROR_UNAUTHORIZED, and the caller sends it again once a new token is set.
    */
-  signals[SIGNAL_TOKEN_EXPIRED] = g_signal_new ("token-expired", G_TYPE_FROM_CLASS (klass),
-                                                G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL, G_TYPE_NONE,
-                                                0);
+  signals[SIGNAL_TOKEN_EXPIRED]
+      = g_signal_new ("token-expired", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
+                      NULL, G_TYPE_NONE, 0);
 }
 
 static void
@@ -817,7 +815,7 @@ void
 hb_remote_set_cookie_lifetime (HbRemote *self, guint seconds)
 {
   g_return_if_fail (HB_IS_REMOTE (self));
-  g_return_if_fail (seconds >= 1 && seconds <= G_MAXUINT / G_USEC_PER_SEC);
+  g_return_if_fail (seconds >= 1 && seconds <= G_MAXINT);
 
   if (self->cookie_lifetime == seconds)
     return;
@@ -1051,6 +1049,7 @@ typedef struct
   const char *what;
   SoupMessage *msg;
   GInputStream *stream;
+  guint8 *chunk; /* what the last read brought */
   guint8 *data;
   gsize len;
   gsize size;
@@ -1070,6 +1069,7 @@ exchange_free (gpointer data)
   g_signal_handlers_disconnect_by_data (ex->msg, ex);
   g_clear_object (&ex->msg);
   g_clear_object (&ex->stream);
+  g_free (ex->chunk);
   g_free (ex->data);
   g_free (ex);
 }
@@ -1183,16 +1183,9 @@ read_more (GTask *task)
 {
   Exchange *ex = g_task_get_task_data (task);
 
-  /* Grown only when full, and never beyond one byte over the limit, which is how a larger
-   * answer shows. */
-  if (ex->len == ex->size)
-    {
-      ex->size = (gsize)MIN (ex->max + 1, MAX ((guint64)ex->size * 2, READ_CHUNK));
-      ex->data = g_realloc (ex->data, ex->size);
-    }
-  g_input_stream_read_async (ex->stream, ex->data + ex->len, MIN (ex->size - ex->len, READ_CHUNK),
-                             G_PRIORITY_DEFAULT, g_task_get_cancellable (task), exchange_read,
-                             task);
+  /* Always a whole chunk: libsoup's chunked decoder cannot serve reads of a few bytes. */
+  g_input_stream_read_async (ex->stream, ex->chunk, READ_CHUNK, G_PRIORITY_DEFAULT,
+                             g_task_get_cancellable (task), exchange_read, task);
 }
 
 static void
@@ -1205,6 +1198,22 @@ exchange_closed (GObject *source, GAsyncResult *result, gpointer user_data)
   g_task_return_pointer (task, g_bytes_new_take (g_steal_pointer (&ex->data), ex->len),
                          (GDestroyNotify)g_bytes_unref);
   g_object_unref (task);
+}
+
+/* Keeps n more bytes of the answer, never holding more than the limit. */
+static gboolean
+keep (Exchange *ex, gsize n)
+{
+  if (n > ex->max - ex->len)
+    return FALSE;
+  if (ex->len + n > ex->size)
+    {
+      ex->size = (gsize)MIN (ex->max, MAX ((guint64)ex->size * 2, ex->len + n));
+      ex->data = g_realloc (ex->data, ex->size);
+    }
+  memcpy (ex->data + ex->len, ex->chunk, n);
+  ex->len += n;
+  return TRUE;
 }
 
 static void
@@ -1220,7 +1229,7 @@ exchange_read (GObject *source, GAsyncResult *result, gpointer user_data)
   else if (n == 0)
     /* The whole answer is in: closing hands the connection back to the pool. */
     g_input_stream_close_async (ex->stream, G_PRIORITY_DEFAULT, NULL, exchange_closed, task);
-  else if ((ex->len += (gsize)n) > ex->max)
+  else if (!keep (ex, (gsize)n))
     exchange_too_large (task);
   else
     read_more (task);
@@ -1252,10 +1261,10 @@ exchange_sent (GObject *source, GAsyncResult *result, gpointer user_data)
           exchange_too_large (task);
           return;
         }
-      /* One byte more than announced, so the end shows without growing. */
-      ex->size = (gsize)length + 1;
+      ex->size = (gsize)length;
       ex->data = g_malloc (ex->size);
     }
+  ex->chunk = g_malloc (READ_CHUNK);
   read_more (task);
 }
 
@@ -1278,8 +1287,8 @@ exchange_async (HbRemote *self,
   memcpy (ex->pin, self->pin, PIN_LEN);
   g_task_set_task_data (task, ex, exchange_free);
   g_signal_connect (msg, "accept-certificate", G_CALLBACK (on_accept_certificate), ex);
-  soup_session_send_async (get_session (self), msg, G_PRIORITY_DEFAULT, cancellable,
-                           exchange_sent, task);
+  soup_session_send_async (get_session (self), msg, G_PRIORITY_DEFAULT, cancellable, exchange_sent,
+                           task);
 }
 
 /* The answer's body, or NULL with an HB_REMOTE_ERROR (or cancellation) set. */

@@ -1263,6 +1263,7 @@ pull_fetch (Run *run)
     }
   {
     GString *body = g_string_new ("{\"docs\":[");
+    g_autoptr (GBytes) bytes = NULL;
 
     for (guint i = 0; i < run->page_missing->len; i++)
       {
@@ -1277,9 +1278,9 @@ pull_fetch (Run *run)
         g_string_append_c (body, '}');
       }
     g_string_append (body, "]}");
+    bytes = g_string_free_to_bytes (body);
     op_begin (run);
-    hb_remote_bulk_get_async (run->self->remote, g_string_free_to_bytes (body), run->cancellable,
-                              on_bulk_get, run);
+    hb_remote_bulk_get_async (run->self->remote, bytes, run->cancellable, on_bulk_get, run);
   }
 }
 
@@ -1378,6 +1379,7 @@ pull_changes_request (Run *run)
       g_autoptr (GString) path = g_string_new ("_changes?style=all_docs&filter=_selector");
       g_autoptr (JsonBuilder) b = json_builder_new ();
       g_autoptr (JsonNode) root = NULL;
+      g_autoptr (GBytes) bytes = NULL;
       char *text;
 
       g_string_append_printf (path, "&limit=%u", self->batch_size);
@@ -1397,8 +1399,8 @@ pull_changes_request (Run *run)
       json_builder_end_object (b);
       root = json_builder_get_root (b);
       text = json_to_string (root, FALSE);
-      hb_remote_request_async (self->remote, "POST", path->str,
-                               g_bytes_new_take (text, strlen (text)), run->cancellable,
+      bytes = g_bytes_new_take (text, strlen (text));
+      hb_remote_request_async (self->remote, "POST", path->str, bytes, run->cancellable,
                                on_pull_changes, run);
       return;
     }

@@ -59,6 +59,14 @@ enum
 
 static GParamSpec *properties[N_PROPS];
 
+enum
+{
+  SIGNAL_SECRET_CHANGED,
+  N_SIGNALS
+};
+
+static guint signals[N_SIGNALS];
+
 static const SecretSchema credential_schema = {
   "org.healthbridge.Sync.Credential",
   SECRET_SCHEMA_NONE,
@@ -544,6 +552,13 @@ wipe_secret (HbSyncConfig *self)
     }
 }
 
+static void
+replace_secret (HbSyncConfig *self, const char *secret)
+{
+  wipe_secret (self);
+  self->secret = g_strdup (secret);
+}
+
 /**
  * hb_sync_config_set_secret:
  * @self: a configuration
@@ -551,14 +566,14 @@ wipe_secret (HbSyncConfig *self)
  *
  * Holds the secret in memory for this configuration (wiped when replaced or finalized). It is
  * never a property and never written anywhere but the Secret Service, by
- * hb_sync_config_save_secret_sync().
+ * hb_sync_config_save_secret_sync(). Emits #HbSyncConfig::secret-changed.
  */
 void
 hb_sync_config_set_secret (HbSyncConfig *self, const char *secret)
 {
   g_return_if_fail (HB_IS_SYNC_CONFIG (self));
-  wipe_secret (self);
-  self->secret = g_strdup (secret);
+  replace_secret (self, secret);
+  g_signal_emit (self, signals[SIGNAL_SECRET_CHANGED], 0);
 }
 
 /**
@@ -650,7 +665,9 @@ hb_sync_config_save_secret_sync (HbSyncConfig *self, GCancellable *cancellable, 
  * @cancellable: (nullable): a cancellable
  * @error: return location for an error
  *
- * Loads the secret saved for this database, user and method into memory. Blocks.
+ * Loads the secret saved for this database, user and method into memory. Blocks. Since it
+ * may run on any thread, it does not emit #HbSyncConfig::secret-changed: load before creating
+ * a manager, or hand the secret to a running one with hb_sync_config_set_secret().
  *
  * Returns: %TRUE if a secret was found; %FALSE without an error when there is none
  */
@@ -668,7 +685,7 @@ hb_sync_config_load_secret_sync (HbSyncConfig *self, GCancellable *cancellable, 
       NULL);
   if (secret == NULL)
     return FALSE;
-  hb_sync_config_set_secret (self, secret);
+  replace_secret (self, secret);
   secret_password_free (secret);
   return TRUE;
 }
@@ -958,6 +975,18 @@ hb_sync_config_class_init (HbSyncConfigClass *klass)
   properties[PROP_ALLOW_INSECURE_HTTP]
       = g_param_spec_boolean ("allow-insecure-http", NULL, NULL, FALSE, RW);
   g_object_class_install_properties (object_class, N_PROPS, properties);
+
+  /**
+   * HbSyncConfig::secret-changed:
+   * @self: the configuration
+   *
+   * Emitted by hb_sync_config_set_secret(), on the thread that called it, so that a running
+   * #HbSyncManager sends the new password or token from then on. The secret itself is never
+   * passed.
+   */
+  signals[SIGNAL_SECRET_CHANGED]
+      = g_signal_new ("secret-changed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
+                      NULL, G_TYPE_NONE, 0);
 }
 
 static void

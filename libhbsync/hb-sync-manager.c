@@ -130,12 +130,18 @@ G_DEFINE_BOXED_TYPE (HbSyncDiagnostics,
 
 /* ---- status ---------------------------------------------------------------------------- */
 
+static void update_status (HbSyncManager *self);
+
 static void
 set_pending (HbSyncManager *self, gint64 *field, gint64 value, guint prop)
 {
   if (*field == value)
     return;
   *field = value;
+  /* A count that is no longer zero ends up-to-date before anyone hears of the count: nobody
+   * sees UP_TO_DATE beside work pending. */
+  if (value != 0)
+    update_status (self);
   g_object_notify_by_pspec (G_OBJECT (self), properties[prop]);
 }
 
@@ -308,9 +314,12 @@ record_failure (HbSyncManager *self, const GError *error)
   if (is_auth_error (error))
     {
       /* Not retried: the same credentials would fail the same way, and a retry storm against
-       * an authentication endpoint looks like an attack. */
+       * an authentication endpoint looks like an attack. Asked once per refusal: the pull, the
+       * push and the longpoll each fail with it. */
+      gboolean first = !self->auth_failed;
+
       self->auth_failed = TRUE;
-      if (hb_sync_config_get_auth_method (self->config) == HB_AUTH_METHOD_BEARER)
+      if (first && hb_sync_config_get_auth_method (self->config) == HB_AUTH_METHOD_BEARER)
         g_signal_emit (self, signals[SIGNAL_TOKEN_NEEDED], 0);
     }
   else
@@ -509,7 +518,6 @@ on_pull_done (GObject *source, GAsyncResult *result, gpointer data)
       = hb_replicator_run_finish (HB_REPLICATOR (source), result, &error);
 
   self->pull_running = FALSE;
-  if (error) g_printerr ("TMPDBG pull error %s %d: %s\n", g_quark_to_string (error->domain), error->code, error->message); /* TMPDBG */
   if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
     {
       update_status (self);
@@ -619,7 +627,6 @@ on_push_done (GObject *source, GAsyncResult *result, gpointer data)
       = hb_replicator_run_finish (HB_REPLICATOR (source), result, &error);
 
   self->push_running = FALSE;
-  if (error) g_printerr ("TMPDBG push error %s %d: %s\n", g_quark_to_string (error->domain), error->code, error->message); /* TMPDBG */
   if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
     {
       update_status (self);
@@ -716,7 +723,8 @@ on_network_changed (GNetworkMonitor *monitor, gboolean available, gpointer data)
  * @self: a manager
  *
  * Starts syncing both ways: at once, then (when #HbSyncConfig:continuous is set) whenever the
- * server's changes feed or the store has something new. Does nothing if started.
+ * server's changes feed or the store has something new. If started, does nothing, unless the
+ * status is %HB_SYNC_STATUS_AUTH_FAILED: then both directions are tried again at once.
  */
 void
 hb_sync_manager_start (HbSyncManager *self)
@@ -724,7 +732,19 @@ hb_sync_manager_start (HbSyncManager *self)
   g_return_if_fail (HB_IS_SYNC_MANAGER (self));
 
   if (self->started)
-    return;
+    {
+      /* After an authentication failure nothing is retried on its own: start() is how the
+       * application says the credentials changed (see #HbSyncManager::token-needed). */
+      if (self->auth_failed)
+        {
+          self->auth_failed = FALSE;
+          self->failures = 0;
+          update_status (self);
+          run_pull (self);
+          run_push (self);
+        }
+      return;
+    }
   self->started = TRUE;
   self->auth_failed = FALSE;
   self->failed = FALSE;
@@ -791,6 +811,8 @@ typedef struct
   char *session_id;
   guint timeout_id;
   gboolean timed_out;
+  GTask *ensure_task; /* ensure_session_synced's task (not a reference: it owns this) */
+  gboolean answered;  /* ensure_session_synced has answered */
 } OneShot;
 
 static void
@@ -968,6 +990,20 @@ hb_sync_manager_sync_session_finish (HbSyncManager *self, GAsyncResult *result, 
 
 /* ensure_session_synced: push the session, then ask the server whether it lacks anything. */
 
+/* Answers once: at the deadline, or when the checks end first. The run still under way at the
+ * deadline winds down on its own (a replicator may take a few seconds to stop: a retry's
+ * backoff, the checkpoint's grace), holding the task until then. */
+static void
+ensure_answer (HbSyncManager *self, OneShot *o, gboolean synced)
+{
+  if (o->answered)
+    return;
+  o->answered = TRUE;
+  set_session_status (self, o->session_id,
+                      synced ? HB_SESSION_SYNC_STATUS_SYNCED : HB_SESSION_SYNC_STATUS_FAILED);
+  g_task_return_boolean (o->ensure_task, synced);
+}
+
 typedef struct
 {
   OneShot *o;
@@ -984,9 +1020,7 @@ on_ensure_diff (GObject *source, GAsyncResult *result, gpointer data)
   g_autoptr (GHashTable) missing = hb_remote_revs_diff_finish (HB_REMOTE (source), result, &error);
   gboolean synced = missing != NULL && g_hash_table_size (missing) == 0;
 
-  set_session_status (self, o->session_id,
-                      synced ? HB_SESSION_SYNC_STATUS_SYNCED : HB_SESSION_SYNC_STATUS_FAILED);
-  g_task_return_boolean (task, synced);
+  ensure_answer (self, o, synced);
 }
 
 /* The leaves of the session's documents, read in a worker thread. */
@@ -1073,7 +1107,7 @@ on_session_leaves (GObject *source, GAsyncResult *result, gpointer data)
 
   if (body == NULL)
     {
-      g_task_return_boolean (task, FALSE);
+      ensure_answer (self, o, FALSE);
       return;
     }
   hb_remote_revs_diff_async (self->remote, body, o->cancellable, on_ensure_diff,
@@ -1095,8 +1129,7 @@ on_ensure_pushed (GObject *source, GAsyncResult *result, gpointer data)
     {
       /* Not synced within the time given, or the server is not there: an answer, not an
        * error. */
-      set_session_status (self, o->session_id, HB_SESSION_SYNC_STATUS_FAILED);
-      g_task_return_boolean (task, FALSE);
+      ensure_answer (self, o, FALSE);
       return;
     }
   leaves = g_task_new (self, o->cancellable, on_session_leaves, g_steal_pointer (&task));
@@ -1112,6 +1145,8 @@ ensure_timed_out (gpointer data)
   o->timeout_id = 0;
   o->timed_out = TRUE;
   g_cancellable_cancel (o->cancellable);
+  /* The answer is due now, not when the cancelled run has wound down. */
+  ensure_answer (g_task_get_source_object (o->ensure_task), o, FALSE);
   return G_SOURCE_REMOVE;
 }
 
@@ -1146,6 +1181,7 @@ hb_sync_manager_ensure_session_synced_async (HbSyncManager *self,
   /* The answer is due at the deadline even if the caller's cancellable is untouched. */
   g_task_set_check_cancellable (task, FALSE);
   o = g_new0 (OneShot, 1);
+  o->ensure_task = task;
   o->session_id = g_strdup (session_id);
   o->push = make_replicator (self, HB_REPLICATION_DIRECTION_PUSH, session_id);
   o->cancellable = g_cancellable_new ();
@@ -1444,12 +1480,48 @@ is_loopback (const char *host)
   return address != NULL && g_inet_address_get_is_loopback (address);
 }
 
+/* The remote's credentials, from the configuration's method, user name and secret; again
+ * whenever the secret changes. */
+static void
+apply_credentials (HbSyncManager *self)
+{
+  const char *secret = _hb_sync_config_peek_secret (self->config);
+  const char *username = hb_sync_config_get_username (self->config);
+
+  if (self->remote == NULL)
+    return;
+  switch (hb_sync_config_get_auth_method (self->config))
+    {
+      case HB_AUTH_METHOD_BASIC:
+        hb_remote_set_basic_auth (self->remote, username, secret != NULL ? secret : "");
+        break;
+      case HB_AUTH_METHOD_COOKIE:
+        hb_remote_set_cookie_auth (self->remote, username, secret);
+        break;
+      case HB_AUTH_METHOD_BEARER:
+        hb_remote_set_bearer_token (self->remote, secret);
+        break;
+      case HB_AUTH_METHOD_NONE:
+      default:
+        break;
+    }
+}
+
+/* The server refused the bearer token: the application is asked for a fresh one. A handler
+ * that sets it at once has the refused request sent again. */
+static void
+on_token_expired (HbSyncManager *self)
+{
+  g_signal_emit (self, signals[SIGNAL_TOKEN_NEEDED], 0);
+}
+
 static gboolean
 configure_remote (HbSyncManager *self, GError **error)
 {
   const char *url = hb_sync_config_get_database_url (self->config);
   g_autoptr (GUri) uri = g_uri_parse (url, G_URI_FLAGS_NONE, error);
-  const char *secret = _hb_sync_config_peek_secret (self->config);
+  const char *ca_file = hb_sync_config_get_ca_file (self->config);
+  const char *pin = hb_sync_config_get_pinned_sha256 (self->config);
 
   if (uri == NULL)
     return FALSE;
@@ -1467,18 +1539,16 @@ configure_remote (HbSyncManager *self, GError **error)
   if (self->remote == NULL)
     return FALSE;
   hb_remote_set_timeout (self->remote, (hb_sync_config_get_timeout_ms (self->config) + 999) / 1000);
-  switch (hb_sync_config_get_auth_method (self->config))
-    {
-      case HB_AUTH_METHOD_BASIC:
-      case HB_AUTH_METHOD_COOKIE:
-        hb_remote_set_basic_auth (self->remote, hb_sync_config_get_username (self->config),
-                                  secret != NULL ? secret : "");
-        break;
-      case HB_AUTH_METHOD_BEARER:
-      case HB_AUTH_METHOD_NONE:
-      default:
-        break;
-    }
+  hb_remote_set_allow_insecure_http (self->remote,
+                                     hb_sync_config_get_allow_insecure_http (self->config));
+  if ((ca_file != NULL && !hb_remote_set_ca_file (self->remote, ca_file, error))
+      || (pin != NULL && !hb_remote_set_pinned_sha256 (self->remote, pin, error)))
+    return FALSE;
+  apply_credentials (self);
+  g_signal_connect_object (self->remote, "token-expired", G_CALLBACK (on_token_expired), self,
+                           G_CONNECT_SWAPPED);
+  g_signal_connect_object (self->config, "secret-changed", G_CALLBACK (apply_credentials), self,
+                           G_CONNECT_SWAPPED);
   return TRUE;
 }
 

@@ -1091,17 +1091,23 @@ class TestContinuousSync(ServerTestCase):
         self.assertIn(sync.lines[0]["status"], ("connecting", "syncing"))
         self.assertEqual(len(self.server_ids()), 6)
 
+        # A document written by another process reaches the server: nothing in this one
+        # announces it (the first phase, so that no pull's write triggers a push instead).
+        sync.read_for(1)
+        self.put({"_id": "note:from-cli", "type": "note", "text": "written elsewhere"})
+        wait_until(lambda: "note:from-cli" in self.server_ids(), 30, "the pushed document")
+        self.assertEqual(http_json("GET", self.db + "/note:from-cli")["text"], "written elsewhere")
+
         # A server change arrives through the changes feed (read here by a second process).
         http_json("PUT", self.db + "/note:from-server", {"type": "note", "text": "hello"})
         doc = wait_until(lambda: self.store_has("note:from-server"), 30, "the pulled document")
         self.assertEqual(doc["text"], "hello")
-
-        # A document written by another process reaches the server.
-        self.put({"_id": "note:from-cli", "type": "note", "text": "written elsewhere"})
-        wait_until(lambda: "note:from-cli" in self.server_ids(), 30, "the pushed document")
-        self.assertEqual(http_json("GET", self.db + "/note:from-cli")["text"], "written elsewhere")
+        # The pulled document is behind the push checkpoint too once the manager's next push
+        # has looked at it; then nothing is pending either way.
+        wait_until(lambda: self.ok("status", self.db, "--local")["pending_push"] == 0, 30,
+                   "the push checkpoint to pass the pulled document")
         sync.wait_for(lambda line: line["status"] == "up-to-date" and line["pending_push"] == 0,
-                      what="up-to-date after the push")
+                      what="up-to-date after the pull")
 
         self.assertEqual(sync.stop(signal.SIGINT), 0, sync.stderr())
         final = sync.lines[-1]
@@ -1126,6 +1132,37 @@ class TestContinuousSync(ServerTestCase):
         self.assertEqual(sync.stop(signal.SIGTERM), 0, sync.stderr())
         self.assertEqual(sync.lines[-1]["status"], "disabled")
         self.assertTrue(sync.lines[-1]["final"])
+
+    def test_interrupted_mid_sync_resumes_from_the_checkpoint(self):
+        notes = "\n".join(json.dumps({"_id": "note:bulk-%03d" % i, "type": "note", "text": "n"})
+                          for i in range(200))
+        self.assertEqual(self.import_text(notes + "\n")["imported"], 200)
+        proxy = self.proxy()
+        proxy.fault(action="delay", method="POST", path="_bulk_docs", ms=500)
+        sync = ContinuousSync(self, proxy.url + "/clinic", "--batch-size", "10")
+        sync.wait_status("syncing")
+        # The push checkpoints where a page of changes is all written (pages of 50 changes).
+        wait_until(lambda: len(self.server_ids()) >= 80, 60, "a few batches on the server")
+        start = time.monotonic()
+        self.assertEqual(sync.stop(signal.SIGINT), 0, sync.stderr())
+        self.assertLess(time.monotonic() - start, 10, "the interrupt waited for the sync")
+        self.assertEqual(sync.lines[-1]["status"], "disabled")
+        self.assertTrue(sync.lines[-1]["final"])
+        self.assertNotIn("error", sync.statuses())
+        self.assertNotIn("up-to-date", sync.statuses())
+
+        self.assertLess(len(self.server_ids()), 206)
+        # The checkpoints belong to the URL synced with: the proxy's.
+        url = proxy.url + "/clinic"
+        proxy.reset()
+        pending = self.ok("status", url, "--local")["pending_push"]
+        self.assertGreater(pending, 0)
+        self.assertLessEqual(pending, 206 - 50)
+        out = self.ok("push", url)
+        # Resumed from the checkpoint: what was already sent is not offered again.
+        self.assertLessEqual(out["push"]["missing_checked"], 206 - 50)
+        self.assertEqual(len(self.server_ids()), 206)
+        self.assertEqual(self.ok("status", url)["pending_push"], 0)
 
     def test_dead_port_is_offline_not_error(self):
         sync = ContinuousSync(self, DEAD_URL)
@@ -1337,6 +1374,7 @@ class TestServerOptions(ServerTestCase):
         sync.wait_status("up-to-date")
         self.assertEqual(sync.stop(), 0, sync.stderr())
         self.fails(1, "push", url, "--token-fd", "0", stdin_data="\n")
+        self.fails(1, "push", url, "--token-fd", "0", stdin_data="tok\x01en\n")
 
     def test_cookie_session(self):
         proxy = self.proxy()

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "hb-remote-parse-private.h"
+#include "hb-test-server.h"
 #include "hb-test-utils.h"
 
 /* LeakSanitizer, for this program only. libsoup 3.2 leaks the server side of a connection the
@@ -68,7 +69,7 @@ typedef struct
   guint logins;
   char *login_path;
   char *login_body;
-  guint session_max_age; /* sent with it when not 0 */
+  guint session_max_age;  /* sent with it when not 0 */
   const char *set_cookie; /* a Set-Cookie header for every other answer */
 } Fixture;
 
@@ -1464,6 +1465,857 @@ test_broken_answers (void)
     }
 }
 
+/* ---- response size ----------------------------------------------------------------------- */
+
+/* A database description of exactly len bytes. */
+static char *
+info_of_size (gsize len)
+{
+  GString *text = g_string_new ("{\"db_name\":\"clinic\",\"update_seq\":1,\"pad\":\"");
+
+  g_assert_cmpuint (len, >=, text->len + 2);
+  while (text->len < len - 2)
+    g_string_append_c (text, 'x');
+  g_string_append (text, "\"}");
+  return g_string_free (text, FALSE);
+}
+
+static GBytes *
+gzip (const char *text)
+{
+  g_autoptr (GZlibCompressor) compressor = g_zlib_compressor_new (G_ZLIB_COMPRESSOR_FORMAT_GZIP, 9);
+  g_autoptr (GOutputStream) memory = g_memory_output_stream_new_resizable ();
+  g_autoptr (GOutputStream) out = g_converter_output_stream_new (memory, G_CONVERTER (compressor));
+  g_autoptr (GError) error = NULL;
+
+  g_output_stream_write_all (out, text, strlen (text), NULL, NULL, &error);
+  g_assert_no_error (error);
+  g_output_stream_close (out, NULL, &error);
+  g_assert_no_error (error);
+  return g_memory_output_stream_steal_as_bytes (G_MEMORY_OUTPUT_STREAM (memory));
+}
+
+/* An HTTP answer carrying body: chunked (no length announced), or gzipped with the length of
+ * the compressed bytes. */
+static GBytes *
+raw_answer (const char *body, gboolean compressed)
+{
+  GByteArray *reply = g_byte_array_new ();
+  g_autofree char *head = NULL;
+
+  if (compressed)
+    {
+      g_autoptr (GBytes) packed = gzip (body);
+
+      head = g_strdup_printf ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                              "Content-Encoding: gzip\r\nContent-Length: %" G_GSIZE_FORMAT
+                              "\r\n\r\n",
+                              g_bytes_get_size (packed));
+      g_byte_array_append (reply, (const guint8 *)head, strlen (head));
+      g_byte_array_append (reply, g_bytes_get_data (packed, NULL), g_bytes_get_size (packed));
+      return g_byte_array_free_to_bytes (reply);
+    }
+  head = g_strdup ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                   "Transfer-Encoding: chunked\r\n\r\n");
+  g_byte_array_append (reply, (const guint8 *)head, strlen (head));
+  for (gsize done = 0, len = strlen (body); done < len; done += 4096)
+    {
+      gsize n = MIN (4096, len - done);
+      g_autofree char *size = g_strdup_printf ("%" G_GSIZE_MODIFIER "x\r\n", n);
+
+      g_byte_array_append (reply, (const guint8 *)size, strlen (size));
+      g_byte_array_append (reply, (const guint8 *)body + done, n);
+      g_byte_array_append (reply, (const guint8 *)"\r\n", 2);
+    }
+  g_byte_array_append (reply, (const guint8 *)"0\r\n\r\n", 5);
+  return g_byte_array_free_to_bytes (reply);
+}
+
+static void
+assert_too_large (HbRemote *remote, guint64 max)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbRemoteInfo) info = get_info (remote, &error);
+  g_autofree char *expected = g_strdup_printf ("larger than %" G_GUINT64_FORMAT " bytes", max);
+
+  g_assert_null (info);
+  g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_BAD_RESPONSE);
+  g_assert_nonnull (strstr (error->message, expected));
+}
+
+static void
+assert_info_ok (HbRemote *remote)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbRemoteInfo) info = get_info (remote, &error);
+
+  g_assert_no_error (error);
+  g_assert_cmpstr (info->db_name, ==, "clinic");
+}
+
+static void
+test_max_response_bytes (Fixture *f, gconstpointer data)
+{
+  g_autofree char *body = info_of_size (100000);
+  guint64 max = 0;
+
+  g_object_get (f->remote, "max-response-bytes", &max, NULL);
+  g_assert_cmpuint (max, ==, 256 * 1024 * 1024);
+
+  /* An announced length: the limit itself is fine, a byte more is not. */
+  answer (f, body);
+  hb_remote_set_max_response_bytes (f->remote, 100000);
+  assert_info_ok (f->remote);
+  hb_remote_set_max_response_bytes (f->remote, 99999);
+  assert_too_large (f->remote, 99999);
+  /* The connection cut short is not reused for the next request. */
+  hb_remote_set_max_response_bytes (f->remote, 100000);
+  assert_info_ok (f->remote);
+
+  /* No length announced, or the length of compressed bytes: counted as they are decoded. */
+  for (guint compressed = 0; compressed < 2; compressed++)
+    {
+      g_autofree char *big = info_of_size (1000000);
+      g_autoptr (GBytes) reply = raw_answer (big, compressed);
+      g_autoptr (RawServer) raw = raw_server_new_full (reply, FALSE);
+      g_autoptr (HbRemote) remote = raw_server_remote (raw);
+
+      g_test_message ("%s", compressed ? "gzip" : "chunked");
+      if (compressed)
+        g_assert_cmpuint (g_bytes_get_size (reply), <, 65536);
+      hb_remote_set_max_response_bytes (remote, 1000000);
+      assert_info_ok (remote);
+      hb_remote_set_max_response_bytes (remote, 999999);
+      assert_too_large (remote, 999999);
+      hb_remote_set_max_response_bytes (remote, 65536);
+      assert_too_large (remote, 65536);
+    }
+}
+
+/* ---- plain http -------------------------------------------------------------------------- */
+
+static void
+test_plain_http_policy (void)
+{
+  static const char *const loopback[] = {
+    "http://127.0.0.1:1/clinic", "http://127.1.2.3:1/clinic", "http://localhost:1/clinic",
+    "http://LOCALHOST:1/clinic", "http://[::1]:1/clinic",
+  };
+  g_autofree char *reply = NULL;
+  g_autoptr (GBytes) bytes = NULL;
+  g_autoptr (RawServer) raw = NULL;
+  g_autoptr (HbRemote) remote = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbRemoteInfo) info = NULL;
+  g_autoptr (GResolver) resolver = g_resolver_get_default ();
+  g_autolist (GInetAddress) addresses = NULL;
+  g_autofree char *url = NULL;
+  const char *host = g_get_host_name ();
+  gint64 start = g_get_monotonic_time ();
+
+  /* Refused before anything is sent: this address would hang or be unreachable. */
+  remote = hb_remote_new ("http://192.0.2.1:5984/clinic", &error);
+  g_assert_no_error (error);
+  g_assert_false (hb_remote_get_allow_insecure_http (remote));
+  info = get_info (remote, &error);
+  g_assert_null (info);
+  g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_TLS);
+  g_assert_nonnull (strstr (error->message, "plain http refused"));
+  g_assert_false (hb_remote_error_is_transient (error));
+  g_assert_cmpint (g_get_monotonic_time () - start, <, G_USEC_PER_SEC);
+  g_clear_error (&error);
+  g_clear_object (&remote);
+
+  /* Loopback is reached over plain http (and refused there by a closed port). */
+  for (guint i = 0; i < G_N_ELEMENTS (loopback); i++)
+    {
+      g_autoptr (HbRemote) local = hb_remote_new (loopback[i], NULL);
+      g_autoptr (GError) local_error = NULL;
+
+      g_assert_null (get_info (local, &local_error));
+      g_test_message ("%s: %s", loopback[i], local_error->message);
+      g_assert_error (local_error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_NETWORK);
+    }
+
+  /* A name that is not loopback is refused even when it resolves to this machine: no
+   * connection at all. Allowed, it is reached. */
+  reply = g_strdup_printf ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                           "Content-Length: 41\r\n\r\n%s",
+                           "{\"db_name\":\"clinic\",\"update_seq\":\"1-g1A\"}");
+  bytes = g_bytes_new (reply, strlen (reply));
+  raw = raw_server_new_full (bytes, TRUE);
+  url = g_strdup_printf ("http://%s:%u/clinic", host, raw->port);
+  remote = hb_remote_new (url, &error);
+  g_assert_no_error (error);
+  info = get_info (remote, &error);
+  g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_TLS);
+  g_clear_error (&error);
+  g_assert_cmpuint (raw_server_connections (raw), ==, 0);
+
+  addresses = g_resolver_lookup_by_name (resolver, host, NULL, NULL);
+  if (addresses == NULL || g_ascii_strcasecmp (host, "localhost") == 0)
+    {
+      g_test_message ("the host name %s does not resolve: the allowed case is not tried", host);
+      return;
+    }
+  hb_remote_set_allow_insecure_http (remote, TRUE);
+  info = get_info (remote, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (raw_server_connections (raw), ==, 1);
+}
+
+/* ---- TLS --------------------------------------------------------------------------------- */
+
+static void
+certtool (const char *dir, const char *const *args)
+{
+  g_autoptr (GPtrArray) argv = g_ptr_array_new ();
+  g_autoptr (GError) error = NULL;
+  g_autofree char *err = NULL;
+  int status;
+
+  g_ptr_array_add (argv, (gpointer) "certtool");
+  for (; *args != NULL; args++)
+    g_ptr_array_add (argv, (gpointer)*args);
+  g_ptr_array_add (argv, NULL);
+  g_spawn_sync (dir, (char **)argv->pdata, NULL,
+                G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDIN_FROM_DEV_NULL,
+                NULL, NULL, NULL, &err, &status, &error);
+  g_assert_no_error (error);
+  if (!g_spawn_check_wait_status (status, &error))
+    g_test_message ("certtool: %s", err);
+  g_assert_no_error (error);
+}
+
+static void
+write_file (const char *dir, const char *name, const char *text)
+{
+  g_autofree char *path = g_build_filename (dir, name, NULL);
+  g_autoptr (GError) error = NULL;
+
+  g_file_set_contents (path, text, -1, &error);
+  g_assert_no_error (error);
+}
+
+static void
+make_server_certificate (const char *dir, const char *name, const char *template)
+{
+  g_autofree char *tmpl = g_strconcat (name, ".tmpl", NULL);
+  g_autofree char *pem = g_strconcat (name, ".pem", NULL);
+  const char *args[] = { "--generate-certificate",
+                         "--load-privkey",
+                         "server.key",
+                         "--load-ca-certificate",
+                         "ca.pem",
+                         "--load-ca-privkey",
+                         "ca.key",
+                         "--template",
+                         tmpl,
+                         "--no-text",
+                         "--outfile",
+                         pem,
+                         NULL };
+
+  write_file (dir, tmpl, template);
+  certtool (dir, args);
+}
+
+#define SERVER_TEMPLATE "tls_www_server\nsigning_key\nencryption_key\n"
+
+/* A test CA and server certificates made with certtool (gnutls-bin) in a fresh directory:
+ * good.pem for 127.0.0.1 and localhost, other-name.pem for another host, expired.pem; every
+ * one with the key server.key. */
+static char *
+make_certificates (void)
+{
+  char *dir = hb_test_mkdtemp ();
+  const char *ca_key[]
+      = { "--generate-privkey", "--key-type", "ecdsa",  "--pkcs8", "--password", "",
+          "--no-text",          "--outfile",  "ca.key", NULL };
+  const char *server_key[]
+      = { "--generate-privkey", "--key-type", "ecdsa",      "--pkcs8", "--password", "",
+          "--no-text",          "--outfile",  "server.key", NULL };
+  const char *ca[] = { "--generate-self-signed",
+                       "--load-privkey",
+                       "ca.key",
+                       "--template",
+                       "ca.tmpl",
+                       "--no-text",
+                       "--outfile",
+                       "ca.pem",
+                       NULL };
+
+  certtool (dir, ca_key);
+  write_file (dir, "ca.tmpl",
+              "cn = \"hbsync test CA\"\nca\ncert_signing_key\nexpiration_days = 2\n");
+  certtool (dir, ca);
+  certtool (dir, server_key);
+  make_server_certificate (dir, "good",
+                           "cn = \"localhost\"\ndns_name = \"localhost\"\n"
+                           "ip_address = \"127.0.0.1\"\nexpiration_days = 2\n" SERVER_TEMPLATE);
+  make_server_certificate (dir, "other-name",
+                           "cn = \"couch.example.org\"\ndns_name = \"couch.example.org\"\n"
+                           "expiration_days = 2\n" SERVER_TEMPLATE);
+  make_server_certificate (dir, "expired",
+                           "cn = \"localhost\"\ndns_name = \"localhost\"\n"
+                           "ip_address = \"127.0.0.1\"\n"
+                           "activation_date = \"2001-01-01 00:00:00\"\n"
+                           "expiration_date = \"2002-01-01 00:00:00\"\n" SERVER_TEMPLATE);
+  return dir;
+}
+
+/* The SHA-256 of a certificate file's DER bytes, in hex. */
+static char *
+fingerprint (const char *dir, const char *name)
+{
+  g_autofree char *path = g_build_filename (dir, name, NULL);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GTlsCertificate) certificate = g_tls_certificate_new_from_file (path, &error);
+  g_autoptr (GByteArray) der = NULL;
+
+  g_assert_no_error (error);
+  g_object_get (certificate, "certificate", &der, NULL);
+  return g_compute_checksum_for_data (G_CHECKSUM_SHA256, der->data, der->len);
+}
+
+typedef struct
+{
+  SoupServer *server;
+  char *url; /* https://127.0.0.1:PORT/clinic */
+  guint n_requests;
+  GString *bodies; /* every request body received */
+} TlsServer;
+
+static void
+tls_server_callback (SoupServer *server,
+                     SoupServerMessage *msg,
+                     const char *path,
+                     GHashTable *query,
+                     gpointer user_data)
+{
+  TlsServer *s = user_data;
+  SoupMessageBody *body = soup_server_message_get_request_body (msg);
+
+  s->n_requests++;
+  g_string_append_len (s->bodies, body->data, body->length);
+  if (g_strcmp0 (soup_server_message_get_method (msg), "POST") == 0)
+    respond (msg, 201, "[]");
+  else
+    respond (msg, 200, "{\"db_name\":\"clinic\",\"update_seq\":1}");
+}
+
+static TlsServer *
+tls_server_new (const char *dir, const char *name)
+{
+  TlsServer *s = g_new0 (TlsServer, 1);
+  g_autofree char *cert_file = g_strconcat (dir, "/", name, ".pem", NULL);
+  g_autofree char *key_file = g_build_filename (dir, "server.key", NULL);
+  g_autoptr (GTlsCertificate) certificate = NULL;
+  g_autoptr (GError) error = NULL;
+  GSList *uris;
+
+  certificate = g_tls_certificate_new_from_files (cert_file, key_file, &error);
+  g_assert_no_error (error);
+  s->bodies = g_string_new (NULL);
+  s->server = soup_server_new ("tls-certificate", certificate, NULL);
+  soup_server_add_handler (s->server, NULL, tls_server_callback, s, NULL);
+  soup_server_listen_local (s->server, 0, SOUP_SERVER_LISTEN_IPV4_ONLY | SOUP_SERVER_LISTEN_HTTPS,
+                            &error);
+  g_assert_no_error (error);
+  uris = soup_server_get_uris (s->server);
+  s->url = g_strdup_printf ("https://127.0.0.1:%d/clinic", g_uri_get_port (uris->data));
+  g_slist_free_full (uris, (GDestroyNotify)g_uri_unref);
+  return s;
+}
+
+static void
+tls_server_free (TlsServer *s)
+{
+  soup_server_disconnect (s->server);
+  drain ();
+  g_assert_finalize_object (s->server);
+  g_string_free (s->bodies, TRUE);
+  g_free (s->url);
+  g_free (s);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (TlsServer, tls_server_free)
+
+static HbRemote *
+tls_remote (TlsServer *s, const char *ca_file)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbRemote) remote = hb_remote_new (s->url, &error);
+
+  g_assert_no_error (error);
+  if (ca_file != NULL)
+    {
+      g_assert_true (hb_remote_set_ca_file (remote, ca_file, &error));
+      g_assert_no_error (error);
+    }
+  return g_steal_pointer (&remote);
+}
+
+/* The request fails with a TLS error naming `problem`, and not `not_problem`. */
+static void
+assert_tls_refused (HbRemote *remote, const char *problem, const char *not_problem)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbRemoteInfo) info = get_info (remote, &error);
+
+  g_assert_null (info);
+  g_test_message ("%s", error->message);
+  g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_TLS);
+  g_assert_false (hb_remote_error_is_transient (error));
+  g_assert_nonnull (strstr (error->message, problem));
+  if (not_problem != NULL)
+    g_assert_null (strstr (error->message, not_problem));
+}
+
+static void
+test_tls_verification (void)
+{
+  g_autofree char *dir = make_certificates ();
+  g_autofree char *ca_file = g_build_filename (dir, "ca.pem", NULL);
+  g_autoptr (TlsServer) good = tls_server_new (dir, "good");
+  g_autoptr (TlsServer) other = tls_server_new (dir, "other-name");
+  g_autoptr (TlsServer) expired = tls_server_new (dir, "expired");
+  g_autoptr (HbRemote) remote = tls_remote (good, NULL);
+
+  /* Verified by default, against the system's authorities, which do not know this one. */
+  assert_tls_refused (remote, "unknown certificate authority", NULL);
+  g_assert_cmpuint (good->n_requests, ==, 0);
+
+  /* Trusting the test CA alone. */
+  g_assert_true (hb_remote_set_ca_file (remote, ca_file, NULL));
+  assert_info_ok (remote);
+  g_assert_cmpuint (good->n_requests, ==, 1);
+
+  /* Other certificates from the same CA: another host's, an expired one. */
+  {
+    g_autoptr (HbRemote) to_other = tls_remote (other, ca_file);
+    g_autoptr (HbRemote) to_expired = tls_remote (expired, ca_file);
+
+    assert_tls_refused (to_other, "name mismatch", "unknown certificate authority");
+    assert_tls_refused (to_expired, "expired", "unknown certificate authority");
+    g_assert_cmpuint (other->n_requests + expired->n_requests, ==, 0);
+  }
+
+  /* Unusable settings fail and leave the previous ones in force. */
+  {
+    g_autoptr (GError) error = NULL;
+    g_autofree char *missing = g_build_filename (dir, "missing.pem", NULL);
+    g_autofree char *not_pem = g_build_filename (dir, "ca.tmpl", NULL);
+
+    g_assert_false (hb_remote_set_ca_file (remote, missing, &error));
+    g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_TLS);
+    g_clear_error (&error);
+    g_assert_false (hb_remote_set_ca_file (remote, not_pem, &error));
+    g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_TLS);
+    g_clear_error (&error);
+    g_assert_false (hb_remote_set_pinned_sha256 (remote, "12:34", &error));
+    g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_TLS);
+    assert_info_ok (remote);
+  }
+  hb_test_rmdir (dir);
+}
+
+static void
+bulk_docs_on (HbRemote *remote, const char *body, GError **error)
+{
+  g_autoptr (GAsyncResult) res = NULL;
+  g_autoptr (GBytes) bytes = bytes_of (body);
+  g_autoptr (GPtrArray) results = NULL;
+
+  hb_remote_bulk_docs_async (remote, bytes, NULL, store_result, &res);
+  results = hb_remote_bulk_docs_finish (remote, await (&res), error);
+}
+
+static void
+test_tls_pinning (void)
+{
+  g_autofree char *dir = make_certificates ();
+  g_autofree char *ca_file = g_build_filename (dir, "ca.pem", NULL);
+  g_autofree char *good_pin = fingerprint (dir, "good.pem");
+  g_autofree char *ca_pin = fingerprint (dir, "ca.pem");
+  g_autoptr (TlsServer) good = tls_server_new (dir, "good");
+  g_autoptr (HbRemote) remote = tls_remote (good, ca_file);
+  g_autoptr (GString) with_colons = g_string_new (NULL);
+  g_autoptr (GError) error = NULL;
+  g_autofree char *upper = NULL;
+
+  /* A connection is open and verified before the pin is set: it must not be reused. */
+  assert_info_ok (remote);
+  g_assert_true (hb_remote_set_pinned_sha256 (remote, ca_pin, &error));
+  g_assert_no_error (error);
+  /* The handshake fails: the request, and its body, never reach the server. */
+  bulk_docs_on (remote, "{\"docs\":[{\"_id\":\"patient:1\",\"given_name\":\"Amina\"}]}", &error);
+  g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_TLS);
+  g_test_message ("%s", error->message);
+  g_assert_nonnull (strstr (error->message, "pin mismatch"));
+  g_assert_null (strstr (error->message, "Amina"));
+  g_clear_error (&error);
+  g_assert_cmpuint (good->n_requests, ==, 1);
+  g_assert_null (strstr (good->bodies->str, "Amina"));
+
+  /* The right fingerprint, written with colons in upper case. */
+  upper = g_ascii_strup (good_pin, -1);
+  for (guint i = 0; upper[i] != '\0'; i += 2)
+    g_string_append_printf (with_colons, "%s%.2s", i > 0 ? ":" : "", upper + i);
+  g_assert_true (hb_remote_set_pinned_sha256 (remote, with_colons->str, &error));
+  bulk_docs_on (remote, "{\"docs\":[{\"_id\":\"patient:1\",\"given_name\":\"Amina\"}]}", &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (good->n_requests, ==, 2);
+  g_assert_nonnull (strstr (good->bodies->str, "Amina"));
+
+  /* The pin is checked on top of verification, not instead of it. */
+  g_assert_true (hb_remote_set_ca_file (remote, NULL, NULL));
+  assert_tls_refused (remote, "unknown certificate authority", "pin mismatch");
+  /* And with the system's authorities, a wrong pin is named too. */
+  g_assert_true (hb_remote_set_pinned_sha256 (remote, ca_pin, NULL));
+  assert_tls_refused (remote, "pin mismatch", NULL);
+  /* No pin: back to verification alone. */
+  g_assert_true (hb_remote_set_ca_file (remote, ca_file, NULL));
+  g_assert_true (hb_remote_set_pinned_sha256 (remote, NULL, NULL));
+  assert_info_ok (remote);
+  g_assert_cmpuint (good->n_requests, ==, 3);
+  hb_test_rmdir (dir);
+}
+
+/* ---- cookie sessions against the stand-in ------------------------------------------------ */
+
+static void
+test_cookie_server_lifetime (Fixture *f, gconstpointer data)
+{
+  g_autoptr (JsonNode) login = NULL;
+  g_autoptr (JsonNode) expected = hb_test_json ("{\"name\":\"nurse\",\"password\":\"p\\\"w\"}");
+  g_autoptr (GError) error = NULL;
+  guint lifetime = 0, interval = 0;
+
+  g_object_get (f->remote, "cookie-lifetime", &lifetime, "login-interval", &interval, NULL);
+  g_assert_cmpuint (lifetime, ==, 600);
+  g_assert_cmpuint (interval, ==, 5);
+  f->session_max_age = 1;
+  hb_remote_set_login_interval (f->remote, 1);
+  hb_remote_set_cookie_auth (f->remote, "nurse", "p\"w");
+  assert_info_ok (f->remote);
+  g_assert_cmpuint (f->logins, ==, 1);
+  g_assert_cmpstr (f->login_path, ==, "/_session");
+  login = hb_test_json (f->login_body);
+  g_assert_true (json_node_equal (login, expected));
+  g_assert_cmpstr (f->cookie, ==, "AuthSession=s1");
+  g_assert_null (f->authorization);
+
+  /* The server gave the cookie one second, not ten minutes: renewed before it ends. */
+  g_usleep (G_USEC_PER_SEC * 11 / 10);
+  assert_info_ok (f->remote);
+  g_assert_cmpuint (f->logins, ==, 2);
+  g_assert_cmpstr (f->cookie, ==, "AuthSession=s2");
+
+  /* A fresh cookie the server sends unasked (CouchDB does, once one has aged) is taken. */
+  f->session_max_age = 0;
+  f->set_cookie = "AuthSession=fresh; Path=/; HttpOnly";
+  assert_info_ok (f->remote);
+  f->set_cookie = NULL;
+  assert_info_ok (f->remote);
+  g_assert_cmpstr (f->cookie, ==, "AuthSession=fresh");
+  g_assert_cmpuint (f->logins, ==, 2);
+
+  /* Other credentials: the cookie goes with the old ones. */
+  hb_remote_set_basic_auth (f->remote, "nurse", "pw");
+  assert_info_ok (f->remote);
+  g_assert_null (f->cookie);
+  g_assert_true (g_str_has_prefix (f->authorization, "Basic "));
+
+  /* The session lives beside the database, under whatever prefix the server is mounted. */
+  {
+    g_autofree char *url = server_url (f, "/couch/clinic");
+    g_autoptr (HbRemote) mounted = hb_remote_new (url, &error);
+
+    g_assert_no_error (error);
+    hb_remote_set_cookie_auth (mounted, "nurse", "pw");
+    assert_info_ok (mounted);
+    g_assert_cmpstr (f->login_path, ==, "/couch/_session");
+  }
+}
+
+static void
+test_cookie_login_wait (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GCancellable) cancellable = g_cancellable_new ();
+  g_autoptr (GAsyncResult) cancelled = NULL;
+  g_autoptr (GError) error = NULL;
+  GAsyncResult *slots[6] = { NULL };
+
+  /* Requests sent together wait for one login; one whose caller gives up leaves at once. */
+  f->delay_ms = 300;
+  hb_remote_set_cookie_auth (f->remote, "nurse", "pw");
+  hb_remote_get_info_async (f->remote, cancellable, store_result, &cancelled);
+  for (guint i = 0; i < G_N_ELEMENTS (slots); i++)
+    hb_remote_get_info_async (f->remote, NULL, store_result, &slots[i]);
+  while (f->logins == 0)
+    g_main_context_iteration (NULL, TRUE);
+  g_cancellable_cancel (cancellable);
+  g_assert_null (hb_remote_get_info_finish (f->remote, await (&cancelled), &error));
+  g_assert_error (error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_assert_cmpuint (f->logins, ==, 1);
+  g_assert_cmpuint (f->n_requests, ==, 1);
+  for (guint i = 0; i < G_N_ELEMENTS (slots); i++)
+    {
+      g_autoptr (GError) slot_error = NULL;
+      g_autoptr (HbRemoteInfo) info
+          = hb_remote_get_info_finish (f->remote, await (&slots[i]), &slot_error);
+
+      g_assert_no_error (slot_error);
+      g_assert_nonnull (info);
+      g_object_unref (slots[i]);
+    }
+  g_assert_cmpuint (f->logins, ==, 1);
+  g_assert_cmpuint (f->n_requests, ==, 1 + G_N_ELEMENTS (slots));
+}
+
+/* ---- authentication through the test proxy ----------------------------------------------- */
+
+typedef struct
+{
+  HbTestServer *server;
+  HbTestProxy *proxy;
+  HbRemote *remote;
+} ProxyFixture;
+
+static void
+proxy_setup (ProxyFixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *url = NULL;
+
+  f->server = hb_test_server_start (NULL, &error);
+  g_assert_no_error (error);
+  f->proxy = hb_test_proxy_start (f->server->url, &error);
+  g_assert_no_error (error);
+  url = g_strdup_printf ("%s/clinic", f->proxy->url);
+  f->remote = hb_remote_new (url, &error);
+  g_assert_no_error (error);
+}
+
+static void
+proxy_teardown (ProxyFixture *f, gconstpointer data)
+{
+  g_assert_finalize_object (f->remote);
+  hb_test_proxy_stop (f->proxy);
+  hb_test_server_stop (f->server);
+}
+
+static JsonNode *proxy_cmd (HbTestProxy *proxy, const char *format, ...) G_GNUC_PRINTF (2, 3);
+
+/* Sends one command to the proxy; aborts the test unless it answers ok. */
+static JsonNode *
+proxy_cmd (HbTestProxy *proxy, const char *format, ...)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *line = NULL;
+  JsonNode *reply;
+  va_list args;
+
+  va_start (args, format);
+  line = g_strdup_vprintf (format, args);
+  va_end (args);
+  reply = hb_test_proxy_command (proxy, line, &error);
+  g_assert_no_error (error);
+  return reply;
+}
+
+#define PROXY_DO(proxy, ...) json_node_unref (proxy_cmd ((proxy), __VA_ARGS__))
+
+/* How many requests of `route` the proxy saw, or answered with `status` when route is NULL. */
+static gint64
+proxy_count (ProxyFixture *f, const char *route, const char *status)
+{
+  g_autoptr (JsonNode) reply = proxy_cmd (f->proxy, "{\"cmd\": \"stats\"}");
+  JsonObject *stats = json_object_get_object_member (json_node_get_object (reply), "stats");
+
+  return json_object_get_int_member_with_default (
+      json_object_get_object_member (stats, route != NULL ? "by_route" : "by_status"),
+      route != NULL ? route : status, 0);
+}
+
+static gint64
+logins (ProxyFixture *f)
+{
+  return proxy_count (f, "POST /_session", NULL);
+}
+
+static void
+create_database (HbRemote *remote)
+{
+  g_autoptr (GAsyncResult) res = NULL;
+  g_autoptr (GError) error = NULL;
+
+  hb_remote_create_database_async (remote, NULL, store_result, &res);
+  g_assert_true (hb_remote_create_database_finish (remote, await (&res), &error));
+  g_assert_no_error (error);
+}
+
+static void
+assert_unauthorized (HbRemote *remote)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbRemoteInfo) info = get_info (remote, &error);
+
+  g_assert_null (info);
+  g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_UNAUTHORIZED);
+}
+
+static void
+test_proxy_cookie_session (ProxyFixture *f, gconstpointer data)
+{
+  PROXY_DO (f->proxy, "{\"cmd\": \"config\", \"rules\": {\"basic_auth\": \"nurse:s3cret\"}}");
+  hb_remote_set_cookie_auth (f->remote, "nurse", "s3cret");
+  hb_remote_set_login_interval (f->remote, 1);
+  create_database (f->remote);
+  for (guint i = 0; i < 20; i++)
+    assert_info_ok (f->remote);
+  /* One login for them all, and never a refusal. */
+  g_assert_cmpint (logins (f), ==, 1);
+  g_assert_cmpint (proxy_count (f, NULL, "401"), ==, 0);
+
+  /* The server forgets the session: one 401, one login, the request sent again, and then
+   * the new cookie serves. */
+  g_usleep (G_USEC_PER_SEC * 11 / 10);
+  PROXY_DO (f->proxy, "{\"cmd\": \"clear-stats\"}");
+  PROXY_DO (f->proxy, "{\"cmd\": \"expire-sessions\"}");
+  for (guint i = 0; i < 5; i++)
+    assert_info_ok (f->remote);
+  g_assert_cmpint (logins (f), ==, 1);
+  g_assert_cmpint (proxy_count (f, NULL, "401"), ==, 1);
+  g_assert_cmpint (proxy_count (f, "GET /clinic", NULL), ==, 6);
+}
+
+static void
+test_proxy_cookie_refresh (ProxyFixture *f, gconstpointer data)
+{
+  gint64 start;
+
+  /* Cookies live 2.5 s on the server, 2 s by the remote's count: renewed at 1.8 s. */
+  PROXY_DO (f->proxy, "{\"cmd\": \"config\", \"rules\": {\"basic_auth\": \"nurse:s3cret\", "
+                      "\"cookie_ttl_ms\": 2500}}");
+  hb_remote_set_cookie_auth (f->remote, "nurse", "s3cret");
+  hb_remote_set_cookie_lifetime (f->remote, 2);
+  hb_remote_set_login_interval (f->remote, 1);
+  create_database (f->remote);
+  start = g_get_monotonic_time ();
+  while (g_get_monotonic_time () - start < 4 * G_USEC_PER_SEC)
+    {
+      assert_info_ok (f->remote);
+      g_usleep (G_USEC_PER_SEC / 10);
+    }
+  /* Renewed in time, every time: no request was ever refused. */
+  g_assert_cmpint (logins (f), >=, 2);
+  g_assert_cmpint (logins (f), <=, 3);
+  g_assert_cmpint (proxy_count (f, NULL, "401"), ==, 0);
+}
+
+static void
+test_proxy_cookie_wrong_password (ProxyFixture *f, gconstpointer data)
+{
+  gint64 start;
+
+  PROXY_DO (f->proxy, "{\"cmd\": \"config\", \"rules\": {\"basic_auth\": \"nurse:s3cret\"}}");
+  hb_remote_set_cookie_auth (f->remote, "nurse", "wrong");
+  for (guint i = 0; i < 20; i++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (HbRemoteInfo) info = get_info (f->remote, &error);
+
+      g_assert_null (info);
+      g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_UNAUTHORIZED);
+      g_assert_true (g_str_has_prefix (error->message, "login: HTTP 401"));
+      g_assert_null (strstr (error->message, "wrong"));
+    }
+  /* One login for 20 requests in the same five seconds: no storm. */
+  g_assert_cmpint (logins (f), ==, 1);
+  g_assert_cmpint (proxy_count (f, "GET /clinic", NULL), ==, 0);
+
+  /* With a one-second interval, one login a second at most, however many requests. */
+  hb_remote_set_login_interval (f->remote, 1);
+  g_usleep (G_USEC_PER_SEC * 11 / 10);
+  PROXY_DO (f->proxy, "{\"cmd\": \"clear-stats\"}");
+  start = g_get_monotonic_time ();
+  while (g_get_monotonic_time () - start < G_USEC_PER_SEC * 25 / 10)
+    {
+      assert_unauthorized (f->remote);
+      g_usleep (G_USEC_PER_SEC / 50);
+    }
+  g_assert_cmpint (logins (f), >=, 2);
+  g_assert_cmpint (logins (f), <=, 3);
+
+  /* New credentials are not held back by the failures of the old ones. */
+  PROXY_DO (f->proxy, "{\"cmd\": \"clear-stats\"}");
+  hb_remote_set_cookie_auth (f->remote, "nurse", "s3cret");
+  hb_remote_set_login_interval (f->remote, 5);
+  create_database (f->remote);
+  g_assert_cmpint (logins (f), ==, 1);
+
+  /* A cookie refused right after the login that gave it: no second login in the interval,
+   * the refusal itself is the answer. */
+  PROXY_DO (f->proxy, "{\"cmd\": \"expire-sessions\"}");
+  assert_unauthorized (f->remote);
+  assert_unauthorized (f->remote);
+  g_assert_cmpint (logins (f), ==, 1);
+}
+
+typedef struct
+{
+  guint emitted;
+  const char *next_token; /* set from the handler when not NULL */
+} TokenWatch;
+
+static void
+on_token_expired (HbRemote *remote, TokenWatch *watch)
+{
+  watch->emitted++;
+  if (watch->next_token != NULL)
+    hb_remote_set_bearer_token (remote, watch->next_token);
+}
+
+static void
+test_proxy_bearer (ProxyFixture *f, gconstpointer data)
+{
+  TokenWatch watch = { 0 };
+
+  PROXY_DO (f->proxy, "{\"cmd\": \"set-token\", \"token\": \"tok-1\", \"user\": \"nurse\"}");
+  g_signal_connect (f->remote, "token-expired", G_CALLBACK (on_token_expired), &watch);
+
+  /* No token: refused, and nothing to say expired. */
+  assert_unauthorized (f->remote);
+  g_assert_cmpuint (watch.emitted, ==, 0);
+
+  hb_remote_set_bearer_token (f->remote, "tok-1");
+  create_database (f->remote);
+  assert_info_ok (f->remote);
+
+  /* The server moves on to another token: told once, however many requests fail. */
+  PROXY_DO (f->proxy, "{\"cmd\": \"set-token\", \"token\": \"tok-2\", \"user\": \"nurse\"}");
+  assert_unauthorized (f->remote);
+  g_assert_cmpuint (watch.emitted, ==, 1);
+  assert_unauthorized (f->remote);
+  g_assert_cmpuint (watch.emitted, ==, 1);
+
+  /* The new token set, requests go through again. */
+  hb_remote_set_bearer_token (f->remote, "tok-2");
+  assert_info_ok (f->remote);
+
+  /* A handler with the new token at hand: the refused request is sent again with it. */
+  PROXY_DO (f->proxy, "{\"cmd\": \"clear-stats\"}");
+  PROXY_DO (f->proxy, "{\"cmd\": \"set-token\", \"token\": \"tok-3\", \"user\": \"nurse\"}");
+  watch.next_token = "tok-3";
+  assert_info_ok (f->remote);
+  g_assert_cmpuint (watch.emitted, ==, 2);
+  g_assert_cmpint (proxy_count (f, NULL, "401"), ==, 1);
+  g_assert_cmpint (proxy_count (f, "GET /clinic", NULL), ==, 2);
+  g_signal_handlers_disconnect_by_data (f->remote, &watch);
+}
+
 /* ---- parsers ----------------------------------------------------------------------------- */
 
 static gboolean
@@ -1787,6 +2639,8 @@ main (int argc, char *argv[])
   g_test_init (&argc, &argv, NULL);
 
 #define ADD(path, func) g_test_add (path, Fixture, NULL, fixture_setup, func, fixture_teardown)
+#define PROXY_ADD(path, func)                                                                      \
+  g_test_add (path, ProxyFixture, NULL, proxy_setup, func, proxy_teardown)
   g_test_add_func ("/remote/url/normalized", test_url_normalized);
   g_test_add_func ("/remote/properties", test_properties);
   ADD ("/remote/url/basic-auth", test_basic_auth);
@@ -1807,11 +2661,22 @@ main (int argc, char *argv[])
   ADD ("/remote/connection/cancellation", test_cancellation);
   g_test_add_func ("/remote/connection/refused", test_connection_refused);
   g_test_add_func ("/remote/connection/broken-answers", test_broken_answers);
+  ADD ("/remote/connection/max-response-bytes", test_max_response_bytes);
+  g_test_add_func ("/remote/tls/plain-http", test_plain_http_policy);
+  g_test_add_func ("/remote/tls/verification", test_tls_verification);
+  g_test_add_func ("/remote/tls/pinning", test_tls_pinning);
+  ADD ("/remote/auth/cookie-server-lifetime", test_cookie_server_lifetime);
+  ADD ("/remote/auth/cookie-login-wait", test_cookie_login_wait);
+  PROXY_ADD ("/remote/auth/proxy/cookie-session", test_proxy_cookie_session);
+  PROXY_ADD ("/remote/auth/proxy/cookie-refresh", test_proxy_cookie_refresh);
+  PROXY_ADD ("/remote/auth/proxy/cookie-wrong-password", test_proxy_cookie_wrong_password);
+  PROXY_ADD ("/remote/auth/proxy/bearer", test_proxy_bearer);
   g_test_add_func ("/remote/parse/strict-json", test_parse_strict_json);
   g_test_add_func ("/remote/parse/shapes", test_parse_shapes);
   g_test_add_func ("/remote/parse/error-body", test_parse_error_body);
   g_test_add_func ("/remote/parse/boxed-types", test_boxed_types);
 #undef ADD
+#undef PROXY_ADD
 
   return g_test_run ();
 }

@@ -264,39 +264,82 @@ store_trees (HbStore *store)
   return trees;
 }
 
-/* The same for the server's database, read with open_revs=all. */
+/* The same for the server's database: every leaf the changes feed names, read with its
+ * history in one `_bulk_get?revs=true`. */
 static GHashTable *
 server_trees (const char *db_url)
 {
   g_autofree char *changes_url = g_strdup_printf ("%s/_changes?style=all_docs", db_url);
+  g_autofree char *bulk_url = g_strdup_printf ("%s/_bulk_get?revs=true", db_url);
   g_autoptr (JsonNode) changes = http_json ("GET", changes_url, NULL, NULL);
+  g_autoptr (JsonBuilder) b = json_builder_new ();
+  g_autoptr (JsonNode) request = NULL;
+  g_autoptr (JsonNode) answer = NULL;
+  g_autofree char *body = NULL;
+  g_autoptr (GHashTable) leaves
+      = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_ptr_array_unref);
   GHashTable *trees = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
   JsonArray *rows = json_object_get_array_member (json_node_get_object (changes), "results");
+  JsonArray *results;
+  GHashTableIter iter;
+  gpointer key, value;
+  guint status = 0;
+  guint n_leaves = 0, n_read = 0;
 
+  json_builder_begin_object (b);
+  json_builder_set_member_name (b, "docs");
+  json_builder_begin_array (b);
   for (guint i = 0; i < json_array_get_length (rows); i++)
     {
-      const char *id = json_object_get_string_member (json_array_get_object_element (rows, i),
-                                                      "id");
-      g_autofree char *escaped = g_uri_escape_string (id, NULL, FALSE);
-      g_autofree char *url
-          = g_strdup_printf ("%s/%s?open_revs=all&revs=true", db_url, escaped);
-      g_autoptr (JsonNode) answer = http_json ("GET", url, NULL, NULL);
-      JsonArray *list = json_node_get_array (answer);
-      g_autoptr (GPtrArray) leaves = g_ptr_array_new_with_free_func (g_free);
-      GString *all = g_string_new (NULL);
+      JsonObject *row = json_array_get_object_element (rows, i);
+      JsonArray *revs = json_object_get_array_member (row, "changes");
 
-      for (guint l = 0; l < json_array_get_length (list); l++)
+      g_hash_table_insert (leaves, g_strdup (json_object_get_string_member (row, "id")),
+                           g_ptr_array_new_with_free_func (g_free));
+      for (guint r = 0; r < json_array_get_length (revs); r++, n_leaves++)
         {
-          JsonObject *entry = json_array_get_object_element (list, l);
-          JsonNode *doc = json_object_get_member (entry, "ok");
+          json_builder_begin_object (b);
+          json_builder_set_member_name (b, "id");
+          json_builder_add_string_value (b, json_object_get_string_member (row, "id"));
+          json_builder_set_member_name (b, "rev");
+          json_builder_add_string_value (
+              b, json_object_get_string_member (json_array_get_object_element (revs, r), "rev"));
+          json_builder_end_object (b);
+        }
+    }
+  json_builder_end_array (b);
+  json_builder_end_object (b);
+  request = json_builder_get_root (b);
+  body = json_to_string (request, FALSE);
+  answer = http_json ("POST", bulk_url, body, &status);
+  g_assert_cmpuint (status, ==, 200);
+  results = json_object_get_array_member (json_node_get_object (answer), "results");
+  for (guint i = 0; i < json_array_get_length (results); i++)
+    {
+      JsonObject *result = json_array_get_object_element (results, i);
+      JsonArray *docs = json_object_get_array_member (result, "docs");
+      GPtrArray *list = g_hash_table_lookup (leaves, json_object_get_string_member (result, "id"));
+
+      g_assert_nonnull (list);
+      for (guint d = 0; d < json_array_get_length (docs); d++, n_read++)
+        {
+          JsonNode *doc = json_object_get_member (json_array_get_object_element (docs, d), "ok");
 
           g_assert_nonnull (doc);
-          g_ptr_array_add (leaves, hb_json_to_canonical (doc, NULL));
+          g_ptr_array_add (list, hb_json_to_canonical (doc, NULL));
         }
-      g_ptr_array_sort (leaves, compare_strv_items);
-      for (guint l = 0; l < leaves->len; l++)
-        g_string_append_printf (all, "%s\n", (char *)leaves->pdata[l]);
-      g_hash_table_insert (trees, g_strdup (id), g_string_free (all, FALSE));
+    }
+  g_assert_cmpuint (n_read, ==, n_leaves);
+  g_hash_table_iter_init (&iter, leaves);
+  while (g_hash_table_iter_next (&iter, &key, &value))
+    {
+      GPtrArray *list = value;
+      GString *all = g_string_new (NULL);
+
+      g_ptr_array_sort (list, compare_strv_items);
+      for (guint l = 0; l < list->len; l++)
+        g_string_append_printf (all, "%s\n", (char *)list->pdata[l]);
+      g_hash_table_insert (trees, g_strdup (key), g_string_free (all, FALSE));
     }
   return trees;
 }
@@ -363,8 +406,8 @@ proxy_stats (HbTestProxy *proxy, JsonNode **out_root)
 static gint64
 stats_route (JsonObject *stats, const char *route)
 {
-  return json_object_get_int_member_with_default (
-      json_object_get_object_member (stats, "by_route"), route, 0);
+  return json_object_get_int_member_with_default (json_object_get_object_member (stats, "by_route"),
+                                                  route, 0);
 }
 
 static gint64
@@ -444,12 +487,12 @@ struct _Repl
 {
   HbReplicator *r;
   GCancellable *cancellable;
-  GArray *states;     /* HbReplicatorState, every state-changed of the last run */
-  GArray *progress;   /* Progress, every progress of the last run */
-  GPtrArray *denied;  /* ids, every document-denied of the last run */
-  guint cancel_after; /* cancel the run at this progress emission; 0: never */
+  GArray *states;        /* HbReplicatorState, every state-changed of the last run */
+  GArray *progress;      /* Progress, every progress of the last run */
+  GPtrArray *denied;     /* ids, every document-denied of the last run */
+  guint cancel_after;    /* cancel the run at this progress emission; 0: never */
   GMainContext *context; /* runs with this thread-default context; NULL: the global default */
-  Progress at_cancel; /* the progress that cancelled it */
+  Progress at_cancel;    /* the progress that cancelled it */
   /* Called at each progress emission, after it was recorded. */
   void (*on_progress) (Repl *rp, gpointer data);
   gpointer on_progress_data;
@@ -465,12 +508,8 @@ on_state_changed (HbReplicator *r, HbReplicatorState state, gpointer data)
 }
 
 static void
-on_progress (HbReplicator *r,
-             guint64 read,
-             guint64 written,
-             guint64 failures,
-             gint64 pending,
-             gpointer data)
+on_progress (
+    HbReplicator *r, guint64 read, guint64 written, guint64 failures, gint64 pending, gpointer data)
 {
   Repl *rp = data;
   Progress p = { read, written, failures, pending };
@@ -769,8 +808,8 @@ notes_body (const char *prefix, guint n, gsize text_len)
   for (guint i = 0; i < n; i++)
     {
       g_autofree char *id = g_strdup_printf ("%s%05u", prefix, i);
-      g_autoptr (JsonNode) note = hb_test_note (rand, id, "session:s1", "patient:p1",
-                                                "2024-05-01T10:00:00Z", text_len);
+      g_autoptr (JsonNode) note
+          = hb_test_note (rand, id, "session:s1", "patient:p1", "2024-05-01T10:00:00Z", text_len);
       g_autofree char *text = hb_test_to_string (note);
 
       if (i > 0)
@@ -875,8 +914,8 @@ store_leaves (HbStore *store, const char *id, JsonArray *revs)
 
 /* A document's winner and its sorted _conflicts, as the store answers a plain read. */
 static void
-store_winner (HbStore *store, const char *id, char **out_rev, gboolean *out_deleted,
-              GPtrArray *out_conflicts)
+store_winner (
+    HbStore *store, const char *id, char **out_rev, gboolean *out_deleted, GPtrArray *out_conflicts)
 {
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) doc = hb_store_get_sync (
@@ -964,13 +1003,13 @@ pouch_client (const char *db_url, const char *cmd, const char *input)
 {
   g_autoptr (GError) error = NULL;
   const char *env = g_getenv ("HB_TEST_NODE");
-  g_autofree char *node = env != NULL && *env != '\0' ? g_strdup (env)
-                                                       : g_find_program_in_path ("node");
+  g_autofree char *node
+      = env != NULL && *env != '\0' ? g_strdup (env) : g_find_program_in_path ("node");
   g_autofree char *dir = g_build_filename (g_getenv ("G_TEST_SRCDIR"), "server", NULL);
   g_autofree char *script = g_build_filename (dir, "pouch-client.js", NULL);
-  g_autoptr (GSubprocessLauncher) launcher = g_subprocess_launcher_new (
-      G_SUBPROCESS_FLAGS_STDIN_PIPE | G_SUBPROCESS_FLAGS_STDOUT_PIPE
-      | G_SUBPROCESS_FLAGS_STDERR_PIPE);
+  g_autoptr (GSubprocessLauncher) launcher
+      = g_subprocess_launcher_new (G_SUBPROCESS_FLAGS_STDIN_PIPE | G_SUBPROCESS_FLAGS_STDOUT_PIPE
+                                   | G_SUBPROCESS_FLAGS_STDERR_PIPE);
   g_autoptr (GSubprocess) process = NULL;
   g_autofree char *out = NULL;
   g_autofree char *err = NULL;
@@ -1029,9 +1068,8 @@ delete_doc (HbStore *store, const char *id)
   g_autofree char *rev = NULL;
 
   g_assert_no_error (error);
-  rev = hb_store_delete_sync (store, id,
-                              json_object_get_string_member (json_node_get_object (doc), "_rev"),
-                              NULL, &error);
+  rev = hb_store_delete_sync (
+      store, id, json_object_get_string_member (json_node_get_object (doc), "_rev"), NULL, &error);
   g_assert_no_error (error);
 }
 
@@ -1096,8 +1134,8 @@ test_round_trip (Fixture *f, gconstpointer data)
 /* Winner, _conflicts and revision trees of every document agree between two stores and the
  * server. Counts the documents with conflicts and with a deleted winner. */
 static void
-assert_converged (HbStore *a, HbStore *b, const char *db_url, guint *out_conflicted,
-                  guint *out_deleted)
+assert_converged (
+    HbStore *a, HbStore *b, const char *db_url, guint *out_conflicted, guint *out_deleted)
 {
   g_autoptr (GHashTable) ta = store_trees (a);
   g_autoptr (GHashTable) tb = store_trees (b);
@@ -1143,9 +1181,9 @@ assert_converged (HbStore *a, HbStore *b, const char *db_url, guint *out_conflic
 
       /* The rule, applied to the server's leaves, names the same winner and conflicts. */
       for (guint i = 0; i < json_array_get_length (json_node_get_array (open)); i++)
-        g_ptr_array_add (leaves, json_node_ref (json_object_get_member (
-                                     json_array_get_object_element (json_node_get_array (open), i),
-                                     "ok")));
+        g_ptr_array_add (leaves,
+                         json_node_ref (json_object_get_member (
+                             json_array_get_object_element (json_node_get_array (open), i), "ok")));
       winner = winner_of (leaves);
       g_assert_cmpstr (json_object_get_string_member (winner, "_rev"), ==, wa);
       g_assert_cmpint (json_object_get_boolean_member_with_default (winner, "_deleted", FALSE), ==,
@@ -1154,7 +1192,8 @@ assert_converged (HbStore *a, HbStore *b, const char *db_url, guint *out_conflic
         {
           JsonObject *leaf = json_node_get_object (leaves->pdata[i]);
 
-          if (leaf != winner && !json_object_get_boolean_member_with_default (leaf, "_deleted", FALSE))
+          if (leaf != winner
+              && !json_object_get_boolean_member_with_default (leaf, "_deleted", FALSE))
             g_ptr_array_add (expected, g_strdup (json_object_get_string_member (leaf, "_rev")));
         }
       g_ptr_array_sort (expected, compare_rev_items);
@@ -1321,9 +1360,11 @@ test_pouchdb_interop (Fixture *f, gconstpointer data)
 
   ops1 = g_strdup_printf (
       "[{\"op\":\"put\",\"doc\":{\"_id\":\"patient:pouch1\",\"type\":\"patient\","
-      "\"given_name\":\"Zo\xc3\xab\",\"family_name\":\"Okafor\",\"visits\":3,\"tags\":[\"a\",\"b\"],"
+      "\"given_name\":\"Zo\xc3\xab\",\"family_name\":\"Okafor\",\"visits\":3,\"tags\":[\"a\",\"b\"]"
+      ","
       "\"address\":{\"city\":\"Lagos\",\"zip\":null},\"consented\":true}},"
-      "{\"op\":\"put\",\"doc\":{\"_id\":\"note:pouch2\",\"type\":\"note\",\"text\":\"to be deleted\"}},"
+      "{\"op\":\"put\",\"doc\":{\"_id\":\"note:pouch2\",\"type\":\"note\",\"text\":\"to be "
+      "deleted\"}},"
       "{\"op\":\"put\",\"doc\":{\"_id\":\"note:pouch3\",\"type\":\"note\",\"text\":\"branches\"}},"
       "{\"op\":\"put\",\"doc\":{\"_id\":\"note:pouch4\",\"type\":\"note\",\"text\":\"v1\"}},"
       "{\"op\":\"bulk\",\"new_edits\":false,\"docs\":["
@@ -1349,7 +1390,8 @@ test_pouchdb_interop (Fixture *f, gconstpointer data)
       "{\"start\":2,\"ids\":[\"cccccccccccccccccccccccccccccccc\",\"%s\"]},\"type\":\"note\","
       "\"text\":\"branch C\"},"
       "{\"_id\":\"note:pouch3\",\"_rev\":\"3-dddddddddddddddddddddddddddddddd\",\"_revisions\":"
-      "{\"start\":3,\"ids\":[\"dddddddddddddddddddddddddddddddd\",\"eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee\","
+      "{\"start\":3,\"ids\":[\"dddddddddddddddddddddddddddddddd\","
+      "\"eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee\","
       "\"%s\"]},\"type\":\"note\",\"text\":\"branch D\"}]},"
       "{\"op\":\"put\",\"doc\":{\"_id\":\"note:pouch4\",\"_rev\":\"%s\",\"type\":\"note\","
       "\"text\":\"v2\"}}]",
@@ -1394,9 +1436,10 @@ test_pouchdb_interop (Fixture *f, gconstpointer data)
     delete_doc (f->store, "patient:pouch1");
     e4 = edit_doc (f->store, "note:ours1", "text", "hbsync, edited");
     g_ptr_array_add (
-        docs, hb_test_json ("{\"_id\":\"note:pouch5\",\"_rev\":\"2-abababababababababababababababab\","
-                            "\"_revisions\":{\"start\":2,\"ids\":[\"abababababababababababababababab\","
-                            "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"]},\"type\":\"note\",\"text\":\"ours\"}"));
+        docs, hb_test_json (
+                  "{\"_id\":\"note:pouch5\",\"_rev\":\"2-abababababababababababababababab\","
+                  "\"_revisions\":{\"start\":2,\"ids\":[\"abababababababababababababababab\","
+                  "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"]},\"type\":\"note\",\"text\":\"ours\"}"));
     results = hb_store_bulk_docs_sync (f->store, docs, FALSE, NULL, &error);
     g_assert_no_error (error);
   }
@@ -1804,8 +1847,7 @@ test_denied (Fixture *f, gconstpointer data)
   g_autoptr (HbReplicationResult) result = NULL;
   g_autoptr (HbReplicationResult) again = NULL;
 
-  PROXY_DO (f->proxy,
-            "{\"cmd\": \"config\", \"rules\": {\"deny_ids\": [\"%s\", \"%s\", \"%s\"]}}",
+  PROXY_DO (f->proxy, "{\"cmd\": \"config\", \"rules\": {\"deny_ids\": [\"%s\", \"%s\", \"%s\"]}}",
             denied_ids[0], denied_ids[1], denied_ids[2]);
   write_notes (f->store, "note:", 0, 40, 200);
   hb_replicator_set_batch_size (rp->r, 10);
@@ -1860,7 +1902,7 @@ static void
 test_cache_bound (Fixture *f, gconstpointer data)
 {
   const guint64 bound = 1024 * 1024;
-  const guint n = 2000;
+  const guint n = 1000;
   g_autofree char *dir_b = NULL;
   g_autoptr (HbStore) b = hb_test_store_new (&dir_b);
   g_autoptr (HbReplicationResult) pushed = NULL;
@@ -1870,9 +1912,9 @@ test_cache_bound (Fixture *f, gconstpointer data)
   gulong handler;
 
   hb_sync_cache_configure (f->cache, HB_SYNC_CACHE_DEFAULT_MAX_DOCUMENTS, bound);
-  handler = g_signal_connect (f->cache, "stats-changed", G_CALLBACK (on_cache_stats_changed),
-                              &sampler);
-  write_notes (f->store, "note:", 0, n, 10000); /* about 20 MiB of plaintext */
+  handler
+      = g_signal_connect (f->cache, "stats-changed", G_CALLBACK (on_cache_stats_changed), &sampler);
+  write_notes (f->store, "note:", 0, n, 20000); /* about 20 MiB of plaintext */
 
   pushed = replicate_ok (f->store, f->cache, f->db_url, HB_REPLICATION_DIRECTION_PUSH);
   g_assert_cmpuint (pushed->docs_written, ==, n);
@@ -1983,10 +2025,12 @@ test_no_plaintext (Fixture *f, gconstpointer data)
   g_autoptr (GError) error = NULL;
   g_autofree char *db_path = g_build_filename (f->dir, "store.db", NULL);
   g_autofree char *wal_path = g_strconcat (db_path, "-wal", NULL);
+  g_autofree char *shm_path = g_strconcat (db_path, "-shm", NULL);
   const char *tmpdir = g_getenv ("TMPDIR");
 
   body = g_strdup_printf (
-      "{\"docs\":[{\"_id\":\"%s\",\"type\":\"patient\",\"given_name\":\"%s\",\"family_name\":\"Doe\","
+      "{\"docs\":[{\"_id\":\"%s\",\"type\":\"patient\",\"given_name\":\"%s\",\"family_name\":"
+      "\"Doe\","
       "\"national_id\":\"%s\",\"birth_date\":\"1970-01-01\"},"
       "{\"_id\":\"note:%s\",\"type\":\"note\",\"patient_id\":\"%s\",\"session_id\":\"session:x\","
       "\"text\":\"%s reports chest pain\"}]}",
@@ -2010,6 +2054,8 @@ test_no_plaintext (Fixture *f, gconstpointer data)
   g_assert_true (g_file_test (wal_path, G_FILE_TEST_IS_REGULAR));
   assert_no_plaintext (db_path, needles);
   assert_no_plaintext (wal_path, needles);
+  if (g_file_test (shm_path, G_FILE_TEST_EXISTS))
+    assert_no_plaintext (shm_path, needles);
   assert_no_plaintext (tmpdir, needles);
 
   /* And once the store is closed and its log checkpointed into the file. */
@@ -2060,8 +2106,8 @@ test_no_bulk_get (Fixture *f, gconstpointer data)
 
         for (guint k = 0; k < json_array_get_length (batches); k++)
           g_assert_cmpint (
-              json_object_get_int_member (json_array_get_object_element (batches, k), "status"),
-              ==, statuses[i]);
+              json_object_get_int_member (json_array_get_object_element (batches, k), "status"), ==,
+              statuses[i]);
       }
       assert_cache_empty (f->cache);
       hb_store_close (store);
@@ -2077,8 +2123,10 @@ write_clinic (HbStore *store)
   static const char *const docs[] = {
     "{\"_id\":\"patient:p1\",\"type\":\"patient\",\"given_name\":\"Ada\"}",
     "{\"_id\":\"patient:p2\",\"type\":\"patient\",\"given_name\":\"Bea\"}",
-    "{\"_id\":\"session:s1\",\"type\":\"session\",\"patient_id\":\"patient:p1\",\"status\":\"open\"}",
-    "{\"_id\":\"session:s2\",\"type\":\"session\",\"patient_id\":\"patient:p2\",\"status\":\"open\"}",
+    "{\"_id\":\"session:s1\",\"type\":\"session\",\"patient_id\":\"patient:p1\",\"status\":"
+    "\"open\"}",
+    "{\"_id\":\"session:s2\",\"type\":\"session\",\"patient_id\":\"patient:p2\",\"status\":"
+    "\"open\"}",
     "{\"_id\":\"note:n1\",\"type\":\"note\",\"session_id\":\"session:s1\","
     "\"patient_id\":\"patient:p1\",\"text\":\"s1\"}",
     "{\"_id\":\"observation:o1\",\"type\":\"observation\",\"session_id\":\"session:s1\","
@@ -2243,16 +2291,26 @@ test_filters (Fixture *f, gconstpointer data)
     static const char *const ac[] = { "note:a", "note:c", NULL };
     static const char *const ca[] = { "note:c", "note:a", "note:c", NULL };
     static const char *const ab[] = { "note:a", "note:b", NULL };
-    g_autofree char *none = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PUSH, NULL, NULL);
-    g_autofree char *none_pull = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PULL, NULL, NULL);
-    g_autofree char *id_ac = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PUSH, ac, NULL);
-    g_autofree char *id_ca = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PUSH, ca, NULL);
-    g_autofree char *id_ab = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PUSH, ab, NULL);
-    g_autofree char *id_ac_pull = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PULL, ac, NULL);
-    g_autofree char *s1 = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PUSH, NULL, "session:s1");
+    g_autofree char *none
+        = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PUSH, NULL, NULL);
+    g_autofree char *none_pull
+        = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PULL, NULL, NULL);
+    g_autofree char *id_ac
+        = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PUSH, ac, NULL);
+    g_autofree char *id_ca
+        = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PUSH, ca, NULL);
+    g_autofree char *id_ab
+        = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PUSH, ab, NULL);
+    g_autofree char *id_ac_pull
+        = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PULL, ac, NULL);
+    g_autofree char *s1
+        = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PUSH, NULL, "session:s1");
     g_autofree char *s1_again
         = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PUSH, NULL, "session:s1");
-    g_autofree char *s2 = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PUSH, NULL, "session:s2");
+    g_autofree char *s2
+        = replication_id_of (f, f->db_url, HB_REPLICATION_DIRECTION_PUSH, NULL, "session:s2");
+    g_autofree char *s1_there
+        = replication_id_of (f, session_url, HB_REPLICATION_DIRECTION_PUSH, NULL, "session:s1");
     const char *all[] = { none, none_pull, id_ac, id_ab, id_ac_pull, s1, s2 };
 
     g_assert_cmpstr (id_ac, ==, id_ca);
@@ -2260,9 +2318,7 @@ test_filters (Fixture *f, gconstpointer data)
     for (guint i = 0; i < G_N_ELEMENTS (all); i++)
       for (guint k = i + 1; k < G_N_ELEMENTS (all); k++)
         g_assert_cmpstr (all[i], !=, all[k]);
-    g_autofree char *s1_there
-        = replication_id_of (f, session_url, HB_REPLICATION_DIRECTION_PUSH, NULL, "session:s1");
-
+    /* The server's URL is part of it too. */
     g_assert_cmpstr (r2->replication_id, ==, s1_there);
     g_assert_cmpstr (s1_there, !=, s1);
   }
@@ -2342,16 +2398,14 @@ test_transient (Fixture *f, gconstpointer data)
   g_autoptr (GHashTable) sent = NULL;
   g_autoptr (GError) error = NULL;
   g_autoptr (GMainContext) context = g_main_context_new ();
-  ProgressCommand drop = {
-    f->proxy, 2,
-    "{\"cmd\": \"fault\", \"fault\": {\"action\": \"drop\", \"method\": \"POST\", "
-    "\"path\": \"/_bulk_docs$\", \"after_bytes\": 5, \"count\": 1}}"
-  };
-  ProgressCommand burst = {
-    f->proxy, 2,
-    "{\"cmd\": \"fault\", \"fault\": {\"action\": \"status\", \"status\": 500, \"method\": \"POST\", "
-    "\"path\": \"/_bulk_docs$\", \"count\": 100}}"
-  };
+  ProgressCommand drop
+      = { f->proxy, 2,
+          "{\"cmd\": \"fault\", \"fault\": {\"action\": \"drop\", \"method\": \"POST\", "
+          "\"path\": \"/_bulk_docs$\", \"after_bytes\": 5, \"count\": 1}}" };
+  ProgressCommand burst = { f->proxy, 2,
+                            "{\"cmd\": \"fault\", \"fault\": {\"action\": \"status\", \"status\": "
+                            "500, \"method\": \"POST\", "
+                            "\"path\": \"/_bulk_docs$\", \"count\": 100}}" };
   JsonObject *stats;
   GHashTableIter iter;
   gpointer key, value;
@@ -2373,9 +2427,8 @@ test_transient (Fixture *f, gconstpointer data)
   g_assert_cmpuint (result->docs_written, ==, 100);
   g_assert_cmpuint (result->doc_write_failures, ==, 0);
   stats = proxy_stats (f->proxy, &stats_root);
-  g_assert_cmpint (fault_hits (stats, json_object_get_int_member (json_node_get_object (fault),
-                                                                  "id")),
-                   ==, 3);
+  g_assert_cmpint (
+      fault_hits (stats, json_object_get_int_member (json_node_get_object (fault), "id")), ==, 3);
   g_assert_cmpint (stats_status (stats, "503"), ==, 3);
   g_assert_cmpuint (count_dropped (stats, bulk_route), ==, 1);
   g_assert_cmpint (server_doc_count (f->db_url), ==, 100);
@@ -2542,8 +2595,8 @@ test_signals (Fixture *f, gconstpointer data)
     g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_UNAUTHORIZED);
     assert_states (refused, HB_REPLICATOR_STATE_FAILED);
     g_assert_cmpuint (refused->progress->len, ==, 0);
-    g_assert_cmpint (json_object_get_int_member (proxy_stats (f->proxy, &stats_root), "total"),
-                     ==, 1);
+    g_assert_cmpint (json_object_get_int_member (proxy_stats (f->proxy, &stats_root), "total"), ==,
+                     1);
   }
   assert_cache_empty (f->cache);
   hb_store_close (b);
@@ -2567,7 +2620,7 @@ main (int argc, char **argv)
   g_test_init (&argc, &argv, NULL);
   http = soup_session_new ();
 
-#define ADD(path, func, data) \
+#define ADD(path, func, data)                                                                      \
   g_test_add ("/replicator/" path, Fixture, data, fixture_setup, func, fixture_teardown)
   ADD ("round-trip", test_round_trip, NULL);
   ADD ("conflicts-converge", test_conflicts_converge, NULL);

@@ -984,9 +984,11 @@ run_scenario (Fixture *f, const Scenario *s)
   g_assert_cmpint (last, ==, HB_SYNC_STATUS_UP_TO_DATE);
   g_assert_cmpuint (f->inconsistent, ==, 0);
 
-  /* Converged means quiet: the longpoll waits, nothing is pulled or pushed again. */
+  /* Converged means quiet: the longpoll waits, no document moves again (a pull may still
+   * check the rows the last push added to the server's feed, and find nothing to fetch). */
   PROXY_DO (f->proxy, "{\"cmd\": \"clear-stats\"}");
   run_for (1500);
+  dump_proxy (f);
   stats = proxy_stats (f->proxy, &stats_root);
   g_assert_cmpint (json_object_get_int_member (
                        json_object_get_object_member (stats, "bulk_docs"), "requests"),
@@ -994,7 +996,7 @@ run_scenario (Fixture *f, const Scenario *s)
   g_assert_cmpint (json_object_get_int_member (
                        json_object_get_object_member (stats, "bulk_get"), "requests"),
                    ==, 0);
-  g_assert_cmpint (json_object_get_int_member (stats, "total"), <=, 6);
+  g_assert_cmpint (json_object_get_int_member (stats, "total"), <=, 15);
   g_assert_cmpint (hb_sync_manager_get_status (f->manager), ==, HB_SYNC_STATUS_UP_TO_DATE);
 }
 
@@ -1215,6 +1217,119 @@ test_auth_wrong_credentials (Fixture *f, gconstpointer data)
   assert_trees_equal (local, remote);
 }
 
+/* A cookie session that the server forgets in the middle of a continuous sync (as a CouchDB
+ * restart or a cookie's expiry does): every request then gets a 401, the remote logs in again
+ * and replays, and the sync goes on with nothing lost, never AUTH_FAILED. */
+static void
+test_fault_cookie_expiry (Fixture *f, gconstpointer data)
+{
+  g_autoptr (HbSyncConfig) config = hb_sync_config_new (f->sync_url);
+  g_autoptr (JsonNode) stats_root = NULL;
+  g_autofree char *text = NULL;
+  JsonObject *stats;
+  gint64 logins;
+
+  PROXY_DO (f->proxy, "{\"cmd\": \"config\", \"rules\": {\"basic_auth\": \"alice:s3cret\"}}");
+  hb_sync_config_set_push_debounce_ms (config, 50);
+  hb_sync_config_set_heartbeat_ms (config, 1000);
+  hb_sync_config_set_retry (config, 50, 400);
+  hb_sync_config_set_auth_method (config, HB_AUTH_METHOD_COOKIE);
+  hb_sync_config_set_username (config, "alice");
+  hb_sync_config_set_secret (config, "s3cret");
+  use_config (f, config);
+  /* A login at most every second (5 s by default), so that two expiries fit in a short test. */
+  hb_remote_set_login_interval (hb_sync_manager_get_remote (f->manager), 1);
+  write_initial (f);
+
+  hb_sync_manager_start (f->manager);
+  f->writer_id = g_timeout_add (TICK_MS, writer_tick, f);
+  run_for (1200);
+  PROXY_DO (f->proxy, "{\"cmd\": \"expire-sessions\"}");
+  run_for (1200);
+  PROXY_DO (f->proxy, "{\"cmd\": \"expire-sessions\"}");
+  /* The writers are done by now: a write on each side makes both directions meet the expired
+   * cookie. */
+  local_write (f, "note:after-expiry-L", FALSE);
+  server_write (f, "note:after-expiry-S", FALSE);
+  wait_converged (f, 60000);
+
+  text = statuses_text (f);
+  g_test_message ("statuses: %s", text);
+  assert_converged (f);
+  assert_seen (f, HB_SYNC_STATUS_AUTH_FAILED, NEVER);
+  assert_seen (f, HB_SYNC_STATUS_ERROR, NEVER);
+  assert_seen (f, HB_SYNC_STATUS_OFFLINE, NEVER);
+  g_assert_cmpuint (f->inconsistent, ==, 0);
+  g_assert_cmpuint (f->token_needed, ==, 0);
+
+  /* The cookie was used (the proxy served the logins), and renewed after each expiry, but
+   * not more: logins are rate-limited. */
+  stats = proxy_stats (f->proxy, &stats_root);
+  logins = json_object_get_int_member_with_default (
+      json_object_get_object_member (stats, "by_route"), "POST /_session", 0);
+  g_test_message ("%" G_GINT64_FORMAT " logins", logins);
+  g_assert_cmpint (logins, >=, 3);
+  g_assert_cmpint (logins, <=, 6);
+}
+
+static gboolean
+needs_token (Fixture *f)
+{
+  return f->token_needed > 0 && is_auth_failed (f);
+}
+
+static gboolean
+server_and_store_have_wanted (Fixture *f)
+{
+  return is_up_to_date (f) && server_has_wanted (f) && store_has_wanted (f);
+}
+
+/* A bearer token for an authenticating proxy: when the proxy replaces it, the manager says
+ * token-needed (and AUTH_FAILED, never ERROR); a new token and start() resume the sync. */
+static void
+test_auth_bearer_renewal (Fixture *f, gconstpointer data)
+{
+  g_autoptr (HbSyncConfig) config = hb_sync_config_new (f->sync_url);
+  g_autofree char *url = g_strdup_printf ("%s/note:server-2", f->db_url);
+  g_autoptr (JsonNode) put = NULL;
+
+  PROXY_DO (f->proxy, "{\"cmd\": \"set-token\", \"token\": \"token-1\", \"user\": \"alice\"}");
+  hb_sync_config_set_push_debounce_ms (config, 50);
+  hb_sync_config_set_heartbeat_ms (config, 1000);
+  hb_sync_config_set_retry (config, 50, 400);
+  hb_sync_config_set_auth_method (config, HB_AUTH_METHOD_BEARER);
+  hb_sync_config_set_secret (config, "token-1");
+  use_config (f, config);
+  put_doc (f->store, "note:1", NULL);
+  hb_sync_manager_start (f->manager);
+  wait_until (is_up_to_date, f, 30000);
+  g_assert_true (server_has (f, "note:1"));
+  g_assert_cmpuint (f->token_needed, ==, 0);
+
+  /* The proxy moves on to another token: the old one is refused as expired. */
+  PROXY_DO (f->proxy, "{\"cmd\": \"set-token\", \"token\": \"token-2\", \"user\": \"alice\"}");
+  put_doc (f->store, "note:2", NULL);
+  wait_until (needs_token, f, 30000);
+  assert_seen (f, HB_SYNC_STATUS_ERROR, NEVER);
+  assert_seen (f, HB_SYNC_STATUS_OFFLINE, NEVER);
+  g_assert_false (server_has (f, "note:2"));
+  /* Not retried with the refused token: the manager waits for a new one. */
+  run_for (1000);
+  g_test_message ("token-needed emitted %u times", f->token_needed);
+  g_assert_cmpint (hb_sync_manager_get_status (f->manager), ==, HB_SYNC_STATUS_AUTH_FAILED);
+  g_assert_cmpuint (f->token_needed, <=, 2);
+
+  hb_sync_config_set_secret (f->config, "token-2");
+  hb_sync_manager_start (f->manager);
+  put = http_json ("PUT", url, "{\"type\":\"note\"}", NULL);
+  wanted_id = "note:2";
+  wait_until (server_has_wanted, f, 30000);
+  wanted_id = "note:server-2";
+  wait_until (server_and_store_have_wanted, f, 30000);
+  g_assert_cmpuint (f->token_needed, <=, 2);
+  g_assert_cmpuint (f->inconsistent, ==, 0);
+}
+
 /* ---- ensure_session_synced through the proxy ------------------------------------------- */
 
 static void
@@ -1247,7 +1362,9 @@ test_ensure_through_proxy (Fixture *f, gconstpointer data)
                   (g_get_monotonic_time () - start) / 1000);
   g_assert_no_error (w2.error);
   g_assert_false (w2.answer);
-  g_assert_cmpint (g_get_monotonic_time () - start, <, 2500 * 1000);
+  /* Due at the deadline, not when the run has wound down (a retry's backoff, a checkpoint's
+   * grace can take seconds more). */
+  g_assert_cmpint (g_get_monotonic_time () - start, <, (1500 + 500) * 1000);
   g_assert_cmpint (hb_sync_manager_get_session_status (f->manager, "session:s1"), ==,
                    HB_SESSION_SYNC_STATUS_FAILED);
   g_assert_false (server_has (f, "note:b"));
@@ -1299,6 +1416,10 @@ main (int argc, char **argv)
               test_fault_truncate, fixture_teardown);
   g_test_add ("/sync-manager/fault/duplicate-changes", Fixture, FIXTURE_PROXY, fixture_setup,
               test_fault_duplicate_changes, fixture_teardown);
+  g_test_add ("/sync-manager/fault/cookie-expiry", Fixture, FIXTURE_PROXY, fixture_setup,
+              test_fault_cookie_expiry, fixture_teardown);
+  g_test_add ("/sync-manager/auth/bearer-renewal", Fixture, FIXTURE_PROXY, fixture_setup,
+              test_auth_bearer_renewal, fixture_teardown);
   g_test_add ("/sync-manager/auth/user-db", Fixture, FIXTURE_PROXY, fixture_setup,
               test_auth_user_db, fixture_teardown);
   g_test_add ("/sync-manager/auth/wrong-credentials", Fixture, FIXTURE_PROXY, fixture_setup,

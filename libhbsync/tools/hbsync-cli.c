@@ -1902,6 +1902,14 @@ make_sync_config (HbCli *cli, const char *url, const ServerOptions *server, GErr
                                "the bearer token is empty");
           return NULL;
         }
+      /* It goes into an HTTP header. */
+      for (const char *p = secret; *p != '\0'; p++)
+        if (g_ascii_iscntrl (*p))
+          {
+            g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_FAILED,
+                                 "the bearer token contains a control character");
+            return NULL;
+          }
       hb_sync_config_set_auth_method (config, HB_AUTH_METHOD_BEARER);
     }
   if (secret != NULL)
@@ -2359,7 +2367,7 @@ replicate (HbCli *cli,
   g_autoptr (GCancellable) cancellable = NULL;
   g_autoptr (JsonObject) summary = NULL;
   guint64 batch_size = 100;
-  guint64 poll_ms = 0;
+  guint64 poll_ms = 1000;
   gboolean ok = TRUE;
 
   append_entries (entries, common_entries);
@@ -2374,8 +2382,7 @@ replicate (HbCli *cli,
     return FALSE;
   if (poll_ms_arg != NULL && !continuous)
     {
-      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE,
-                           "--poll-ms needs --continuous");
+      g_set_error_literal (error, HB_CLI_ERROR, HB_CLI_ERROR_USAGE, "--poll-ms needs --continuous");
       return FALSE;
     }
   if (poll_ms_arg != NULL && !parse_uint ("--poll-ms", poll_ms_arg, 0, 3600000, &poll_ms, error))
@@ -2494,8 +2501,7 @@ parse_http_date (const char *text)
   int day, year, hour, minute, second;
 
   if (text == NULL
-      || sscanf (text, "%*3s, %d %3s %d %d:%d:%d GMT", &day, month, &year, &hour, &minute,
-                 &second)
+      || sscanf (text, "%*3s, %d %3s %d %d:%d:%d GMT", &day, month, &year, &hour, &minute, &second)
              != 6)
     return NULL;
   for (guint m = 0; m < G_N_ELEMENTS (months); m++)
@@ -2656,8 +2662,8 @@ count_pending_pull (HbSyncManager *manager, const Checkpoint *pull, GError **err
       g_autoptr (HbRemoteChanges) changes = NULL;
       gint64 missing;
 
-      hb_remote_changes_async (hb_sync_manager_get_remote (manager), since, PENDING_PULL_PAGE,
-                               NULL, FALSE, 0, NULL, on_pending_pull, &p);
+      hb_remote_changes_async (hb_sync_manager_get_remote (manager), since, PENDING_PULL_PAGE, NULL,
+                               FALSE, 0, NULL, on_pending_pull, &p);
       wait_for (&p.done);
       if (p.error != NULL)
         {
@@ -2685,8 +2691,8 @@ cmd_status (HbCli *cli, GError **error)
 {
   gboolean local = FALSE;
   const GOptionEntry entries[] = {
-    { "local", 0, 0, G_OPTION_ARG_NONE, &local,
-      "Do not ask the server (pending_pull is then null)", NULL },
+    { "local", 0, 0, G_OPTION_ARG_NONE, &local, "Do not ask the server (pending_pull is then null)",
+      NULL },
     G_OPTION_ENTRY_NULL,
   };
   g_auto (ServerOptions) server = { 0 };
@@ -2722,8 +2728,7 @@ cmd_status (HbCli *cli, GError **error)
   json_object_set_string_member (object, "url",
                                  hb_remote_get_url (hb_sync_manager_get_remote (manager)));
   json_object_set_string_member (object, "store_uuid", hb_store_get_uuid (cli->store));
-  json_object_set_int_member (object, "update_seq",
-                              (gint64)hb_store_get_update_seq (cli->store));
+  json_object_set_int_member (object, "update_seq", (gint64)hb_store_get_update_seq (cli->store));
   set_count_member (object, "pending_push", pending_push);
   set_count_member (object, "pending_pull", pending_pull);
   set_time_member (object, "last_sync_time", last_sync);
@@ -2854,8 +2859,8 @@ cmd_session_sync (HbCli *cli, GError **error)
 
   if (args == NULL)
     return FALSE;
-  if (timeout_arg != NULL && !parse_uint ("--timeout", timeout_arg, 1, 24 * 3600 * 1000,
-                                          &timeout_ms, error))
+  if (timeout_arg != NULL
+      && !parse_uint ("--timeout", timeout_arg, 1, 24 * 3600 * 1000, &timeout_ms, error))
     return FALSE;
   manager = connect_server (cli, args[0], &server, 0, FALSE, error);
   if (manager == NULL)
@@ -2905,10 +2910,8 @@ static const HbCliCommand commands[] = {
     cmd_recover },
   { "push", "URL", "Replicate the store to a CouchDB database", cmd_push },
   { "pull", "URL", "Replicate a CouchDB database into the store", cmd_pull },
-  { "sync", "URL", "Pull, then push: both directions (--continuous: until interrupted)",
-    cmd_sync },
-  { "status", "URL", "Print the sync state for a server: pending counts, checkpoints",
-    cmd_status },
+  { "sync", "URL", "Pull, then push: both directions (--continuous: until interrupted)", cmd_sync },
+  { "status", "URL", "Print the sync state for a server: pending counts, checkpoints", cmd_status },
   { "diagnose", "URL", "Check network, server, TLS, credentials, database, vault and cache",
     cmd_diagnose },
   { "session-sync", "URL SESSION_ID",
