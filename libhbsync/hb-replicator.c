@@ -1151,7 +1151,9 @@ add_fetched_revision (Run *run, HbRemoteRevision *revision)
     {
       JsonObject *doc = json_node_get_object (revision->doc);
       const char *rev = json_object_get_string_member_with_default (doc, "_rev", NULL);
-      char *text = json_to_string (revision->doc, FALSE);
+      /* Canonical, not json_to_string(): JSON-GLib 1.6 writes doubles from 1e17 up as invalid
+       * JSON, and the store would refuse what the server sent. */
+      char *text = hb_json_to_canonical (revision->doc, NULL);
 
       /* latest=true may answer with a newer leaf than asked: cache it under what it is. */
       if (rev != NULL)

@@ -1407,8 +1407,10 @@ on_diagnose_info (GObject *source, GAsyncResult *result, gpointer data)
       d->server_reachable = d->tls_ok = TRUE;
       d->detail = g_strdup_printf ("The server refused the credentials: %s", error->message);
     }
-  else if (error->domain == HB_REMOTE_ERROR && error->code == HB_REMOTE_ERROR_FAILED && https)
+  else if (g_error_matches (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_TLS)
+           || (error->domain == HB_REMOTE_ERROR && error->code == HB_REMOTE_ERROR_FAILED && https))
     {
+      /* Something answered, but it could not be trusted: nothing was sent to it. */
       d->detail = g_strdup_printf ("TLS failed: %s", error->message);
     }
   else if (is_offline_error (error))

@@ -343,7 +343,6 @@ run_floor (const Corpus *corpus)
   sql_exec (db, "PRAGMA journal_mode=WAL");
   sql_exec (db, "PRAGMA synchronous=FULL");
   sql_exec (db, "PRAGMA cache_size=-16384");
-  sql_exec (db, "PRAGMA mmap_size=268435456");
   sql_exec (db, "CREATE TABLE hb_meta (key TEXT PRIMARY KEY, value)");
   sql_exec (db, "INSERT INTO hb_meta VALUES ('update_seq', 0)");
   sql_exec (db,
