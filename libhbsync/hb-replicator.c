@@ -364,8 +364,8 @@ run_complete (Run *run)
     }
   else
     {
-      gboolean cancelled = run->caller_cancellable != NULL
-                           && g_cancellable_is_cancelled (run->caller_cancellable);
+      gboolean cancelled
+          = run->caller_cancellable != NULL && g_cancellable_is_cancelled (run->caller_cancellable);
 
       set_state (self, cancelled ? HB_REPLICATOR_STATE_CANCELLED : HB_REPLICATOR_STATE_FAILED);
       if (cancelled)
@@ -567,8 +567,8 @@ build_log (Run *run, JsonNode *seq)
   json_builder_add_value (b, json_node_copy (seq));
   json_builder_set_member_name (b, "recorded_seq");
   json_builder_add_value (b, json_node_copy (seq));
-#define COUNT(name)                                                                            \
-  json_builder_set_member_name (b, #name);                                                     \
+#define COUNT(name)                                                                                \
+  json_builder_set_member_name (b, #name);                                                         \
   json_builder_add_int_value (b, (gint64)run->counts.name)
   COUNT (missing_checked);
   COUNT (missing_found);
@@ -590,8 +590,8 @@ build_log (Run *run, JsonNode *seq)
 
       if (!JSON_NODE_HOLDS_OBJECT (entry))
         continue;
-      sid = json_object_get_string_member_with_default (json_node_get_object (entry),
-                                                        "session_id", NULL);
+      sid = json_object_get_string_member_with_default (json_node_get_object (entry), "session_id",
+                                                        NULL);
       if (g_strcmp0 (sid, run->session) == 0)
         continue;
       json_builder_add_value (b, json_node_copy (entry));
@@ -675,8 +675,8 @@ remote_checkpoint_put (Run *run)
   if (run->remote_log_rev != NULL)
     json_object_set_string_member (json_node_get_object (log), "_rev", run->remote_log_rev);
   op_begin (run);
-  hb_remote_put_local_async (run->self->remote, run->local_id, log,
-                             run->checkpoint_cancellable, on_remote_log_put, run);
+  hb_remote_put_local_async (run->self->remote, run->local_id, log, run->checkpoint_cancellable,
+                             on_remote_log_put, run);
 }
 
 static void local_checkpoint_put (Run *run);
@@ -733,8 +733,8 @@ local_checkpoint_put (Run *run)
   if (run->local_log_rev != NULL)
     json_object_set_string_member (json_node_get_object (log), "_rev", run->local_log_rev);
   op_begin (run);
-  hb_store_put_local_async (run->self->store, log, run->checkpoint_cancellable,
-                            on_local_log_put, run);
+  hb_store_put_local_async (run->self->store, log, run->checkpoint_cancellable, on_local_log_put,
+                            run);
 }
 
 /* Writes the checkpoint for run->checkpoint_seq on both sides, unless one is being written:
@@ -872,8 +872,7 @@ place_fetched (Run *run)
       if (batch != NULL && batch->docs->len > 0
           && (batch->docs->len >= self->batch_size || batch->bytes + size > self->batch_bytes))
         close_batch (run, NULL);
-      if (!hb_sync_cache_try_add (self->cache, f->id, f->rev, f->text,
-                                  HB_SYNC_CACHE_FLAGS_NONE))
+      if (!hb_sync_cache_try_add (self->cache, f->id, f->rev, f->text, HB_SYNC_CACHE_FLAGS_NONE))
         {
           /* No room: what this run holds must be written first, so the batch goes now. */
           if (run->current != NULL && run->current->docs->len > 0)
@@ -993,8 +992,7 @@ set_page_missing (Run *run, GPtrArray *order, GHashTable *missing_by_id)
 static GHashTable *
 missing_table_new (void)
 {
-  return g_hash_table_new_full (g_str_hash, g_str_equal, g_free,
-                                (GDestroyNotify)g_ptr_array_unref);
+  return g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_ptr_array_unref);
 }
 
 static void
@@ -1166,8 +1164,7 @@ add_fetched_revision (Run *run, HbRemoteRevision *revision)
   g_ptr_array_add (run->fetched, f);
 }
 
-static void
-on_bulk_get (GObject *source, GAsyncResult *result, gpointer data);
+static void on_bulk_get (GObject *source, GAsyncResult *result, gpointer data);
 
 static void pull_fetch (Run *run);
 
@@ -1236,9 +1233,8 @@ pull_open_revs (Run *run)
       g_ptr_array_add (revs, NULL);
       run->open_revs_running++;
       op_begin (run);
-      hb_remote_get_open_revs_async (run->self->remote, first->id,
-                                     (const char *const *)revs->pdata, run->cancellable,
-                                     on_open_revs, run);
+      hb_remote_get_open_revs_async (run->self->remote, first->id, (const char *const *)revs->pdata,
+                                     run->cancellable, on_open_revs, run);
     }
 }
 
@@ -1365,8 +1361,7 @@ on_pull_revs_diff (GObject *source, GAsyncResult *result, gpointer data)
   pull_fetch (run);
 }
 
-static void
-on_pull_changes (GObject *source, GAsyncResult *result, gpointer data);
+static void on_pull_changes (GObject *source, GAsyncResult *result, gpointer data);
 
 static void
 pull_changes_request (Run *run)
@@ -1433,8 +1428,8 @@ on_pull_changes (GObject *source, GAsyncResult *result, gpointer data)
           = hb_remote_request_finish (HB_REMOTE (source), result, NULL, &error);
 
       if (bytes != NULL)
-        changes = hb_remote_parse_changes (g_bytes_get_data (bytes, NULL),
-                                           g_bytes_get_size (bytes), &error);
+        changes = hb_remote_parse_changes (g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes),
+                                           &error);
     }
   else
     changes = hb_remote_changes_finish (HB_REMOTE (source), result, &error);
@@ -1487,8 +1482,7 @@ on_pull_changes (GObject *source, GAsyncResult *result, gpointer data)
     }
   json_builder_end_object (b);
   request = json_builder_get_root (b);
-  g_object_set_data_full (G_OBJECT (run->task), "order", order,
-                          (GDestroyNotify)g_ptr_array_unref);
+  g_object_set_data_full (G_OBJECT (run->task), "order", order, (GDestroyNotify)g_ptr_array_unref);
   op_begin (run);
   hb_store_revs_diff_async (run->self->store, request, run->cancellable, on_pull_revs_diff, run);
 }
@@ -1710,14 +1704,68 @@ push_write (Run *run)
   hb_remote_bulk_docs_async (run->self->remote, body, run->cancellable, on_bulk_docs, run);
 }
 
+typedef struct
+{
+  HbStore *store;
+  GPtrArray *texts; /* GBytes: plaintext copies from the cache, wiped when freed */
+  guint parse_failures;
+} PullWrite;
+
 static void
-on_store_bulk_docs (GObject *source, GAsyncResult *result, gpointer data)
+pull_write_free (gpointer data)
+{
+  PullWrite *w = data;
+
+  g_clear_object (&w->store);
+  g_clear_pointer (&w->texts, g_ptr_array_unref);
+  g_free (w);
+}
+
+/* In a worker thread: each cached text is parsed once and the batch is sealed into the store in
+ * one transaction. Nothing of it runs on the owner's main loop. */
+static void
+pull_write_thread (GTask *task, gpointer source, gpointer data, GCancellable *cancellable)
+{
+  PullWrite *w = data;
+  g_autoptr (GPtrArray) docs = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
+  g_autoptr (JsonParser) parser = json_parser_new_immutable ();
+  GError *error = NULL;
+  GPtrArray *results;
+
+  for (guint i = 0; i < w->texts->len; i++)
+    {
+      gsize len;
+      const char *data_ = g_bytes_get_data (g_ptr_array_index (w->texts, i), &len);
+
+      if (!json_parser_load_from_data (parser, data_, (gssize)len, NULL)
+          || !JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser)))
+        {
+          w->parse_failures++;
+          continue;
+        }
+      g_ptr_array_add (docs, json_parser_steal_root (parser));
+    }
+  if (docs->len == 0)
+    {
+      g_task_return_pointer (task, g_ptr_array_new (), (GDestroyNotify)g_ptr_array_unref);
+      return;
+    }
+  results = hb_store_bulk_docs_sync (w->store, docs, FALSE, cancellable, &error);
+  if (results == NULL)
+    g_task_return_error (task, error);
+  else
+    g_task_return_pointer (task, results, (GDestroyNotify)g_ptr_array_unref);
+}
+
+static void
+on_pull_written (GObject *source, GAsyncResult *result, gpointer data)
 {
   Run *run = data;
+  PullWrite *w = g_task_get_task_data (G_TASK (result));
   g_autoptr (GError) error = NULL;
-  g_autoptr (GPtrArray) results = hb_store_bulk_docs_finish (HB_STORE (source), result, &error);
+  g_autoptr (GPtrArray) results = g_task_propagate_pointer (G_TASK (result), &error);
   Batch *batch = run->writing;
-  guint failed = 0;
+  guint failed = w->parse_failures;
 
   if (!op_end (run, &error))
     return;
@@ -1739,34 +1787,32 @@ static void
 pull_write (Run *run)
 {
   Batch *batch = run->writing;
-  g_autoptr (GPtrArray) docs = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
-  g_autoptr (JsonParser) parser = json_parser_new_immutable ();
+  g_autoptr (GTask) task = NULL;
+  PullWrite *w = g_new0 (PullWrite, 1);
 
+  w->store = g_object_ref (run->self->store);
+  w->texts = g_ptr_array_new_with_free_func ((GDestroyNotify)g_bytes_unref);
   for (guint i = 0; i < batch->docs->len; i++)
     {
       DocRef *ref = g_ptr_array_index (batch->docs, i);
-      g_autoptr (GBytes) text = hb_sync_cache_lookup (run->self->cache, ref->id, ref->rev);
-      gsize len;
-      const char *data;
+      GBytes *text = hb_sync_cache_lookup (run->self->cache, ref->id, ref->rev);
 
       if (text == NULL)
         {
+          pull_write_free (w);
           run_fail (run, g_error_new_literal (G_IO_ERROR, G_IO_ERROR_CANCELLED,
                                               "The sync cache was cleared during the replication"));
           maybe_finish (run);
           return;
         }
-      data = g_bytes_get_data (text, &len);
-      if (!json_parser_load_from_data (parser, data, (gssize)len, NULL))
-        {
-          run->counts.doc_write_failures++;
-          continue;
-        }
-      g_ptr_array_add (docs, json_node_ref (json_parser_get_root (parser)));
+      g_ptr_array_add (w->texts, text);
     }
+  task = g_task_new (NULL, run->cancellable, on_pull_written, run);
+  g_task_set_task_data (task, w, pull_write_free);
+  /* The result is handled even when cancelled meanwhile: the transaction may have committed. */
+  g_task_set_check_cancellable (task, FALSE);
   op_begin (run);
-  hb_store_bulk_docs_async (run->self->store, docs, FALSE, run->cancellable, on_store_bulk_docs,
-                            run);
+  g_task_run_in_thread (task, pull_write_thread);
 }
 
 static void
@@ -1870,7 +1916,8 @@ start_copying (Run *run, JsonObject *local_log, JsonObject *remote_log)
     g_clear_pointer (&run->since, json_node_unref);
   if (source != NULL)
     run->source_log = json_object_ref (source);
-  run->start_seq = run->since != NULL ? json_node_copy (run->since) : json_node_new (JSON_NODE_NULL);
+  run->start_seq
+      = run->since != NULL ? json_node_copy (run->since) : json_node_new (JSON_NODE_NULL);
   if (run->push && run->since == NULL)
     {
       run->since = json_node_new (JSON_NODE_VALUE);
@@ -1995,7 +2042,7 @@ replication_id (HbReplicator *self)
   json_builder_add_string_value (b, hb_remote_get_url (self->remote));
   json_builder_set_member_name (b, "direction");
   json_builder_add_string_value (b, self->direction == HB_REPLICATION_DIRECTION_PUSH ? "push"
-                                                                                      : "pull");
+                                                                                     : "pull");
   json_builder_set_member_name (b, "filter");
   json_builder_begin_object (b);
   if (self->doc_ids != NULL)
@@ -2118,8 +2165,7 @@ on_remote_session (GObject *source, GAsyncResult *result, gpointer data)
   if (!op_end (run, &error))
     return;
   if (bytes != NULL)
-    doc = hb_remote_parse_document (g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes),
-                                    NULL);
+    doc = hb_remote_parse_document (g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes), NULL);
   session_filter_ready (run, patient_of (doc));
 }
 
@@ -2155,8 +2201,8 @@ prepare_filters (Run *run)
   if (self->session_id != NULL)
     {
       op_begin (run);
-      hb_store_get_async (self->store, self->session_id, NULL, HB_GET_FLAGS_NONE,
-                          run->cancellable, on_local_session, run);
+      hb_store_get_async (self->store, self->session_id, NULL, HB_GET_FLAGS_NONE, run->cancellable,
+                          on_local_session, run);
       return;
     }
   if (self->doc_ids != NULL)
@@ -2585,10 +2631,7 @@ hb_replicator_get_property (GObject *object, guint prop_id, GValue *value, GPara
 }
 
 static void
-hb_replicator_set_property (GObject *object,
-                            guint prop_id,
-                            const GValue *value,
-                            GParamSpec *pspec)
+hb_replicator_set_property (GObject *object, guint prop_id, const GValue *value, GParamSpec *pspec)
 {
   HbReplicator *self = HB_REPLICATOR (object);
 
@@ -2696,8 +2739,8 @@ hb_replicator_class_init (HbReplicatorClass *klass)
    * Where the replicator is.
    */
   properties[PROP_STATE]
-      = g_param_spec_enum ("state", NULL, NULL, HB_TYPE_REPLICATOR_STATE,
-                           HB_REPLICATOR_STATE_IDLE, G_PARAM_READABLE | G_PARAM_STATIC_STRINGS);
+      = g_param_spec_enum ("state", NULL, NULL, HB_TYPE_REPLICATOR_STATE, HB_REPLICATOR_STATE_IDLE,
+                           G_PARAM_READABLE | G_PARAM_STATIC_STRINGS);
   /**
    * HbReplicator:batch-size:
    *
@@ -2748,8 +2791,8 @@ hb_replicator_class_init (HbReplicatorClass *klass)
    * Emitted on the run's main context when #HbReplicator:state changes.
    */
   signals[SIGNAL_STATE_CHANGED]
-      = g_signal_new ("state-changed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL,
-                      NULL, NULL, G_TYPE_NONE, 1, HB_TYPE_REPLICATOR_STATE);
+      = g_signal_new ("state-changed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
+                      NULL, G_TYPE_NONE, 1, HB_TYPE_REPLICATOR_STATE);
   /**
    * HbReplicator::progress:
    * @self: the replicator
@@ -2760,9 +2803,9 @@ hb_replicator_class_init (HbReplicatorClass *klass)
    *
    * Emitted after each batch.
    */
-  signals[SIGNAL_PROGRESS] = g_signal_new (
-      "progress", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL, G_TYPE_NONE,
-      4, G_TYPE_UINT64, G_TYPE_UINT64, G_TYPE_UINT64, G_TYPE_INT64);
+  signals[SIGNAL_PROGRESS]
+      = g_signal_new ("progress", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                      G_TYPE_NONE, 4, G_TYPE_UINT64, G_TYPE_UINT64, G_TYPE_UINT64, G_TYPE_INT64);
   /**
    * HbReplicator::document-denied:
    * @self: the replicator

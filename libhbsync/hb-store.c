@@ -1922,8 +1922,8 @@ changes_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable
   out = json_object_new ();
   json_object_set_array_member (out, "results", g_steal_pointer (&results));
   json_object_set_int_member (out, "last_seq", (gint64)last);
-  if (args->limit == 0 || json_array_get_length (json_object_get_array_member (out, "results"))
-                              < args->limit)
+  if (args->limit == 0
+      || json_array_get_length (json_object_get_array_member (out, "results")) < args->limit)
     {
       /* A page that is not full is the end of the feed. */
       json_object_set_int_member (out, "pending", 0);
@@ -3079,8 +3079,8 @@ hb_store_get_revs_json_sync (HbStore *self,
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (request != NULL, NULL);
 
-  return read_array (self, get_revs_json_func, &args, &args.results,
-                     (GDestroyNotify)g_bytes_unref, cancellable, error);
+  return read_array (self, get_revs_json_func, &args, &args.results, (GDestroyNotify)g_bytes_unref,
+                     cancellable, error);
 }
 
 /**
