@@ -34,6 +34,9 @@
 #define RETRY_MAX_MS 3000
 #define OPEN_REVS_PARALLEL 4
 #define CHECKPOINT_GRACE_MS 5000
+/* Checkpoints during a run are written at most this often (and always at its end): each one is a
+ * write on both peers, and a server pays for it in every batch it could be serving instead. */
+#define CHECKPOINT_INTERVAL_MS 400
 
 struct _HbReplicator
 {
@@ -261,6 +264,8 @@ typedef struct
                                          * after the caller cancelled it */
   GSource *grace;
   gboolean checkpoint_busy;
+  GSource *checkpoint_timer; /* a deferred checkpoint, counted as an operation */
+  gint64 checkpoint_last_us; /* when the last checkpoint write ended */
   gboolean checkpoint_dirty;
   guint checkpoint_parts;
 
@@ -279,6 +284,9 @@ run_free (Run *run)
     g_source_destroy (run->grace);
   g_clear_pointer (&run->grace, g_source_unref);
   g_clear_object (&run->checkpoint_cancellable);
+  if (run->checkpoint_timer != NULL)
+    g_source_destroy (run->checkpoint_timer);
+  g_clear_pointer (&run->checkpoint_timer, g_source_unref);
   g_clear_error (&run->error);
   g_free (run->rep_id);
   g_free (run->local_id);
@@ -521,6 +529,8 @@ static void emit_progress (Run *run);
 static void reader_step (Run *run);
 static void writer_step (Run *run);
 static void checkpoint_step (Run *run);
+static gboolean run_draining (Run *run);
+static gboolean checkpoint_deferred (gpointer data);
 
 /* ---- checkpoints ----------------------------------------------------------------------- */
 
@@ -608,6 +618,7 @@ checkpoint_part_done (Run *run)
   if (--run->checkpoint_parts > 0)
     return;
   run->checkpoint_busy = FALSE;
+  run->checkpoint_last_us = g_get_monotonic_time ();
   run->attempts[LANE_CHECKPOINT] = 0;
   if (run->checkpoint_dirty)
     checkpoint_step (run);
@@ -756,12 +767,57 @@ checkpoint_step (Run *run)
       maybe_finish (run);
       return;
     }
+  if (!run_draining (run) && run->checkpoint_last_us > 0)
+    {
+      gint64 wait_us
+          = run->checkpoint_last_us + CHECKPOINT_INTERVAL_MS * 1000 - g_get_monotonic_time ();
+
+      if (wait_us > 0)
+        {
+          run->checkpoint_dirty = TRUE;
+          if (run->checkpoint_timer == NULL)
+            {
+              run->checkpoint_timer = g_timeout_source_new ((guint)(wait_us / 1000) + 1);
+              op_begin (run);
+              g_source_set_callback (run->checkpoint_timer, checkpoint_deferred, run, NULL);
+              g_source_attach (run->checkpoint_timer, g_task_get_context (run->task));
+            }
+          return;
+        }
+    }
+  if (run->checkpoint_timer != NULL)
+    {
+      /* Written now: the deferred write has nothing left to do. */
+      g_source_destroy (run->checkpoint_timer);
+      g_clear_pointer (&run->checkpoint_timer, g_source_unref);
+      run->pending_ops--;
+    }
   g_clear_pointer (&run->recorded_seq, json_node_unref);
   run->recorded_seq = json_node_copy (run->checkpoint_seq);
   run->checkpoint_busy = TRUE;
   run->checkpoint_parts = 2;
   remote_checkpoint_put (run);
   local_checkpoint_put (run);
+}
+
+static gboolean
+checkpoint_deferred (gpointer data)
+{
+  Run *run = data;
+
+  g_clear_pointer (&run->checkpoint_timer, g_source_unref);
+  run->pending_ops--;
+  checkpoint_step (run);
+  maybe_finish (run);
+  return G_SOURCE_REMOVE;
+}
+
+/* TRUE when the run's work is all written or stopping: its checkpoint must not wait. */
+static gboolean
+run_draining (Run *run)
+{
+  return run->error != NULL
+         || (run->reader_done && g_queue_is_empty (&run->batches) && !run->writer_busy);
 }
 
 static gboolean
