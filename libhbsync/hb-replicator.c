@@ -243,6 +243,10 @@ typedef struct
   gboolean reader_busy;
   gboolean reader_done;
   gboolean no_bulk_get;
+  /* Push into a database that held no documents when the run began: everything is missing,
+   * so no page asks _revs_diff (writes with new_edits:false are idempotent if someone else
+   * wrote meanwhile). */
+  gboolean target_empty;
   GPtrArray *page_missing; /* DocRef: the page's missing revisions */
   guint page_pos;
   JsonNode *page_seq;
@@ -1131,6 +1135,8 @@ on_push_changes (GObject *source, GAsyncResult *result, gpointer data)
   run->page_seq = json_node_copy (json_object_get_member (obj, "last_seq"));
   run->page_checked = 0;
 
+  if (run->target_empty)
+    run->page_missing = g_ptr_array_new_with_free_func (doc_ref_free);
   body = g_string_new ("{");
   for (guint i = 0; i < json_array_get_length (rows); i++)
     {
@@ -1159,11 +1165,24 @@ on_push_changes (GObject *source, GAsyncResult *result, gpointer data)
             g_string_append_c (body, ',');
           hb_json_append_string (body, json_object_get_string_member (change, "rev"));
           run->page_checked++;
+          if (run->page_missing != NULL)
+            g_ptr_array_add (run->page_missing,
+                             doc_ref_new (id, json_object_get_string_member (change, "rev")));
         }
       g_string_append_c (body, ']');
     }
   g_string_append_c (body, '}');
 
+  if (run->page_missing != NULL)
+    {
+      g_string_free (body, TRUE);
+      run->counts.missing_checked += run->page_checked;
+      run->counts.missing_found += run->page_missing->len;
+      run->page_pos = 0;
+      run->reader_busy = FALSE;
+      reader_step (run);
+      return;
+    }
   if (n_docs == 0)
     {
       g_string_free (body, TRUE);
@@ -2284,6 +2303,7 @@ on_created (GObject *source, GAsyncResult *result, gpointer data)
   hb_remote_create_database_finish (HB_REMOTE (source), result, &error);
   if (!op_end (run, &error))
     return;
+  run->target_empty = TRUE;
   prepare_filters (run);
 }
 
@@ -2314,6 +2334,7 @@ on_remote_info (GObject *source, GAsyncResult *result, gpointer data)
     }
   if (!op_end (run, &error))
     return;
+  run->target_empty = run->push && info->doc_count == 0;
   prepare_filters (run);
 }
 
