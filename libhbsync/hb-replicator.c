@@ -247,6 +247,9 @@ typedef struct
    * so no page asks _revs_diff (writes with new_edits:false are idempotent if someone else
    * wrote meanwhile). */
   gboolean target_empty;
+  /* Pull into a store that held no documents when the run began: everything is missing, so no
+   * page asks the store's revs_diff (a revision written twice is written once). */
+  gboolean store_empty;
   GPtrArray *page_missing; /* DocRef: the page's missing revisions */
   guint page_pos;
   JsonNode *page_seq;
@@ -1556,6 +1559,32 @@ on_pull_changes (GObject *source, GAsyncResult *result, gpointer data)
       g_ptr_array_add (order, g_strdup (change->id));
     }
   json_builder_end_object (b);
+  if (run->store_empty)
+    {
+      g_autoptr (GHashTable) missing = missing_table_new ();
+      g_autoptr (GPtrArray) page_order = order;
+
+      for (guint i = 0; i < changes->results->len; i++)
+        {
+          HbRemoteChange *change = g_ptr_array_index (changes->results, i);
+          GPtrArray *revs;
+
+          if (change->id == NULL || change->revs == NULL
+              || g_str_has_prefix (change->id, "_local/"))
+            continue;
+          revs = g_ptr_array_new_with_free_func (g_free);
+          for (guint r = 0; change->revs[r] != NULL; r++)
+            g_ptr_array_add (revs, g_strdup (change->revs[r]));
+          g_hash_table_insert (missing, g_strdup (change->id), revs);
+        }
+      set_page_missing (run, page_order, missing);
+      run->reader_busy = FALSE;
+      if (run->page_missing->len == 0)
+        reader_step (run);
+      else
+        pull_fetch (run);
+      return;
+    }
   request = json_builder_get_root (b);
   g_object_set_data_full (G_OBJECT (run->task), "order", order, (GDestroyNotify)g_ptr_array_unref);
   op_begin (run);
@@ -2390,6 +2419,7 @@ hb_replicator_run_async (HbReplicator *self,
   run->self = g_object_ref (self);
   run->task = task;
   run->push = self->direction == HB_REPLICATION_DIRECTION_PUSH;
+  run->store_empty = !run->push && hb_store_get_update_seq (self->store) == 0;
   run->cancellable = g_cancellable_new ();
   run->checkpoint_cancellable = g_cancellable_new ();
   g_task_set_task_data (task, run, (GDestroyNotify)run_free);
