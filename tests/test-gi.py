@@ -298,5 +298,40 @@ class ReplicationTest(unittest.TestCase):
         self.assertEqual(got.get_object().get_string_member('national_id'), 'NG-58219734')
 
 
+class SyncConfigSecretTest(unittest.TestCase):
+    """Server credentials live in the Secret Service (the suite's gnome-keyring), never in a
+    property or a file."""
+
+    def test_secret_round_trip_through_the_keyring(self):
+        url = 'https://clinic.example/db-%d' % os.getpid()
+        config = Hbsync.SyncConfig.new(url)
+        config.set_auth_method(Hbsync.AuthMethod.COOKIE)
+        config.set_username('nurse')
+        self.assertFalse(config.has_secret())
+        names = [p.name for p in config.list_properties()]
+        self.assertFalse(any('secret' in n or 'password' in n for n in names), names)
+
+        config.set_secret('s3cret pass')
+        self.assertTrue(config.save_secret_sync(None))
+
+        again = Hbsync.SyncConfig.new(url)
+        again.set_auth_method(Hbsync.AuthMethod.COOKIE)
+        again.set_username('nurse')
+        self.assertTrue(again.load_secret_sync(None))
+        self.assertTrue(again.has_secret())
+
+        other_user = Hbsync.SyncConfig.new(url)
+        other_user.set_auth_method(Hbsync.AuthMethod.COOKIE)
+        other_user.set_username('doctor')
+        self.assertFalse(other_user.load_secret_sync(None))
+
+        self.assertTrue(again.forget_secret_sync(None))
+        self.assertFalse(again.has_secret())
+        third = Hbsync.SyncConfig.new(url)
+        third.set_auth_method(Hbsync.AuthMethod.COOKIE)
+        third.set_username('nurse')
+        self.assertFalse(third.load_secret_sync(None))
+
+
 if __name__ == '__main__':
     unittest.main(verbosity=2)
