@@ -44,6 +44,7 @@ struct _HbSyncManager
   gboolean push_done, pull_done; /* the last run of each direction completed */
   gboolean offline, auth_failed, failed;
   guint failures;
+  guint pending_push_serial; /* the newest count of pending-push asked for */
   guint debounce_id;
   guint retry_id;
   gboolean longpoll_running;
@@ -242,6 +243,10 @@ on_pending_push (GObject *source, GAsyncResult *result, gpointer data)
   g_autoptr (GError) error = NULL;
   gssize count = g_task_propagate_int (G_TASK (result), &error);
 
+  /* Counts run in worker threads and may end in any order: an older one would overwrite a
+   * newer one with a stale count (and leave the status SYNCING with nothing left to do). */
+  if (GPOINTER_TO_UINT (data) != self->pending_push_serial)
+    return;
   if (error == NULL)
     set_pending (self, &self->pending_push, count, PROP_PENDING_PUSH);
   update_status (self);
@@ -250,7 +255,8 @@ on_pending_push (GObject *source, GAsyncResult *result, gpointer data)
 static void
 refresh_pending_push (HbSyncManager *self)
 {
-  g_autoptr (GTask) task = g_task_new (self, NULL, on_pending_push, NULL);
+  g_autoptr (GTask) task
+      = g_task_new (self, NULL, on_pending_push, GUINT_TO_POINTER (++self->pending_push_serial));
   PendingArgs *args = g_new0 (PendingArgs, 1);
   g_autofree char *rep_id = hb_replicator_get_replication_id (self->push);
 
@@ -507,19 +513,57 @@ scan_conflicts (HbSyncManager *self, guint64 since)
   g_task_run_in_thread (task, scan_conflicts_thread);
 }
 
+/* ---- runs ------------------------------------------------------------------------------ */
+
+/* What a run's callback needs: the manager, and the cancellable the run was given, which tells
+ * a run that stop() cancelled from one that failed (a replicator may fail with
+ * G_IO_ERROR_CANCELLED that nobody asked for). */
+typedef struct
+{
+  HbSyncManager *self;
+  GCancellable *cancellable;
+} RunData;
+
+static RunData *
+run_data_new (HbSyncManager *self)
+{
+  RunData *d = g_new (RunData, 1);
+
+  d->self = g_object_ref (self);
+  d->cancellable = g_object_ref (self->cancellable);
+  return d;
+}
+
+static void
+run_data_free (RunData *d)
+{
+  g_object_unref (d->self);
+  g_object_unref (d->cancellable);
+  g_free (d);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (RunData, run_data_free)
+
 /* ---- pull ------------------------------------------------------------------------------ */
 
 static void
 on_pull_done (GObject *source, GAsyncResult *result, gpointer data)
 {
-  g_autoptr (HbSyncManager) self = data;
+  g_autoptr (RunData) d = data;
+  HbSyncManager *self = d->self;
   g_autoptr (GError) error = NULL;
   g_autoptr (HbReplicationResult) res
       = hb_replicator_run_finish (HB_REPLICATOR (source), result, &error);
 
   self->pull_running = FALSE;
-  if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+  if (error != NULL && g_cancellable_is_cancelled (d->cancellable))
     {
+      /* Stopped. Started again meanwhile: the new start's pull waited for this run. */
+      if (self->pull_again)
+        {
+          self->pull_again = FALSE;
+          run_pull (self);
+        }
       update_status (self);
       return;
     }
@@ -567,7 +611,7 @@ run_pull (HbSyncManager *self)
   self->pull_running = TRUE;
   self->pull_start_seq = hb_store_get_update_seq (self->store);
   update_status (self);
-  hb_replicator_run_async (self->pull, self->cancellable, on_pull_done, g_object_ref (self));
+  hb_replicator_run_async (self->pull, self->cancellable, on_pull_done, run_data_new (self));
 }
 
 static void
@@ -621,14 +665,21 @@ start_longpoll (HbSyncManager *self)
 static void
 on_push_done (GObject *source, GAsyncResult *result, gpointer data)
 {
-  g_autoptr (HbSyncManager) self = data;
+  g_autoptr (RunData) d = data;
+  HbSyncManager *self = d->self;
   g_autoptr (GError) error = NULL;
   g_autoptr (HbReplicationResult) res
       = hb_replicator_run_finish (HB_REPLICATOR (source), result, &error);
 
   self->push_running = FALSE;
-  if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+  if (error != NULL && g_cancellable_is_cancelled (d->cancellable))
     {
+      /* Stopped. Started again meanwhile: the new start's push waited for this run. */
+      if (self->push_again)
+        {
+          self->push_again = FALSE;
+          run_push (self);
+        }
       update_status (self);
       return;
     }
@@ -662,7 +713,7 @@ run_push (HbSyncManager *self)
     }
   self->push_running = TRUE;
   update_status (self);
-  hb_replicator_run_async (self->push, self->cancellable, on_push_done, g_object_ref (self));
+  hb_replicator_run_async (self->push, self->cancellable, on_push_done, run_data_new (self));
 }
 
 static gboolean
