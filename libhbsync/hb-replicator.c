@@ -260,6 +260,10 @@ typedef struct
   GError *open_revs_error; /* a transient failure of one of the page's requests */
   Batch *current;
   GQueue batches;
+  gboolean reader_waiting; /* for a retry of one of its requests */
+  /* "id\nrev" of every revision this run holds in the cache, in a batch not yet written:
+   * `latest=true` can bring the same revision in two pages, and one cache entry serves both. */
+  GHashTable *inflight;
 
   /* Writer. */
   gboolean writer_busy;
@@ -316,6 +320,7 @@ run_free (Run *run)
   g_clear_pointer (&run->current, batch_free);
   g_clear_pointer (&run->writing, batch_free);
   g_queue_clear_full (&run->batches, batch_free);
+  g_clear_pointer (&run->inflight, g_hash_table_unref);
   g_free (run->counts.last_seq);
   g_free (run->counts.replication_id);
   g_clear_object (&run->self);
@@ -340,6 +345,20 @@ seq_to_text (JsonNode *seq)
 
 /* Drops what this run left in the cache: unwritten plaintext goes, wiped; the source still has
  * it and the next run fetches it again from the last checkpoint. */
+static char *
+inflight_key (const char *id, const char *rev)
+{
+  return g_strconcat (id, "\n", rev, NULL);
+}
+
+static void
+inflight_remove (Run *run, DocRef *ref)
+{
+  g_autofree char *key = inflight_key (ref->id, ref->rev);
+
+  g_hash_table_remove (run->inflight, key);
+}
+
 static void
 forget_batch (Run *run, Batch *batch)
 {
@@ -348,6 +367,7 @@ forget_batch (Run *run, Batch *batch)
   for (guint i = 0; i < batch->docs->len; i++)
     {
       DocRef *ref = g_ptr_array_index (batch->docs, i);
+      inflight_remove (run, ref);
       hb_sync_cache_remove (run->self->cache, ref->id, ref->rev);
     }
 }
@@ -477,6 +497,7 @@ checkpoint_op_end (Run *run, GError **error)
 typedef struct
 {
   Run *run;
+  Lane lane;
   void (*step) (Run *run);
 } Retry;
 
@@ -487,6 +508,8 @@ retry_fire (gpointer data)
   Run *run = retry->run;
   void (*step) (Run *) = retry->step;
 
+  if (retry->lane == LANE_READER)
+    run->reader_waiting = FALSE;
   g_free (retry);
   if (!op_end (run, NULL))
     return G_SOURCE_REMOVE;
@@ -497,6 +520,7 @@ retry_fire (gpointer data)
       return G_SOURCE_REMOVE;
     }
   step (run);
+  maybe_finish (run);
   return G_SOURCE_REMOVE;
 }
 
@@ -518,7 +542,12 @@ retry_or_fail (Run *run, Lane lane, GError **error, void (*step) (Run *run))
       g_debug ("Retrying after %u ms: %s", delay, (*error)->message);
       g_clear_error (error);
       retry->run = run;
+      retry->lane = lane;
       retry->step = step;
+      /* The reader is not idle while it waits to retry: a finished batch must not start the
+       * same request again beside it. */
+      if (lane == LANE_READER)
+        run->reader_waiting = TRUE;
       op_begin (run);
       /* On the run's context, where everything else of it runs. */
       timeout = g_timeout_source_new (delay);
@@ -844,7 +873,12 @@ writer_kick (gpointer data)
 
   run->writer_kicked = FALSE;
   if (op_end (run, NULL))
-    writer_step (run);
+    {
+      writer_step (run);
+      /* The batch it was kicked for may be written already: then this was the last thing the
+       * run waited for. */
+      maybe_finish (run);
+    }
   return G_SOURCE_REMOVE;
 }
 
@@ -905,6 +939,7 @@ on_cache_room (GObject *source, GAsyncResult *result, gpointer data)
     return;
   f = g_ptr_array_index (run->fetched, run->fetched_pos);
   g_ptr_array_add (current_batch (run)->docs, doc_ref_new (f->id, f->rev));
+  g_hash_table_add (run->inflight, inflight_key (f->id, f->rev));
   run->current->bytes += g_bytes_get_size (f->text);
   run->counts.docs_read++;
   run->fetched_pos++;
@@ -931,6 +966,16 @@ place_fetched (Run *run)
           run->fetched_pos++;
           continue;
         }
+      {
+        g_autofree char *key = inflight_key (f->id, f->rev);
+
+        if (g_hash_table_contains (run->inflight, key))
+          {
+            /* Already on its way in an earlier batch of this run. */
+            run->fetched_pos++;
+            continue;
+          }
+      }
       size = g_bytes_get_size (f->text);
       if (batch != NULL && batch->docs->len > 0
           && (batch->docs->len >= self->batch_size || batch->bytes + size > self->batch_bytes))
@@ -947,6 +992,7 @@ place_fetched (Run *run)
           return FALSE;
         }
       g_ptr_array_add (current_batch (run)->docs, doc_ref_new (f->id, f->rev));
+      g_hash_table_add (run->inflight, inflight_key (f->id, f->rev));
       run->current->bytes += size;
       run->counts.docs_read++;
       run->fetched_pos++;
@@ -1605,7 +1651,7 @@ on_store_changes (Run *run)
 static void
 reader_step (Run *run)
 {
-  if (run->error != NULL || run->reader_busy || run->reader_done)
+  if (run->error != NULL || run->reader_busy || run->reader_waiting || run->reader_done)
     return;
   if (run->fetched != NULL)
     {
@@ -1659,6 +1705,7 @@ batch_done (Run *run)
     {
       DocRef *ref = g_ptr_array_index (batch->docs, i);
 
+      inflight_remove (run, ref);
       hb_sync_cache_mark_written (run->self->cache, ref->id, ref->rev);
       hb_sync_cache_remove (run->self->cache, ref->id, ref->rev);
     }
@@ -2435,6 +2482,7 @@ hb_replicator_run_async (HbReplicator *self,
   run->start_time = http_date_now ();
   run->pending = -1;
   g_queue_init (&run->batches);
+  run->inflight = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
   self->running = TRUE;
   set_state (self, HB_REPLICATOR_STATE_RUNNING);
   check_remote (run);

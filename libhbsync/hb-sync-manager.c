@@ -48,7 +48,7 @@ struct _HbSyncManager
   guint debounce_id;
   guint retry_id;
   gboolean longpoll_running;
-  JsonNode *pull_seq; /* where the pull's checkpoint is, for the longpoll */
+  JsonNode *pull_seq;     /* where the pull's checkpoint is, for the longpoll */
   guint64 pull_start_seq; /* the store's sequence when the running pull began */
   char *instance_start_time;
   gulong store_changed_id;
@@ -448,8 +448,8 @@ scan_conflicts_thread (GTask *task, gpointer source, gpointer data, GCancellable
 
           for (guint k = 0; c->conflicts[k] != NULL; k++)
             {
-              g_autoptr (JsonNode) leaf = hb_store_get_sync (
-                  self->store, id, c->conflicts[k], HB_GET_FLAGS_NONE, cancellable, NULL);
+              g_autoptr (JsonNode) leaf = hb_store_get_sync (self->store, id, c->conflicts[k],
+                                                             HB_GET_FLAGS_NONE, cancellable, NULL);
               const char *t;
 
               if (leaf == NULL)
@@ -1960,10 +1960,9 @@ hb_sync_manager_class_init (HbSyncManagerClass *klass)
    * Emitted after a pull brought a document into conflict. Resolve it later with
    * hb_sync_manager_resolve_conflict_async().
    */
-  signals[SIGNAL_CONFLICT] = g_signal_new ("conflict", G_TYPE_FROM_CLASS (klass),
-                                           G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL, G_TYPE_NONE, 4,
-                                           G_TYPE_STRING, G_TYPE_STRING, G_TYPE_STRV,
-                                           G_TYPE_STRING);
+  signals[SIGNAL_CONFLICT]
+      = g_signal_new ("conflict", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                      G_TYPE_NONE, 4, G_TYPE_STRING, G_TYPE_STRING, G_TYPE_STRV, G_TYPE_STRING);
   signals[SIGNAL_TOKEN_NEEDED]
       = g_signal_new ("token-needed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
                       NULL, G_TYPE_NONE, 0);

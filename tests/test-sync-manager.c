@@ -38,14 +38,14 @@ typedef struct
   HbTestServer *server;
   HbTestProxy *proxy; /* NULL unless the test runs through the proxy (FIXTURE_PROXY) */
   char *db_name;
-  char *db_url;       /* the database on the server, directly */
-  char *sync_url;     /* what the manager syncs with: db_url, or the same through the proxy */
+  char *db_url;   /* the database on the server, directly */
+  char *sync_url; /* what the manager syncs with: db_url, or the same through the proxy */
   char *dir;
   HbStore *store;
   HbSyncConfig *config;
   HbSyncManager *manager;
   GArray *statuses;
-  GString *failures; /* the last error at each OFFLINE, ERROR and AUTH_FAILED */
+  GString *failures;  /* the last error at each OFFLINE, ERROR and AUTH_FAILED */
   guint inconsistent; /* pending counts seen non-zero while the status was UP_TO_DATE */
   guint token_needed;
   /* What the writers wrote: id → expected depth × 2 + deleted; id → current revision. */
@@ -497,8 +497,8 @@ server_trees (const char *db_url)
 
   for (guint i = 0; i < json_array_get_length (rows); i++)
     {
-      const char *id = json_object_get_string_member (json_array_get_object_element (rows, i),
-                                                      "id");
+      const char *id
+          = json_object_get_string_member (json_array_get_object_element (rows, i), "id");
       g_autofree char *escaped = g_uri_escape_string (id, NULL, FALSE);
       g_autofree char *url = g_strdup_printf ("%s/%s?open_revs=all&revs=true", db_url, escaped);
       g_autoptr (JsonNode) answer = http_json ("GET", url, NULL, NULL);
@@ -620,7 +620,8 @@ faults_exhausted (HbTestProxy *proxy)
       JsonNode *remaining
           = json_object_get_member (json_array_get_object_element (faults, i), "remaining");
 
-      if (remaining == NULL || JSON_NODE_HOLDS_NULL (remaining) || json_node_get_int (remaining) > 0)
+      if (remaining == NULL || JSON_NODE_HOLDS_NULL (remaining)
+          || json_node_get_int (remaining) > 0)
         return FALSE;
     }
   return TRUE;
@@ -628,7 +629,7 @@ faults_exhausted (HbTestProxy *proxy)
 
 /* ---- writers on both sides ------------------------------------------------------------- */
 
-#define EXPECT(depth, deleted) GUINT_TO_POINTER ((depth) * 2 + ((deleted) ? 1 : 0))
+#define EXPECT(depth, deleted) GUINT_TO_POINTER ((depth)*2 + ((deleted) ? 1 : 0))
 
 /* Writes (creates, edits or deletes) a note in the store and records what was written. */
 static void
@@ -643,10 +644,10 @@ local_write (Fixture *f, const char *id, gboolean delete)
     new_rev = hb_store_delete_sync (f->store, id, rev, NULL, &error);
   else
     {
-      g_autofree char *text = g_strdup_printf (
-          "{\"_id\":\"%s\",\"type\":\"note\",\"session_id\":\"session:s1\","
-          "\"text\":\"written in the store, revision %u\"}",
-          id, depth + 1);
+      g_autofree char *text
+          = g_strdup_printf ("{\"_id\":\"%s\",\"type\":\"note\",\"session_id\":\"session:s1\","
+                             "\"text\":\"written in the store, revision %u\"}",
+                             id, depth + 1);
       g_autoptr (JsonNode) doc = hb_test_json (text);
 
       if (rev != NULL)
@@ -1009,12 +1010,12 @@ run_scenario (Fixture *f, const Scenario *s)
   run_for (1500);
   dump_proxy (f);
   stats = proxy_stats (f->proxy, &stats_root);
-  g_assert_cmpint (json_object_get_int_member (
-                       json_object_get_object_member (stats, "bulk_docs"), "requests"),
-                   ==, 0);
-  g_assert_cmpint (json_object_get_int_member (
-                       json_object_get_object_member (stats, "bulk_get"), "requests"),
-                   ==, 0);
+  g_assert_cmpint (
+      json_object_get_int_member (json_object_get_object_member (stats, "bulk_docs"), "requests"),
+      ==, 0);
+  g_assert_cmpint (
+      json_object_get_int_member (json_object_get_object_member (stats, "bulk_get"), "requests"),
+      ==, 0);
   g_assert_cmpint (json_object_get_int_member (stats, "total"), <=, 15);
   g_assert_cmpint (hb_sync_manager_get_status (f->manager), ==, HB_SYNC_STATUS_UP_TO_DATE);
 }
@@ -1240,8 +1241,8 @@ count_logins (Fixture *f)
   g_autoptr (JsonNode) root = NULL;
   JsonObject *stats = proxy_stats (f->proxy, &root);
 
-  return json_object_get_int_member_with_default (
-      json_object_get_object_member (stats, "by_route"), "POST /_session", 0);
+  return json_object_get_int_member_with_default (json_object_get_object_member (stats, "by_route"),
+                                                  "POST /_session", 0);
 }
 
 static void
@@ -1470,8 +1471,8 @@ main (int argc, char **argv)
               test_fault_503_burst, fixture_teardown);
   g_test_add ("/sync-manager/fault/503-long", Fixture, FIXTURE_PROXY, fixture_setup,
               test_fault_503_long, fixture_teardown);
-  g_test_add ("/sync-manager/fault/slow", Fixture, FIXTURE_PROXY, fixture_setup,
-              test_fault_slow, fixture_teardown);
+  g_test_add ("/sync-manager/fault/slow", Fixture, FIXTURE_PROXY, fixture_setup, test_fault_slow,
+              fixture_teardown);
   g_test_add ("/sync-manager/fault/truncate", Fixture, FIXTURE_PROXY, fixture_setup,
               test_fault_truncate, fixture_teardown);
   g_test_add ("/sync-manager/fault/duplicate-changes", Fixture, FIXTURE_PROXY, fixture_setup,
