@@ -1440,6 +1440,163 @@ test_ensure_through_proxy (Fixture *f, gconstpointer data)
                    HB_SESSION_SYNC_STATUS_SYNCED);
 }
 
+/* ---- conflicts ------------------------------------------------------------------------- */
+
+typedef struct
+{
+  guint count;
+  char *id;
+  char *winner;
+  char *kept;
+  guint n_conflicts;
+} ConflictSeen;
+
+static void
+on_conflict (HbSyncManager *manager,
+             const char *id,
+             const char *winner,
+             const char *const *conflicts,
+             const char *kept,
+             gpointer data)
+{
+  ConflictSeen *seen = data;
+
+  seen->count++;
+  g_free (seen->id);
+  g_free (seen->winner);
+  g_free (seen->kept);
+  seen->id = g_strdup (id);
+  seen->winner = g_strdup (winner);
+  seen->kept = g_strdup (kept);
+  seen->n_conflicts = g_strv_length ((char **)conflicts);
+}
+
+static ConflictSeen *conflict_seen;
+
+static gboolean
+conflict_reported (Fixture *f)
+{
+  return conflict_seen->count > 0;
+}
+
+/* A document edited here, and on the server a sibling branch from the same parent: after the
+ * pull the manager reports the conflict; with LATEST_UPDATED_AT the later edit stays. */
+static void
+run_conflict (Fixture *f,
+              HbConflictStrategy strategy,
+              ConflictSeen *seen,
+              char **out_server_rev,
+              char **out_local_rev)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) doc = NULL;
+  g_autoptr (JsonNode) answer = NULL;
+  g_autofree char *first = NULL;
+  g_autofree char *local = NULL;
+  g_autofree char *url = g_strdup_printf ("%s/_bulk_docs", f->db_url);
+  g_autofree char *body = NULL;
+
+  g_autoptr (JsonNode) original
+      = hb_test_json ("{\"_id\":\"note:c\",\"type\":\"note\",\"updated_at\":\"2024-01-01\"}");
+
+  first = hb_store_put_sync (f->store, original, NULL, &error);
+  g_assert_no_error (error);
+  doc = hb_test_json ("{\"_id\":\"note:c\",\"type\":\"note\",\"updated_at\":\"2024-01-02\"}");
+  json_object_set_string_member (json_node_get_object (doc), "_rev", first);
+  local = hb_store_put_sync (f->store, doc, NULL, &error);
+  g_assert_no_error (error);
+  /* The server's branch: 2-<hash> on top of the same first revision, edited later. */
+  body = g_strdup_printf (
+      "{\"new_edits\":false,\"docs\":[{\"_id\":\"note:c\",\"_rev\":\"2-%s\",\"type\":\"note\","
+      "\"updated_at\":\"2024-01-03\",\"_revisions\":{\"start\":2,\"ids\":[\"%s\",\"%s\"]}}]}",
+      "ffffffffffffffffffffffffffffffff", "ffffffffffffffffffffffffffffffff",
+      strchr (first, '-') + 1);
+  answer = http_json ("POST", url, body, NULL);
+
+  conflict_seen = seen;
+  g_signal_connect (f->manager, "conflict", G_CALLBACK (on_conflict), seen);
+  hb_sync_manager_set_conflict_strategy (f->manager, strategy);
+  hb_sync_manager_start (f->manager);
+  wait_until (conflict_reported, f, 30000);
+  *out_server_rev = g_strdup ("2-ffffffffffffffffffffffffffffffff");
+  *out_local_rev = g_steal_pointer (&local);
+}
+
+static void
+conflict_seen_clear (ConflictSeen *seen)
+{
+  g_free (seen->id);
+  g_free (seen->winner);
+  g_free (seen->kept);
+}
+
+static void
+test_conflict_latest_wins (Fixture *f, gconstpointer data)
+{
+  ConflictSeen seen = { 0 };
+  g_autofree char *server_rev = NULL;
+  g_autofree char *local_rev = NULL;
+  g_autoptr (JsonNode) doc = NULL;
+
+  run_conflict (f, HB_CONFLICT_STRATEGY_LATEST_UPDATED_AT, &seen, &server_rev, &local_rev);
+  g_assert_cmpstr (seen.id, ==, "note:c");
+  g_assert_cmpuint (seen.n_conflicts, ==, 1);
+  g_assert_cmpstr (seen.kept, ==, server_rev);
+  doc = hb_store_get_sync (f->store, "note:c", NULL, HB_GET_FLAGS_CONFLICTS, NULL, NULL);
+  g_assert_nonnull (doc);
+  g_assert_cmpstr (json_object_get_string_member (json_node_get_object (doc), "updated_at"), ==,
+                   "2024-01-03");
+  g_assert_false (json_object_has_member (json_node_get_object (doc), "_conflicts"));
+  conflict_seen_clear (&seen);
+}
+
+typedef struct
+{
+  gboolean done;
+  guint deleted;
+  GError *error;
+} ResolveWait;
+
+static void
+on_resolved (GObject *source, GAsyncResult *result, gpointer data)
+{
+  ResolveWait *w = data;
+
+  w->deleted
+      = hb_sync_manager_resolve_conflict_finish (HB_SYNC_MANAGER (source), result, &w->error);
+  w->done = TRUE;
+}
+
+static void
+test_conflict_keep_winner_then_resolve (Fixture *f, gconstpointer data)
+{
+  ConflictSeen seen = { 0 };
+  g_autofree char *server_rev = NULL;
+  g_autofree char *local_rev = NULL;
+  g_autoptr (JsonNode) doc = NULL;
+  g_autoptr (JsonNode) after = NULL;
+  ResolveWait w = { 0 };
+
+  run_conflict (f, HB_CONFLICT_STRATEGY_KEEP_WINNER, &seen, &server_rev, &local_rev);
+  g_assert_null (seen.kept);
+  g_assert_cmpuint (seen.n_conflicts, ==, 1);
+  doc = hb_store_get_sync (f->store, "note:c", NULL, HB_GET_FLAGS_CONFLICTS, NULL, NULL);
+  g_assert_true (json_object_has_member (json_node_get_object (doc), "_conflicts"));
+  /* The protocol's winner: the higher revision id of the two 2- leaves. */
+  g_assert_cmpstr (seen.winner, ==,
+                   json_object_get_string_member (json_node_get_object (doc), "_rev"));
+
+  hb_sync_manager_resolve_conflict_async (f->manager, "note:c", local_rev, NULL, on_resolved, &w);
+  hb_test_wait_for (&w.done);
+  g_assert_no_error (w.error);
+  g_assert_cmpuint (w.deleted, ==, 1);
+  after = hb_store_get_sync (f->store, "note:c", NULL, HB_GET_FLAGS_CONFLICTS, NULL, NULL);
+  g_assert_cmpstr (json_object_get_string_member (json_node_get_object (after), "_rev"), ==,
+                   local_rev);
+  g_assert_false (json_object_has_member (json_node_get_object (after), "_conflicts"));
+  conflict_seen_clear (&seen);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1451,6 +1608,10 @@ main (int argc, char **argv)
 
   g_test_add ("/sync-manager/continuous", Fixture, NULL, fixture_setup, test_continuous,
               fixture_teardown);
+  g_test_add ("/sync-manager/conflict/latest-wins", Fixture, NULL, fixture_setup,
+              test_conflict_latest_wins, fixture_teardown);
+  g_test_add ("/sync-manager/conflict/keep-winner-then-resolve", Fixture, NULL, fixture_setup,
+              test_conflict_keep_winner_then_resolve, fixture_teardown);
   g_test_add ("/sync-manager/offline-is-not-error", Fixture, NULL, fixture_setup,
               test_offline_is_not_error, fixture_teardown);
   g_test_add ("/sync-manager/insecure-http-refused", Fixture, NULL, fixture_setup,
