@@ -1597,6 +1597,183 @@ test_conflict_keep_winner_then_resolve (Fixture *f, gconstpointer data)
   conflict_seen_clear (&seen);
 }
 
+/* ---- the network monitor --------------------------------------------------------------- */
+
+/* GIO has no fake network monitor: this one is registered above the system's, so the manager's
+ * g_network_monitor_get_default() is it, and the test decides when the network comes and goes. */
+typedef struct
+{
+  GObject parent_instance;
+  gboolean available;
+} HbTestMonitor;
+
+typedef struct
+{
+  GObjectClass parent_class;
+} HbTestMonitorClass;
+
+GType hb_test_monitor_get_type (void);
+static void hb_test_monitor_network_iface_init (GNetworkMonitorInterface *iface);
+static void hb_test_monitor_initable_iface_init (GInitableIface *iface);
+
+G_DEFINE_TYPE_WITH_CODE (HbTestMonitor,
+                         hb_test_monitor,
+                         G_TYPE_OBJECT,
+                         G_IMPLEMENT_INTERFACE (G_TYPE_INITABLE,
+                                                hb_test_monitor_initable_iface_init)
+                             G_IMPLEMENT_INTERFACE (G_TYPE_NETWORK_MONITOR,
+                                                    hb_test_monitor_network_iface_init))
+
+enum
+{
+  MONITOR_PROP_0,
+  MONITOR_PROP_AVAILABLE,
+  MONITOR_PROP_METERED,
+  MONITOR_PROP_CONNECTIVITY,
+};
+
+static void
+hb_test_monitor_get_property (GObject *object, guint prop_id, GValue *value, GParamSpec *pspec)
+{
+  HbTestMonitor *self = (HbTestMonitor *)object;
+
+  switch (prop_id)
+    {
+      case MONITOR_PROP_AVAILABLE:
+        g_value_set_boolean (value, self->available);
+        break;
+      case MONITOR_PROP_METERED:
+        g_value_set_boolean (value, FALSE);
+        break;
+      case MONITOR_PROP_CONNECTIVITY:
+        g_value_set_enum (value, self->available ? G_NETWORK_CONNECTIVITY_FULL
+                                                 : G_NETWORK_CONNECTIVITY_LOCAL);
+        break;
+      default:
+        G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+    }
+}
+
+static gboolean
+hb_test_monitor_can_reach (GNetworkMonitor *monitor,
+                           GSocketConnectable *connectable,
+                           GCancellable *cancellable,
+                           GError **error)
+{
+  if (((HbTestMonitor *)monitor)->available)
+    return TRUE;
+  g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_NETWORK_UNREACHABLE, "No network (test)");
+  return FALSE;
+}
+
+static void
+hb_test_monitor_network_iface_init (GNetworkMonitorInterface *iface)
+{
+  iface->can_reach = hb_test_monitor_can_reach;
+}
+
+static gboolean
+hb_test_monitor_initable_init (GInitable *initable, GCancellable *cancellable, GError **error)
+{
+  return TRUE;
+}
+
+static void
+hb_test_monitor_initable_iface_init (GInitableIface *iface)
+{
+  iface->init = hb_test_monitor_initable_init;
+}
+
+static void
+hb_test_monitor_class_init (HbTestMonitorClass *klass)
+{
+  GObjectClass *object_class = G_OBJECT_CLASS (klass);
+
+  object_class->get_property = hb_test_monitor_get_property;
+  g_object_class_override_property (object_class, MONITOR_PROP_AVAILABLE, "network-available");
+  g_object_class_override_property (object_class, MONITOR_PROP_METERED, "network-metered");
+  g_object_class_override_property (object_class, MONITOR_PROP_CONNECTIVITY, "connectivity");
+}
+
+static void
+hb_test_monitor_init (HbTestMonitor *self)
+{
+  self->available = TRUE;
+}
+
+static void
+set_network (gboolean available)
+{
+  HbTestMonitor *monitor = (HbTestMonitor *)g_network_monitor_get_default ();
+
+  g_assert_true (G_TYPE_CHECK_INSTANCE_TYPE (monitor, hb_test_monitor_get_type ()));
+  monitor->available = available;
+  g_object_notify (G_OBJECT (monitor), "network-available");
+  g_signal_emit_by_name (monitor, "network-changed", available);
+}
+
+static gboolean
+is_offline_now (Fixture *f)
+{
+  return hb_sync_manager_get_status (f->manager) == HB_SYNC_STATUS_OFFLINE;
+}
+
+static gboolean
+net_doc_arrived (Fixture *f)
+{
+  g_autofree char *url = g_strdup_printf ("%s/note:net", f->db_url);
+  guint status = 0;
+  g_autoptr (JsonNode) doc = http_json ("GET", url, NULL, &status);
+
+  return status == 200 && hb_sync_manager_get_status (f->manager) == HB_SYNC_STATUS_UP_TO_DATE;
+}
+
+/* The network going away is OFFLINE at once, not an error; its return retries at once instead of
+ * at the end of the backoff. */
+static void
+test_network_monitor (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbSyncConfig) config = hb_sync_config_new (f->sync_url);
+  g_autoptr (HbSyncManager) manager = NULL;
+  HbSyncManager *saved = f->manager;
+  gint64 start;
+
+  hb_sync_config_set_retry (config, 30000, 60000);
+  hb_sync_config_set_heartbeat_ms (config, 1000);
+  hb_sync_config_set_push_debounce_ms (config, 50);
+  manager = hb_sync_manager_new (f->store, config, &error);
+  g_assert_no_error (error);
+  f->manager = manager;
+  set_network (TRUE);
+  hb_sync_manager_start (manager);
+  wait_until (is_up_to_date, f, 20000);
+
+  set_network (FALSE);
+  g_assert_cmpint (hb_sync_manager_get_status (manager), ==, HB_SYNC_STATUS_OFFLINE);
+
+  /* The server is out of reach too: the next push fails and waits 15 to 30 s to retry. */
+  PROXY_DO (f->proxy,
+            "{\"cmd\": \"fault\", \"fault\": {\"action\": \"drop\", \"forward\": false}}");
+  put_doc (f->store, "note:net", NULL);
+  start = g_get_monotonic_time ();
+  while (g_get_monotonic_time () - start < 2 * G_USEC_PER_SEC)
+    g_main_context_iteration (NULL, FALSE);
+  wait_until (is_offline_now, f, 5000);
+
+  PROXY_DO (f->proxy, "{\"cmd\": \"reset\"}");
+  start = g_get_monotonic_time ();
+  set_network (TRUE);
+  wait_until (net_doc_arrived, f, 10000);
+  g_assert_cmpint (g_get_monotonic_time () - start, <, 10 * G_USEC_PER_SEC);
+
+  hb_sync_manager_stop (manager);
+  start = g_get_monotonic_time ();
+  while (G_OBJECT (manager)->ref_count > 1 && g_get_monotonic_time () - start < 10 * G_USEC_PER_SEC)
+    g_main_context_iteration (NULL, FALSE);
+  f->manager = saved;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1604,10 +1781,16 @@ main (int argc, char **argv)
 
   g_setenv ("GSETTINGS_BACKEND", "memory", TRUE);
   g_test_init (&argc, &argv, NULL);
+  /* Registered here first: GIO registers its extension points only on first use. */
+  g_io_extension_point_register (G_NETWORK_MONITOR_EXTENSION_POINT_NAME);
+  g_io_extension_point_implement (G_NETWORK_MONITOR_EXTENSION_POINT_NAME,
+                                  hb_test_monitor_get_type (), "hb-test", 1000);
   http = soup_session_new ();
 
   g_test_add ("/sync-manager/continuous", Fixture, NULL, fixture_setup, test_continuous,
               fixture_teardown);
+  g_test_add ("/sync-manager/network-monitor", Fixture, FIXTURE_PROXY, fixture_setup,
+              test_network_monitor, fixture_teardown);
   g_test_add ("/sync-manager/conflict/latest-wins", Fixture, NULL, fixture_setup,
               test_conflict_latest_wins, fixture_teardown);
   g_test_add ("/sync-manager/conflict/keep-winner-then-resolve", Fixture, NULL, fixture_setup,
