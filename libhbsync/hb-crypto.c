@@ -205,6 +205,142 @@ hb_open_free (guint8 *plain, gsize len)
   g_free (plain);
 }
 
+struct _HbAead
+{
+  gnutls_aead_cipher_hd_t hd;
+};
+
+HbAead *
+hb_aead_new (const guint8 key[HB_KEY_LEN], GError **error)
+{
+  HbAead *aead = g_new0 (HbAead, 1);
+
+  if (!aead_init (&aead->hd, key, error))
+    {
+      g_free (aead);
+      return NULL;
+    }
+  return aead;
+}
+
+void
+hb_aead_free (HbAead *aead)
+{
+  if (aead == NULL)
+    return;
+  /* GnuTLS zeroes the cipher context, key schedule included, when it releases it. */
+  gnutls_aead_cipher_deinit (aead->hd);
+  g_free (aead);
+}
+
+GBytes *
+hb_aead_seal (HbAead *aead,
+              const guint8 *plain,
+              gsize plain_len,
+              const guint8 *ad,
+              gsize ad_len,
+              GError **error)
+{
+  gsize out_len = plain_len + HB_SEAL_OVERHEAD;
+  g_autofree guint8 *out = g_malloc (out_len);
+  gsize ct_len = plain_len + HB_TAG_LEN;
+  int rc;
+
+  if (!hb_random_bytes (out, HB_NONCE_LEN, error))
+    return NULL;
+  rc = gnutls_aead_cipher_encrypt (aead->hd, out, HB_NONCE_LEN, ad, ad_len, HB_TAG_LEN, plain,
+                                   plain_len, out + HB_NONCE_LEN, &ct_len);
+  if (rc < 0 || ct_len != plain_len + HB_TAG_LEN)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "AES-GCM encryption failed: %s",
+                   gnutls_strerror (rc));
+      return NULL;
+    }
+  return g_bytes_new_take (g_steal_pointer (&out), out_len);
+}
+
+gboolean
+hb_aead_open_into (HbAead *aead,
+                   const guint8 *sealed,
+                   gsize sealed_len,
+                   const guint8 *ad,
+                   gsize ad_len,
+                   guint8 *out,
+                   gsize out_size,
+                   gsize *out_len)
+{
+  gsize plain_len = out_size;
+  int rc;
+
+  *out_len = 0;
+  if (sealed_len < HB_SEAL_OVERHEAD || sealed_len - HB_SEAL_OVERHEAD > out_size)
+    return FALSE;
+  rc = gnutls_aead_cipher_decrypt (aead->hd, sealed, HB_NONCE_LEN, ad, ad_len, HB_TAG_LEN,
+                                   sealed + HB_NONCE_LEN, sealed_len - HB_NONCE_LEN, out,
+                                   &plain_len);
+  if (rc < 0)
+    {
+      hb_wipe (out, MIN (out_size, sealed_len - HB_SEAL_OVERHEAD));
+      return FALSE;
+    }
+  *out_len = plain_len;
+  return TRUE;
+}
+
+struct _HbMac
+{
+  gnutls_hmac_hd_t hd;
+};
+
+HbMac *
+hb_mac_new (const guint8 *key, gsize key_len, GError **error)
+{
+  HbMac *mac = g_new0 (HbMac, 1);
+  int rc = gnutls_hmac_init (&mac->hd, GNUTLS_MAC_SHA256, key, key_len);
+
+  if (rc < 0)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "HMAC setup failed: %s",
+                   gnutls_strerror (rc));
+      g_free (mac);
+      return NULL;
+    }
+  return mac;
+}
+
+void
+hb_mac_free (HbMac *mac)
+{
+  guint8 discard[HB_MAC_LEN];
+
+  if (mac == NULL)
+    return;
+  gnutls_hmac_deinit (mac->hd, discard);
+  hb_wipe (discard, sizeof discard);
+  g_free (mac);
+}
+
+void
+hb_mac_add (HbMac *mac, const guint8 *data, gsize data_len)
+{
+  if (gnutls_hmac (mac->hd, data, data_len) < 0)
+    g_error ("HMAC-SHA256 failed");
+}
+
+/* gnutls_hmac_output leaves the handle keyed and empty, ready for the next message. */
+void
+hb_mac_finish (HbMac *mac, guint8 out[HB_MAC_LEN])
+{
+  gnutls_hmac_output (mac->hd, out);
+}
+
+void
+hb_mac_compute (HbMac *mac, const guint8 *data, gsize data_len, guint8 out[HB_MAC_LEN])
+{
+  hb_mac_add (mac, data, data_len);
+  hb_mac_finish (mac, out);
+}
+
 void
 hb_hmac_sha256 (
     const guint8 *key, gsize key_len, const guint8 *data, gsize data_len, guint8 out[HB_MAC_LEN])
@@ -218,6 +354,19 @@ hb_sha256 (const guint8 *data, gsize len, guint8 out[32])
 {
   if (gnutls_hash_fast (GNUTLS_DIG_SHA256, data, len, out) < 0)
     g_error ("SHA-256 failed");
+}
+
+void
+hb_sha256_pieces (const guint8 *const *data, const gsize *len, guint n, guint8 out[32])
+{
+  gnutls_hash_hd_t hd;
+
+  if (gnutls_hash_init (&hd, GNUTLS_DIG_SHA256) < 0)
+    g_error ("SHA-256 failed");
+  for (guint i = 0; i < n; i++)
+    if (len[i] > 0 && gnutls_hash (hd, data[i], len[i]) < 0)
+      g_error ("SHA-256 failed");
+  gnutls_hash_deinit (hd, out);
 }
 
 gboolean

@@ -21,7 +21,7 @@
 #include "hb-enums.h"
 #include "hb-json-private.h"
 #include "hb-revtree-private.h"
-#include "hb-store.h"
+#include "hb-store-private.h"
 #include "hb-vault-private.h"
 
 #define SCHEMA_VERSION 1
@@ -42,10 +42,17 @@ enum
   N_KEYS
 };
 
+/* A connection is used by one thread at a time, so it also holds the crypto handles made from
+ * the store's keys (a key schedule per handle, made once instead of once per record). They are
+ * freed, which wipes them, when the vault locks; key_gen tells which keys they came from. */
 typedef struct
 {
   sqlite3 *db;
   GHashTable *stmts; /* SQL text (static) → sqlite3_stmt */
+  guint key_gen;     /* 0: no handles */
+  HbAead *seal;
+  HbMac *id_mac;
+  HbMac *index_mac;
 } HbConn;
 
 struct _HbStore
@@ -62,6 +69,7 @@ struct _HbStore
   guint8 *keys; /* N_KEYS × HB_KEY_LEN in secure memory, NULL while the vault is locked */
   gint wiping;
   guint key_id;
+  guint key_gen; /* changes whenever the keys do; connections' handles follow it */
 
   GMutex write_lock;
   HbConn *writer;
@@ -119,10 +127,20 @@ conn_exec (HbConn *c, const char *sql, GError **error)
 }
 
 static void
+conn_clear_crypto (HbConn *c)
+{
+  g_clear_pointer (&c->seal, hb_aead_free);
+  g_clear_pointer (&c->id_mac, hb_mac_free);
+  g_clear_pointer (&c->index_mac, hb_mac_free);
+  c->key_gen = 0;
+}
+
+static void
 conn_free (HbConn *c)
 {
   if (c == NULL)
     return;
+  conn_clear_crypto (c);
   g_clear_pointer (&c->stmts, g_hash_table_unref);
   sqlite3_close_v2 (c->db);
   g_free (c);
@@ -193,6 +211,15 @@ stmt_done (HbConn *c, sqlite3_stmt *stmt, GError **error)
   return rc == SQLITE_DONE || rc == SQLITE_ROW || sql_error (c->db, rc, "SQLite", error);
 }
 
+/* Transaction control through kept statements: sqlite3_exec would parse them every time. */
+static gboolean
+conn_run (HbConn *c, const char *sql, GError **error)
+{
+  sqlite3_stmt *stmt = conn_stmt (c, sql, error);
+
+  return stmt != NULL && stmt_done (c, stmt, error);
+}
+
 static void
 reset_stmt (gpointer key, gpointer value, gpointer user_data)
 {
@@ -245,6 +272,14 @@ wipe_keys (HbStore *self)
   g_atomic_int_set (&self->wiping, TRUE);
   g_rw_lock_writer_lock (&self->key_lock);
   g_clear_pointer (&self->keys, hb_secure_free_keys);
+  self->key_gen++;
+  /* No operation is under way (each holds the key lock), so every connection is idle. */
+  if (self->writer != NULL)
+    conn_clear_crypto (self->writer);
+  g_mutex_lock (&self->pool_lock);
+  for (guint i = 0; self->readers != NULL && i < self->readers->len; i++)
+    conn_clear_crypto (g_ptr_array_index (self->readers, i));
+  g_mutex_unlock (&self->pool_lock);
   g_rw_lock_writer_unlock (&self->key_lock);
 }
 
@@ -265,6 +300,8 @@ derive_keys (HbStore *self, GError **error)
   self->keys = keys;
   g_atomic_int_set (&self->wiping, FALSE);
   self->key_id = _hb_vault_get_key_id (self->vault);
+  if (++self->key_gen == 0)
+    self->key_gen = 1;
   g_rw_lock_writer_unlock (&self->key_lock);
   return TRUE;
 }
@@ -296,15 +333,51 @@ keys_release (HbStore *self)
   g_rw_lock_reader_unlock (&self->key_lock);
 }
 
+guint
+_hb_store_count_key_handles (HbStore *self)
+{
+  guint n = 0;
+
+  g_rw_lock_writer_lock (&self->key_lock);
+  if (self->writer != NULL && self->writer->seal != NULL)
+    n++;
+  g_mutex_lock (&self->pool_lock);
+  for (guint i = 0; self->readers != NULL && i < self->readers->len; i++)
+    if (((HbConn *)g_ptr_array_index (self->readers, i))->seal != NULL)
+      n++;
+  g_mutex_unlock (&self->pool_lock);
+  g_rw_lock_writer_unlock (&self->key_lock);
+  return n;
+}
+
+/* With the keys acquired: makes c's handles from the current keys if they are not. */
+static gboolean
+conn_use_keys (HbStore *self, HbConn *c, GError **error)
+{
+  if (c->key_gen == self->key_gen && c->seal != NULL)
+    return TRUE;
+  conn_clear_crypto (c);
+  c->seal = hb_aead_new (key (self, KEY_SEAL), error);
+  c->id_mac = c->seal ? hb_mac_new (key (self, KEY_ID), HB_KEY_LEN, error) : NULL;
+  c->index_mac = c->id_mac ? hb_mac_new (key (self, KEY_INDEX), HB_KEY_LEN, error) : NULL;
+  if (c->index_mac == NULL)
+    {
+      conn_clear_crypto (c);
+      return FALSE;
+    }
+  c->key_gen = self->key_gen;
+  return TRUE;
+}
+
 typedef struct
 {
   guint8 b[HB_MAC_LEN];
 } DocKey;
 
 static void
-doc_key_for (HbStore *self, const char *id, DocKey *out)
+doc_key_for (HbConn *c, const char *id, DocKey *out)
 {
-  hb_hmac_sha256 (key (self, KEY_ID), HB_KEY_LEN, (const guint8 *)id, strlen (id), out->b);
+  hb_mac_compute (c->id_mac, (const guint8 *)id, strlen (id), out->b);
 }
 
 /* Associated data: what the record is, which key sealed it, which document it belongs to and
@@ -349,6 +422,7 @@ ad_clear (Ad *ad)
 
 static GBytes *
 seal (HbStore *self,
+      HbConn *c,
       char kind,
       const DocKey *dk,
       const void *extra,
@@ -361,7 +435,7 @@ seal (HbStore *self,
   GBytes *sealed;
 
   ad_init (&ad, self, kind, dk, extra, extra_len);
-  sealed = hb_seal (key (self, KEY_SEAL), data, len, ad.data, ad.len, error);
+  sealed = hb_aead_seal (c->seal, data, len, ad.data, ad.len, error);
   ad_clear (&ad);
   return sealed;
 }
@@ -374,9 +448,38 @@ corrupt_error (GError **error, const char *what)
   return FALSE;
 }
 
-/* Opens a sealed column. The plaintext is returned in *out (wiped by hb_open_free). */
+/* Opens a sealed column into buf, which has room for the plaintext (sealed_len -
+ * HB_SEAL_OVERHEAD bytes). */
+static gboolean
+unseal_into (HbStore *self,
+             HbConn *c,
+             char kind,
+             const DocKey *dk,
+             const void *extra,
+             gsize extra_len,
+             const void *sealed,
+             gsize sealed_len,
+             guint8 *buf,
+             gsize *out_len,
+             const char *what,
+             GError **error)
+{
+  Ad ad;
+  gboolean ok;
+
+  if (sealed_len < HB_SEAL_OVERHEAD)
+    return corrupt_error (error, what);
+  ad_init (&ad, self, kind, dk, extra, extra_len);
+  ok = hb_aead_open_into (c->seal, sealed, sealed_len, ad.data, ad.len, buf,
+                          sealed_len - HB_SEAL_OVERHEAD, out_len);
+  ad_clear (&ad);
+  return ok || corrupt_error (error, what);
+}
+
+/* The same into a new buffer, returned in *out (NUL-terminated; wiped by hb_open_free). */
 static gboolean
 unseal (HbStore *self,
+        HbConn *c,
         char kind,
         const DocKey *dk,
         const void *extra,
@@ -388,36 +491,32 @@ unseal (HbStore *self,
         const char *what,
         GError **error)
 {
-  Ad ad;
-  GError *local = NULL;
-  gboolean ok;
+  gsize size = sealed_len >= HB_SEAL_OVERHEAD ? sealed_len - HB_SEAL_OVERHEAD : 0;
+  guint8 *plain = g_malloc (size + 1);
 
-  ad_init (&ad, self, kind, dk, extra, extra_len);
-  ok = hb_open (key (self, KEY_SEAL), sealed, sealed_len, ad.data, ad.len, out, out_len, &local);
-  ad_clear (&ad);
-  if (ok)
-    return TRUE;
-  if (local != NULL)
+  *out = NULL;
+  *out_len = 0;
+  if (!unseal_into (self, c, kind, dk, extra, extra_len, sealed, sealed_len, plain, out_len, what,
+                    error))
     {
-      g_propagate_error (error, local);
+      g_free (plain);
       return FALSE;
     }
-  return corrupt_error (error, what);
+  plain[*out_len] = '\0';
+  *out = plain;
+  return TRUE;
 }
 
+/* HMAC(index-key, field || value), truncated. */
 static void
-index_mac (HbStore *self, guint field, const char *value, guint8 out[INDEX_MAC_LEN])
+index_mac (HbConn *c, guint field, const char *value, guint8 out[INDEX_MAC_LEN])
 {
-  gsize len = strlen (value);
-  guint8 inline_msg[128];
-  guint8 *msg = len < sizeof inline_msg ? inline_msg : g_malloc (len + 1);
+  guint8 field_byte = (guint8)field;
   guint8 full[HB_MAC_LEN];
 
-  msg[0] = (guint8)field;
-  memcpy (msg + 1, value, len);
-  hb_hmac_sha256 (key (self, KEY_INDEX), HB_KEY_LEN, msg, len + 1, full);
-  if (msg != inline_msg)
-    g_free (msg);
+  hb_mac_add (c->index_mac, &field_byte, 1);
+  hb_mac_add (c->index_mac, (const guint8 *)value, strlen (value));
+  hb_mac_finish (c->index_mac, full);
   memcpy (out, full, INDEX_MAC_LEN);
 }
 
@@ -443,6 +542,9 @@ typedef struct
   gboolean has_mac[G_N_ELEMENTS (index_fields)];
   guint64 seq;
   GBytes *inline_body; /* the sealed body in the document's row, or NULL */
+  /* Readers borrow the row's body from the statement instead of copying it into inline_body:
+   * the statement stays on the row until the state is cleared. */
+  sqlite3_stmt *row_stmt;
   GBytes *winner_body; /* read by prepare_update: the winner's body, to move into the row */
 } DocState;
 
@@ -453,6 +555,8 @@ doc_state_clear (DocState *st)
   g_clear_pointer (&st->tree, hb_rev_tree_free);
   g_clear_pointer (&st->inline_body, g_bytes_unref);
   g_clear_pointer (&st->winner_body, g_bytes_unref);
+  if (st->row_stmt != NULL)
+    sqlite3_reset (g_steal_pointer (&st->row_stmt));
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (DocState, doc_state_clear)
@@ -483,13 +587,16 @@ meta_ad (const DocState *st, guint8 out[META_AD_LEN])
 /* The same for readers that never touch a body (the changes feed): no copy of it is made. */
 #define DOC_COLUMNS_NO_BODY "seq, doc_key, meta, type_mac, session_mac, patient_mac, NULL"
 
-/* Fills st from a row selected with DOC_COLUMNS at column 0. */
+/* Fills st from a row selected with DOC_COLUMNS at column 0 (the body is copied; see
+ * load_doc for borrowing it). */
 static gboolean
-doc_from_row (HbStore *self, sqlite3_stmt *stmt, DocState *st, GError **error)
+doc_from_row (HbStore *self, HbConn *c, sqlite3_stmt *stmt, DocState *st, GError **error)
 {
   guint8 extra[META_AD_LEN];
-  guint8 *plain = NULL;
-  gsize plain_len = 0;
+  guint8 small[1024];
+  guint8 *plain = small;
+  gsize sealed_len, plain_len = 0;
+  gboolean ok;
 
   st->seq = (guint64)sqlite3_column_int64 (stmt, 0);
   if (sqlite3_column_bytes (stmt, 1) != HB_MAC_LEN)
@@ -504,22 +611,33 @@ doc_from_row (HbStore *self, sqlite3_stmt *stmt, DocState *st, GError **error)
         return corrupt_error (error, "document record (bad index column)");
       memcpy (st->macs[f], sqlite3_column_blob (stmt, 3 + f), INDEX_MAC_LEN);
     }
-  if (sqlite3_column_type (stmt, 6) != SQLITE_NULL)
+  if (st->row_stmt == NULL && sqlite3_column_type (stmt, 6) != SQLITE_NULL)
     st->inline_body = g_bytes_new (sqlite3_column_blob (stmt, 6), sqlite3_column_bytes (stmt, 6));
   meta_ad (st, extra);
-  if (!unseal (self, 'M', &st->dk, extra, sizeof extra, sqlite3_column_blob (stmt, 2),
-               sqlite3_column_bytes (stmt, 2), &plain, &plain_len, "document record", error))
+  /* Most records (an id and a few revisions) open on the stack. */
+  sealed_len = (gsize)sqlite3_column_bytes (stmt, 2);
+  if (sealed_len > HB_SEAL_OVERHEAD + sizeof small)
+    plain = g_malloc (sealed_len - HB_SEAL_OVERHEAD);
+  ok = unseal_into (self, c, 'M', &st->dk, extra, sizeof extra, sqlite3_column_blob (stmt, 2),
+                    sealed_len, plain, &plain_len, "document record", error);
+  if (ok)
+    st->tree = hb_rev_tree_deserialize (plain, plain_len, &st->id);
+  hb_wipe (plain, plain_len);
+  if (plain != small)
+    g_free (plain);
+  if (!ok)
     return FALSE;
-  st->tree = hb_rev_tree_deserialize (plain, plain_len, &st->id);
-  hb_open_free (plain, plain_len);
   if (st->tree == NULL)
     return corrupt_error (error, "document record");
   st->exists = TRUE;
   return TRUE;
 }
 
+/* Loads st->dk's row, if any. With borrow (reads), the row's sealed body is not copied: the
+ * statement is left on the row in st->row_stmt, and no other load may run until st is
+ * cleared. */
 static gboolean
-load_doc (HbStore *self, HbConn *c, DocState *st, GError **error)
+load_doc_full (HbStore *self, HbConn *c, DocState *st, gboolean borrow, GError **error)
 {
   sqlite3_stmt *stmt = conn_stmt (c, "SELECT " DOC_COLUMNS " FROM docs WHERE doc_key = ?", error);
   int rc;
@@ -530,13 +648,40 @@ load_doc (HbStore *self, HbConn *c, DocState *st, GError **error)
   sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
-    ok = doc_from_row (self, stmt, st, error);
+    {
+      if (borrow)
+        st->row_stmt = stmt;
+      ok = doc_from_row (self, c, stmt, st, error);
+      if (borrow)
+        return ok;
+    }
   else if (rc != SQLITE_DONE)
     ok = sql_error (c->db, rc, "Reading a document", error);
   else
     st->tree = hb_rev_tree_new ();
   sqlite3_reset (stmt);
   return ok;
+}
+
+static gboolean
+load_doc (HbStore *self, HbConn *c, DocState *st, GError **error)
+{
+  return load_doc_full (self, c, st, FALSE, error);
+}
+
+/* The sealed body kept in the document's row, copied or borrowed. */
+static const guint8 *
+row_body (DocState *st, gsize *len)
+{
+  if (st->inline_body != NULL)
+    return g_bytes_get_data (st->inline_body, len);
+  if (st->row_stmt != NULL && sqlite3_column_type (st->row_stmt, 6) != SQLITE_NULL)
+    {
+      *len = (gsize)sqlite3_column_bytes (st->row_stmt, 6);
+      return sqlite3_column_blob (st->row_stmt, 6);
+    }
+  *len = 0;
+  return NULL;
 }
 
 static JsonObject *
@@ -581,16 +726,25 @@ rev_string_tmp (HbRevTree *tree, gint index)
   return rev->str;
 }
 
-/* The sealed body of one revision, as canonical JSON text. Free with hb_open_free(). */
-static guint8 *
-load_body_text (HbStore *self, HbConn *c, DocState *st, gint index, gsize *out_len, GError **error)
+/* Where the sealed body of one revision is: in the document's row, or in a row of the bodies
+ * table, whose statement is then left in *stmt_out for the caller to reset once done with the
+ * bytes. */
+static const guint8 *
+find_sealed_body (HbConn *c,
+                  DocState *st,
+                  gint index,
+                  const char *rev,
+                  gsize *len,
+                  sqlite3_stmt **stmt_out,
+                  GError **error)
 {
   HbRevNode *node = hb_rev_tree_node (st->tree, index);
-  const char *rev = rev_string_tmp (st->tree, index);
+  const guint8 *sealed = NULL;
   sqlite3_stmt *stmt;
-  guint8 *plain = NULL;
   int rc;
 
+  *stmt_out = NULL;
+  *len = 0;
   if (node->body == BODY_NONE)
     {
       g_set_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND,
@@ -599,14 +753,10 @@ load_body_text (HbStore *self, HbConn *c, DocState *st, gint index, gsize *out_l
     }
   if (node->body == BODY_INLINE)
     {
-      if (st->inline_body == NULL)
-        {
-          corrupt_error (error, "document body (missing)");
-          return NULL;
-        }
-      unseal (self, 'B', &st->dk, rev, strlen (rev), g_bytes_get_data (st->inline_body, NULL),
-              g_bytes_get_size (st->inline_body), &plain, out_len, "document body", error);
-      return plain;
+      sealed = row_body (st, len);
+      if (sealed == NULL)
+        corrupt_error (error, "document body (missing)");
+      return sealed;
     }
   stmt = conn_stmt (c, "SELECT body FROM bodies WHERE id = ?", error);
   if (stmt == NULL)
@@ -615,14 +765,34 @@ load_body_text (HbStore *self, HbConn *c, DocState *st, gint index, gsize *out_l
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
     {
-      unseal (self, 'B', &st->dk, rev, strlen (rev), sqlite3_column_blob (stmt, 0),
-              sqlite3_column_bytes (stmt, 0), &plain, out_len, "document body", error);
+      *len = (gsize)sqlite3_column_bytes (stmt, 0);
+      sealed = sqlite3_column_blob (stmt, 0);
+      *stmt_out = stmt;
+      return sealed;
     }
-  else if (rc == SQLITE_DONE)
+  if (rc == SQLITE_DONE)
     corrupt_error (error, "document body (missing row)");
   else
     sql_error (c->db, rc, "Reading a document body", error);
   sqlite3_reset (stmt);
+  return NULL;
+}
+
+/* The sealed body of one revision, as canonical JSON text. Free with hb_open_free(). */
+static guint8 *
+load_body_text (HbStore *self, HbConn *c, DocState *st, gint index, gsize *out_len, GError **error)
+{
+  const char *rev = rev_string_tmp (st->tree, index);
+  sqlite3_stmt *stmt = NULL;
+  guint8 *plain = NULL;
+  gsize len;
+  const guint8 *sealed = find_sealed_body (c, st, index, rev, &len, &stmt, error);
+
+  if (sealed != NULL)
+    unseal (self, c, 'B', &st->dk, rev, strlen (rev), sealed, len, &plain, out_len, "document body",
+            error);
+  if (stmt != NULL)
+    sqlite3_reset (stmt);
   return plain;
 }
 
@@ -876,27 +1046,34 @@ typedef struct
 static char *
 new_rev_hash (const char *parent_rev, gboolean deleted, const GString *canonical)
 {
-  g_autoptr (GByteArray) msg = g_byte_array_sized_new (canonical->len + 64);
+  static const char hex_digits[] = "0123456789abcdef";
+  guint8 flag = deleted ? 1 : 0;
+  const guint8 *pieces[] = { (const guint8 *)(parent_rev ? parent_rev : ""), (const guint8 *)"",
+                             &flag, (const guint8 *)canonical->str };
+  const gsize lens[] = { parent_rev ? strlen (parent_rev) : 0, 1, 1, canonical->len };
   guint8 digest[32];
   char *hex = g_malloc (33);
-  guint8 flag = deleted ? 1 : 0;
 
-  g_byte_array_append (msg, (const guint8 *)(parent_rev ? parent_rev : ""),
-                       parent_rev ? strlen (parent_rev) : 0);
-  g_byte_array_append (msg, (const guint8 *)"\0", 1);
-  g_byte_array_append (msg, &flag, 1);
-  g_byte_array_append (msg, (const guint8 *)canonical->str, canonical->len);
-  hb_sha256 (msg->data, msg->len, digest);
-  hb_wipe (msg->data, msg->len);
+  /* parent || NUL || deletion flag || canonical body */
+  hb_sha256_pieces (pieces, lens, G_N_ELEMENTS (pieces), digest);
   for (guint i = 0; i < 16; i++)
-    g_snprintf (hex + 2 * i, 3, "%02x", digest[i]);
+    {
+      hex[2 * i] = hex_digits[digest[i] >> 4];
+      hex[2 * i + 1] = hex_digits[digest[i] & 0xf];
+    }
+  hex[32] = '\0';
   return hex;
 }
 
 static GBytes *
-seal_body (HbStore *self, DocState *st, const char *rev, const GString *canonical, GError **error)
+seal_body (HbStore *self,
+           HbConn *c,
+           DocState *st,
+           const char *rev,
+           const GString *canonical,
+           GError **error)
 {
-  return seal (self, 'B', &st->dk, rev, strlen (rev), canonical->str, canonical->len, error);
+  return seal (self, c, 'B', &st->dk, rev, strlen (rev), canonical->str, canonical->len, error);
 }
 
 /* Bodies are appended to a rowid table and found by the row the tree records, so a write
@@ -1067,7 +1244,7 @@ save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
 
   st->seq = seq;
   meta_ad (st, extra);
-  sealed = seal (self, 'M', &st->dk, extra, sizeof extra, data, len, error);
+  sealed = seal (self, c, 'M', &st->dk, extra, sizeof extra, data, len, error);
   hb_wipe ((gpointer)data, len);
   if (sealed == NULL)
     return FALSE;
@@ -1096,7 +1273,7 @@ save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
 
 /* The blind index follows the winning revision. */
 static void
-index_winner (HbStore *self, DocState *st, JsonObject *winner_body)
+index_winner (HbStore *self, HbConn *c, DocState *st, JsonObject *winner_body)
 {
   for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
     {
@@ -1104,7 +1281,7 @@ index_winner (HbStore *self, DocState *st, JsonObject *winner_body)
 
       st->has_mac[f] = v != NULL && json_node_get_value_type (v) == G_TYPE_STRING;
       if (st->has_mac[f])
-        index_mac (self, f, json_node_get_string (v), st->macs[f]);
+        index_mac (c, f, json_node_get_string (v), st->macs[f]);
     }
 }
 
@@ -1153,7 +1330,7 @@ prepare_update (HbStore *self,
       else if ((body = load_body (self, c, st, winner, error)) == NULL)
         return FALSE;
     }
-  index_winner (self, st, body);
+  index_winner (self, c, st, body);
   return TRUE;
 }
 
@@ -1250,7 +1427,7 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
   gboolean present = FALSE;
   gint index;
 
-  doc_key_for (self, in->id, &st.dk);
+  doc_key_for (c, in->id, &st.dk);
   if (!load_doc (self, c, &st, error))
     return NULL;
   if (st.exists && strcmp (st.id, in->id) != 0)
@@ -1283,7 +1460,7 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
 
   new_rev = hb_rev_tree_rev_string (st.tree, index);
   if (!(present && hb_rev_tree_node (st.tree, index)->body != BODY_NONE)
-      && (new_sealed = seal_body (self, &st, new_rev, in->canonical, error)) == NULL)
+      && (new_sealed = seal_body (self, c, &st, new_rev, in->canonical, error)) == NULL)
     return NULL;
   if (!prepare_update (self, c, &st, old_winner, new_rev, in->body, removed, error)
       || !commit_update (self, c, &st, new_rev, new_sealed, removed, batch, error))
@@ -1407,7 +1584,8 @@ run_write (HbStore *self, WriteFunc func, gpointer data, GCancellable *cancellab
   if (!keys_acquire (self, error))
     return FALSE;
   g_mutex_lock (&self->write_lock);
-  ok = self->writer != NULL && conn_exec (self->writer, "BEGIN IMMEDIATE", error);
+  ok = self->writer != NULL && conn_use_keys (self, self->writer, error)
+       && conn_run (self->writer, "BEGIN IMMEDIATE", error);
   if (ok)
     {
       /* From the file, not from memory: another HbStore (another process, the CLI) may have
@@ -1415,7 +1593,7 @@ run_write (HbStore *self, WriteFunc func, gpointer data, GCancellable *cancellab
       batch.seq = (guint64)meta_int (self->writer, "update_seq", 0);
       ok = func (self, self->writer, &batch, data, cancellable, error)
            && (!batch.changed || save_counters (self->writer, &batch, error))
-           && conn_exec (self->writer, "COMMIT", error);
+           && conn_run (self->writer, "COMMIT", error);
       if (!ok)
         (void)sqlite3_exec (self->writer->db, "ROLLBACK", NULL, NULL, NULL);
     }
@@ -1488,11 +1666,11 @@ run_read (HbStore *self, ReadFunc func, gpointer data, GCancellable *cancellable
   if (!keys_acquire (self, error))
     return FALSE;
   c = reader_acquire (self, error);
-  ok = c != NULL && conn_exec (c, "BEGIN", error);
+  ok = c != NULL && conn_use_keys (self, c, error) && conn_run (c, "BEGIN", error);
   if (ok)
     {
       ok = func (self, c, data, cancellable, error);
-      (void)sqlite3_exec (c->db, "COMMIT", NULL, NULL, NULL);
+      (void)conn_run (c, "COMMIT", NULL);
     }
   reader_release (self, c);
   keys_release (self);
@@ -1518,8 +1696,8 @@ locate_doc (HbStore *self,
             gint *index,
             GError **error)
 {
-  doc_key_for (self, id, &st->dk);
-  if (!load_doc (self, c, st, error))
+  doc_key_for (c, id, &st->dk);
+  if (!load_doc_full (self, c, st, TRUE, error))
     return FALSE;
   if (!st->exists)
     {
@@ -1647,8 +1825,9 @@ wiping_bytes_from_string (GString *string)
 }
 
 /* One revision (the winner when rev is NULL) as JSON text without parsing its body: the special
- * members (serialized from a document with an empty body) are spliced in front of the sealed
- * canonical text. */
+ * members (serialized from a document with an empty body) are written first, and the sealed
+ * canonical text is opened right after them in the same buffer, its opening brace then
+ * overwritten; the plaintext is never copied. */
 static GBytes *
 read_rev_json (
     HbStore *self, HbConn *c, const char *id, const char *rev, HbGetFlags flags, GError **error)
@@ -1657,43 +1836,74 @@ read_rev_json (
   g_autoptr (JsonObject) empty = NULL;
   g_autoptr (JsonNode) specials = NULL;
   g_autofree char *head = NULL;
+  sqlite3_stmt *body_stmt = NULL;
+  const guint8 *sealed;
+  const char *rev_text;
   GString *out;
-  guint8 *plain;
-  gsize len = 0, head_len;
+  gsize sealed_len, head_len = 0, start, len = 0;
   gint index;
+  gboolean ok;
 
   if (!locate_doc (self, c, &st, id, rev, flags, &index, error))
     return NULL;
-  plain = load_body_text (self, c, &st, index, &len, error);
-  if (plain == NULL)
-    return NULL;
-  if (len < 2 || plain[0] != '{' || plain[len - 1] != '}')
+  if ((flags & (HB_GET_FLAGS_CONFLICTS | HB_GET_FLAGS_REVISIONS)) != 0
+      || hb_rev_tree_node (st.tree, index)->deleted)
     {
-      hb_open_free (plain, len);
+      empty = json_object_new ();
+      specials = build_doc (&st, index, empty, flags);
+      head = hb_json_to_canonical (specials, &head_len);
+      /* Without its closing brace. */
+      head_len--;
+    }
+  /* After build_doc, which reuses the same buffer. */
+  rev_text = rev_string_tmp (st.tree, index);
+  sealed = find_sealed_body (c, &st, index, rev_text, &sealed_len, &body_stmt, error);
+  if (sealed == NULL)
+    return NULL;
+  if (sealed_len < HB_SEAL_OVERHEAD + 2)
+    {
+      if (body_stmt != NULL)
+        sqlite3_reset (body_stmt);
       corrupt_error (error, "document body");
       return NULL;
     }
-  out = g_string_sized_new (len + 128);
-  if ((flags & (HB_GET_FLAGS_CONFLICTS | HB_GET_FLAGS_REVISIONS)) == 0
-      && !hb_rev_tree_node (st.tree, index)->deleted)
+  /* Room for the head (escaping at most six bytes per byte of the id) and the plaintext, so the
+   * buffer holding plaintext is never reallocated and left unwiped. */
+  out = g_string_sized_new (head_len + 6 * strlen (st.id) + strlen (rev_text) + 32 + sealed_len);
+  if (head != NULL)
+    g_string_append_len (out, head, head_len);
+  else
     {
       /* The common case, written directly: {"_id":...,"_rev":"..." */
       g_string_append (out, "{\"_id\":");
       hb_json_append_string (out, st.id);
       g_string_append (out, ",\"_rev\":");
-      hb_json_append_string (out, rev_string_tmp (st.tree, index));
+      hb_json_append_string (out, rev_text);
+    }
+  start = out->len;
+  g_string_set_size (out, start + sealed_len - HB_SEAL_OVERHEAD);
+  ok = unseal_into (self, c, 'B', &st.dk, rev_text, strlen (rev_text), sealed, sealed_len,
+                    (guint8 *)out->str + start, &len, "document body", error);
+  if (body_stmt != NULL)
+    sqlite3_reset (body_stmt);
+  if (ok && (len < 2 || out->str[start] != '{' || out->str[start + len - 1] != '}'))
+    ok = corrupt_error (error, "document body");
+  if (!ok)
+    {
+      wipe_string_free (out);
+      return NULL;
+    }
+  if (len == 2)
+    {
+      /* An empty body: the head is the whole document. */
+      out->str[start] = '}';
+      g_string_truncate (out, start + 1);
     }
   else
     {
-      empty = json_object_new ();
-      specials = build_doc (&st, index, empty, flags);
-      head = hb_json_to_canonical (specials, &head_len);
-      g_string_append_len (out, head, head_len - 1);
+      out->str[start] = ',';
+      g_string_truncate (out, start + len);
     }
-  if (len > 2)
-    g_string_append_c (out, ',');
-  g_string_append_len (out, (const char *)plain + 1, len - 1);
-  hb_open_free (plain, len);
   return wiping_bytes_from_string (out);
 }
 
@@ -1794,7 +2004,7 @@ revs_diff_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellab
           json_object_unref (response);
           return invalid (error, "revs_diff: the revisions of %s must be an array", id);
         }
-      doc_key_for (self, id, &st.dk);
+      doc_key_for (c, id, &st.dk);
       if (!load_doc (self, c, &st, &doc_error))
         {
           if (is_fatal (doc_error))
@@ -1884,7 +2094,7 @@ changes_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable
 
       last = (guint64)sqlite3_column_int64 (stmt, 0);
       json_object_set_int_member (row, "seq", (gint64)last);
-      if (!doc_from_row (self, stmt, &st, &doc_error))
+      if (!doc_from_row (self, c, stmt, &st, &doc_error))
         {
           if (doc_error != NULL && is_fatal (doc_error))
             {
@@ -2002,7 +2212,7 @@ find_rows (HbStore *self,
 
       if (g_cancellable_set_error_if_cancelled (cancellable, error))
         break;
-      if (!doc_from_row (self, stmt, &st, &doc_error))
+      if (!doc_from_row (self, c, stmt, &st, &doc_error))
         {
           if (is_fatal (doc_error))
             {
@@ -2056,7 +2266,7 @@ find_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable, G
       stmt = conn_stmt (c, by_field[args->field], error);
       if (stmt == NULL)
         return FALSE;
-      index_mac (self, args->field, args->value, mac);
+      index_mac (c, args->field, args->value, mac);
       sqlite3_bind_blob (stmt, 1, mac, INDEX_MAC_LEN, SQLITE_TRANSIENT);
     }
   if (stmt == NULL || !find_rows (self, c, stmt, args, cancellable, error))
@@ -2082,7 +2292,7 @@ read_local (HbStore *self, HbConn *c, const char *full_id, DocKey *dk, GError **
 
   if (stmt == NULL)
     return NULL;
-  doc_key_for (self, full_id, dk);
+  doc_key_for (c, full_id, dk);
   sqlite3_bind_blob (stmt, 1, dk->b, HB_MAC_LEN, SQLITE_STATIC);
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
@@ -2090,7 +2300,7 @@ read_local (HbStore *self, HbConn *c, const char *full_id, DocKey *dk, GError **
       guint8 *plain = NULL;
       gsize len = 0;
 
-      if (unseal (self, 'L', dk, NULL, 0, sqlite3_column_blob (stmt, 0),
+      if (unseal (self, c, 'L', dk, NULL, 0, sqlite3_column_blob (stmt, 0),
                   sqlite3_column_bytes (stmt, 0), &plain, &len, "local document", error))
         {
           JsonObject *obj = parse_body (plain, len);
@@ -2212,7 +2422,7 @@ write_local_func (HbStore *self,
       text = hb_json_to_canonical (node, NULL);
     }
     len = strlen (text);
-    sealed = seal (self, 'L', &dk, NULL, 0, text, len, error);
+    sealed = seal (self, c, 'L', &dk, NULL, 0, text, len, error);
     hb_wipe (text, len);
     if (sealed == NULL)
       return FALSE;
@@ -2260,7 +2470,7 @@ purge_func (HbStore *self,
   g_autofree char *old_winner = NULL;
   g_autoptr (GError) load_error = NULL;
 
-  doc_key_for (self, args->id, &st.dk);
+  doc_key_for (c, args->id, &st.dk);
   if (!load_doc (self, c, &st, &load_error))
     {
       if (is_fatal (load_error))

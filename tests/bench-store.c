@@ -11,7 +11,8 @@
  * crypto and no JSON. Each measurement runs 3 times; the best and the median are printed. The
  * goal is a store at no less than 0.7 of the baseline; nothing here asserts on speed.
  *
- * Run with `meson test -C BUILDDIR --benchmark -v`, or the bench-store binary directly. */
+ * Run with `meson test -C BUILDDIR --benchmark -v`, or the bench-store binary directly
+ * (`--store-only`: the store alone, once, for a profiler). */
 
 #include <sqlite3.h>
 #include <string.h>
@@ -489,8 +490,10 @@ print_comparison (const char *what, const double *a_rates, const double *b_rates
 }
 
 int
-main (void)
+main (int argc, char **argv)
 {
+  /* --store-only: only the store's put and get, once (for profiling: perf record ...). */
+  gboolean store_only = argc > 1 && g_strcmp0 (argv[1], "--store-only") == 0;
   Corpus corpus;
   double store_put[N_RUNS], store_get[N_RUNS], sqlite_put[N_RUNS], sqlite_get[N_RUNS];
   double json_get[N_RUNS], parsed_get[N_RUNS], floor_put[N_RUNS], floor_get[N_RUNS];
@@ -505,6 +508,16 @@ main (void)
   g_print ("%u notes, %.0f bytes of JSON each on average, batches of %u; SQLite %s; best of %u "
            "runs, then the median\n",
            N_DOCS, (double)corpus.total_bytes / N_DOCS, BATCH, sqlite3_libversion (), N_RUNS);
+  if (store_only)
+    {
+      Timing store = run_store (&corpus);
+
+      g_print ("store only: put %.0f docs/s, get %.0f docs/s, get (bytes) %.0f docs/s\n",
+               N_DOCS / store.put_seconds, N_DOCS / store.get_seconds,
+               N_DOCS / store.get_json_seconds);
+      corpus_clear (&corpus);
+      return 0;
+    }
 
   for (guint run = 0; run < N_RUNS; run++)
     {

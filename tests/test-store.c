@@ -5,6 +5,7 @@
 #include <sqlite3.h>
 #include <string.h>
 
+#include "hb-store-private.h"
 #include "hb-test-utils.h"
 
 typedef struct
@@ -193,6 +194,27 @@ test_rev_is_deterministic (Fixture *f, gconstpointer data)
   g_assert_cmpstr (a, !=, c);
   hb_store_close (other);
   hb_test_rmdir (dir);
+}
+
+/* Revision ids are part of the format: replicas made by every version must agree on them. These
+ * were computed by the first release (SHA-256 over parent || NUL || deleted flag || canonical
+ * body, first 16 bytes in hex); a change to hashing or canonical JSON shows up here. */
+static void
+test_rev_golden (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *r1
+      = put_ok (f->store, "{\"_id\":\"golden\",\"type\":\"note\",\"text\":\"\\u00e9 \\\"q\\\"\","
+                          "\"n\":[1,2.5,-0,1e20,{\"b\":null,\"a\":true}]}");
+  g_autofree char *json
+      = g_strdup_printf ("{\"_id\":\"golden\",\"_rev\":\"%s\",\"type\":\"note\",\"v\":2}", r1);
+  g_autofree char *r2 = put_ok (f->store, json);
+  g_autofree char *r3 = hb_store_delete_sync (f->store, "golden", r2, NULL, &error);
+
+  g_assert_no_error (error);
+  g_assert_cmpstr (r1, ==, "1-6c043d2beee5f7ab001bfc7b6ddd9e88");
+  g_assert_cmpstr (r2, ==, "2-fddef44b53a52074cd3a5665cd05423d");
+  g_assert_cmpstr (r3, ==, "3-4174d019361001fc7449b26d19bab10b");
 }
 
 static void
@@ -1043,7 +1065,14 @@ test_locked_vault (Fixture *f, gconstpointer data)
   HbVault *vault = hb_store_get_vault (f->store);
   g_autoptr (JsonNode) doc = NULL;
 
+  /* The writer and a reader hold AES and HMAC handles (key schedules) once used... */
+  doc = hb_store_get_sync (f->store, "a", NULL, 0, NULL, &error);
+  g_assert_no_error (error);
+  g_clear_pointer (&doc, json_node_unref);
+  g_assert_cmpuint (_hb_store_count_key_handles (f->store), >=, 2);
   hb_vault_lock (vault);
+  /* ...and none once the vault is locked. */
+  g_assert_cmpuint (_hb_store_count_key_handles (f->store), ==, 0);
   g_assert_null (hb_store_get_sync (f->store, "a", NULL, 0, NULL, &error));
   g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_LOCKED);
   g_clear_error (&error);
@@ -1053,6 +1082,7 @@ test_locked_vault (Fixture *f, gconstpointer data)
   g_assert_true (hb_vault_unlock_sync (vault, HB_TEST_PIN, NULL, &error));
   doc = hb_store_get_sync (f->store, "a", NULL, 0, NULL, &error);
   g_assert_no_error (error);
+  g_assert_cmpuint (_hb_store_count_key_handles (f->store), >=, 1);
 }
 
 static void
@@ -1542,6 +1572,7 @@ main (int argc, char *argv[])
 #define ADD(path, func) g_test_add (path, Fixture, NULL, fixture_setup, func, fixture_teardown)
   ADD ("/store/edit/cycle", test_edit_cycle);
   ADD ("/store/edit/deterministic-rev", test_rev_is_deterministic);
+  ADD ("/store/edit/golden-revs", test_rev_golden);
   ADD ("/store/edit/invalid", test_invalid_documents);
   ADD ("/store/edit/bulk-results", test_bulk_docs_per_document_results);
   ADD ("/store/edit/conflicting-branch", test_edit_conflicting_branch);
