@@ -28,6 +28,9 @@
 #define SCHEMA_VERSION 2
 #define DEFAULT_REVS_LIMIT 1000
 #define INDEX_MAC_LEN 16
+/* WAL size, in frames (pages), at which a checkpoint is started in the background; at eight
+ * times this the writer checkpoints by itself, in case the checkpointer cannot keep up. */
+#define CHECKPOINT_FRAMES 1000
 
 /* Where a revision's body is, in HbRevNode.body: a row of the bodies table (> 0), none, or in
  * the document's own row, which is where the winner's body lives so that reading a document
@@ -80,6 +83,12 @@ struct _HbStore
   guint revs_limit;
   guint64 update_seq;
   gboolean closed;
+
+  /* WAL checkpoints (copying committed pages into the main file, then syncing it) run on a
+   * thread and connection of their own, so a writer's commit does not wait for them. */
+  GThreadPool *checkpointer;
+  HbConn *checkpoint_conn; /* used by the checkpointer thread only */
+  gint checkpoint_queued;
 };
 
 enum
@@ -2581,6 +2590,37 @@ compact_func (HbStore *self,
   return TRUE;
 }
 
+/* ---- checkpoints ----------------------------------------------------------------------- */
+
+static void
+run_checkpoint (gpointer data, gpointer user_data)
+{
+  HbStore *self = user_data;
+
+  /* Cleared first: commits made during this checkpoint may queue the next one. */
+  g_atomic_int_set (&self->checkpoint_queued, FALSE);
+  if (self->checkpoint_conn == NULL)
+    self->checkpoint_conn = conn_open (self->path, NULL);
+  /* PASSIVE: copies what no reader still needs and never blocks the writer or readers. */
+  if (self->checkpoint_conn != NULL)
+    (void)sqlite3_wal_checkpoint_v2 (self->checkpoint_conn->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+                                     NULL, NULL);
+}
+
+/* Replaces SQLite's automatic checkpoint, which would run inside the writer's COMMIT. */
+static int
+on_wal_commit (gpointer data, sqlite3 *db, const char *name, int frames)
+{
+  HbStore *self = data;
+
+  if (frames >= CHECKPOINT_FRAMES && self->checkpointer != NULL
+      && g_atomic_int_compare_and_exchange (&self->checkpoint_queued, FALSE, TRUE))
+    g_thread_pool_push (self->checkpointer, GINT_TO_POINTER (1), NULL);
+  if (frames >= 8 * CHECKPOINT_FRAMES)
+    (void)sqlite3_wal_checkpoint_v2 (db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+  return SQLITE_OK;
+}
+
 /* ---- schema ---------------------------------------------------------------------------- */
 
 static const char schema_v1[]
@@ -2830,6 +2870,8 @@ store_setup (HbStore *self, GError **error)
   self->writer = conn_open (self->path, error);
   if (self->writer == NULL)
     return FALSE;
+  self->checkpointer = g_thread_pool_new (run_checkpoint, self, 1, FALSE, NULL);
+  sqlite3_wal_hook (self->writer->db, on_wal_commit, self);
   if (!conn_exec (self->writer, "BEGIN IMMEDIATE", error))
     return FALSE;
   if (!migrate (self->writer, error) || !conn_exec (self->writer, "COMMIT", error))
@@ -2956,6 +2998,10 @@ hb_store_close (HbStore *self)
   g_mutex_lock (&self->write_lock);
   g_clear_pointer (&self->writer, conn_free);
   g_mutex_unlock (&self->write_lock);
+  /* No writer is left to queue a checkpoint; a queued one runs before this returns. */
+  if (self->checkpointer != NULL)
+    g_thread_pool_free (g_steal_pointer (&self->checkpointer), FALSE, TRUE);
+  g_clear_pointer (&self->checkpoint_conn, conn_free);
   g_mutex_lock (&self->pool_lock);
   g_ptr_array_set_size (self->readers, 0);
   g_mutex_unlock (&self->pool_lock);

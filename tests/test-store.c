@@ -1100,6 +1100,48 @@ test_newer_schema_refused (Fixture *f, gconstpointer data)
   g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_VERSION);
 }
 
+/* The WAL is checkpointed while the store is open, off the writer's path: after some 16 MiB of
+ * writes (about 4,000 pages, four times the checkpoint threshold) the main file holds most of
+ * them and the WAL has not grown to the size at which the writer would checkpoint by itself. */
+static void
+test_background_checkpoint (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GRand) rand = g_rand_new_with_seed (11);
+  g_autofree char *wal = g_strconcat (f->path, "-wal", NULL);
+  GStatBuf db_stat = { 0 }, wal_stat = { 0 };
+  gint64 deadline;
+
+  for (guint b = 0; b < 40; b++)
+    {
+      g_autoptr (GPtrArray) docs = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
+      g_autoptr (GPtrArray) results = NULL;
+      g_autoptr (GError) error = NULL;
+
+      for (guint i = 0; i < 100; i++)
+        {
+          g_autofree char *id = g_strdup_printf ("note:%u", b * 100 + i);
+
+          g_ptr_array_add (docs, hb_test_note (rand, id, "session:1", "patient:1",
+                                               "2024-05-02T09:00:00Z", 3000));
+        }
+      results = hb_store_bulk_docs_sync (f->store, docs, TRUE, NULL, &error);
+      g_assert_no_error (error);
+    }
+  /* The checkpointer runs on its own thread: give it time on a loaded machine. */
+  deadline = g_get_monotonic_time () + 30 * G_USEC_PER_SEC;
+  do
+    {
+      g_assert_cmpint (g_stat (f->path, &db_stat), ==, 0);
+      if (db_stat.st_size > 8 * 1024 * 1024)
+        break;
+      g_usleep (50 * 1000);
+    }
+  while (g_get_monotonic_time () < deadline);
+  g_assert_cmpint (db_stat.st_size, >, 8 * 1024 * 1024);
+  g_assert_cmpint (g_stat (wal, &wal_stat), ==, 0);
+  g_assert_cmpint (wal_stat.st_size, <, 8000 * (4096 + 24));
+}
+
 /* A store written by the first schema (tests/data/store-v1.db, made with the release that had
  * it: PIN 246810, no device secret) opens, migrates once, and reads and writes as before. */
 static void
@@ -1647,6 +1689,7 @@ main (int argc, char *argv[])
   ADD ("/store/edit/deterministic-rev", test_rev_is_deterministic);
   ADD ("/store/edit/golden-revs", test_rev_golden);
   g_test_add_func ("/store/migration/from-v1", test_migration_from_v1);
+  ADD ("/store/background-checkpoint", test_background_checkpoint);
   ADD ("/store/edit/invalid", test_invalid_documents);
   ADD ("/store/edit/bulk-results", test_bulk_docs_per_document_results);
   ADD ("/store/edit/conflicting-branch", test_edit_conflicting_branch);
