@@ -22,6 +22,7 @@ import signal
 import socket
 import sqlite3
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1521,6 +1522,244 @@ class TestTls(ServerTestCase):
         self.assertFalse(out["tls_ok"])
         self.fails(7, "push", self.https, "--ca-file", self.front.cert, "--pin-sha256", wrong)
         self.assertEqual(self.server_ids(), [])
+
+
+# ---- the progress line of push, pull and sync -------------------------------------------------
+
+PROGRESS_DOCS = 300
+PROGRESS_BATCH = "20"
+# "push [#####.........]  33%  100/300 docs": the source said how much it has (the store does).
+KNOWN_RE = re.compile(
+    r"^(push|pull)(?: \[([#.]+)\])? +(\d+)%  (\d+)/(\d+) docs(?:, (\d+) failed)?$")
+# "pull 120 read, 100 written": the source did not say (the tests' server sends no "pending").
+UNKNOWN_RE = re.compile(r"^(push|pull) (\d+) read, (\d+) written(?:, (\d+) failed)?$")
+
+
+def terminal_screen(transcript, columns, test):
+    """Plays the transcript on a terminal columns wide that knows \\r and \\n (the pty turns \\n
+    into \\r\\n) and nothing else: returns the screen's lines, the last one the cursor's."""
+    lines = [""]
+    col = 0
+    for ch in transcript:
+        if ch == "\r":
+            col = 0
+        elif ch == "\n":
+            lines.append("")
+            col = 0
+        elif " " <= ch <= "~":
+            test.assertLess(col, columns - 1, "the line reaches the terminal's edge or wraps:\n%r"
+                            % transcript)
+            line = lines[-1].ljust(col)
+            lines[-1] = line[:col] + ch + line[col + 1:]
+            col += 1
+        else:
+            test.fail("%r on the terminal:\n%r" % (ch, transcript))
+    return [line.rstrip() for line in lines]
+
+
+class TestProgress(CliTestCase):
+    """The progress line on stderr: drawn on a terminal, redrawn in place with \\r, finished with
+    a newline, never on a pipe, never on stdout.
+
+    The tool draws the first state at once, later ones at most every 100 ms (a state that came
+    too soon is drawn when due), and on success a last line with the final counts. So at least
+    two lines are always drawn for a run of several batches, the first before the end; how many
+    in between depends on the machine's speed and is not counted."""
+
+    def setUp(self):
+        super().setUp()
+        self.server = TestServer()
+        self.addCleanup(self.server.stop)
+        self.db = self.server.url + "/clinic"
+        self.init()
+        lines = [json.dumps({"_id": "note:%03d" % i, "type": "note", "session_id": "session:s1",
+                             "text": "%s %d" % (SECRET_NOTE, i)}) for i in range(PROGRESS_DOCS)]
+        out = self.import_text("\n".join(lines) + "\n")
+        self.assertEqual(out["imported"], PROGRESS_DOCS)
+
+    def run_with_stderr_on_tty(self, *args, columns=80, store=None):
+        """Runs hbsync with stderr on a pty `columns` wide and stdout on a pipe; returns the
+        result and all the terminal got, read until the tool is gone."""
+        master, slave = os.openpty()
+        self.addCleanup(os.close, master)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, (PIN + "\n").encode())
+        os.close(write_fd)
+        cmd = [CLI, "--store", store or self.store, "--pin-fd", str(read_fd)] + list(args)
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=slave, pass_fds=(read_fd,), start_new_session=True)
+        finally:
+            os.close(slave)
+            os.close(read_fd)
+        stdout = []
+        reader = threading.Thread(target=lambda: stdout.append(proc.stdout.read()))
+        reader.start()
+        transcript = b""
+        deadline = time.monotonic() + int(os.environ.get("HB_CLI_TIMEOUT", "120"))
+        try:
+            while True:
+                self.assertLess(time.monotonic(), deadline, "hbsync %s hangs" % " ".join(args))
+                if not select.select([master], [], [], 0.5)[0]:
+                    continue
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the last holder of the pty's other end is gone
+                    break
+                if not chunk:
+                    break
+                transcript += chunk
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            reader.join()
+            proc.stdout.close()
+        # The terminal is the stderr of the result, for the failure reports.
+        result = Result(cmd[1:], subprocess.CompletedProcess(cmd, proc.returncode, stdout[0],
+                                                             transcript))
+        text = result.stderr
+        for secret in self.never_on_stderr:
+            self.assertNotIn(secret, text)
+        self.assertEqual(result.code, 0, str(result))
+        try:
+            result.json()
+        except ValueError as e:
+            self.fail("stdout is not one JSON value (%s):\n%s" % (e, result))
+        self.assertNotIn("\r", result.stdout, "progress on stdout")
+        self.assertNotRegex(result.stdout, r"\d+/\d+ docs|\d+ read, \d+ written",
+                            "progress on stdout")
+        self.assertNotIn("{", text, "JSON on the terminal")
+        return result, text
+
+    def drawn(self, text):
+        """Each state drawn: what stands between two \\r or \\n, less the blanks over the
+        longer line before it."""
+        return [part.rstrip() for part in re.split(r"[\r\n]", text) if part.strip()]
+
+    def check_lines(self, text, columns, expected):
+        """Checks the screen: one finished line per direction in expected, in that order, each
+        the last state drawn for it. Returns the states drawn, by direction."""
+        screen = terminal_screen(text, columns, self)
+        # Every line ends with a newline: the cursor is at the start of an empty line, where the
+        # shell's prompt goes.
+        self.assertTrue(text.endswith("\n"), "the last line is not finished: %r" % text)
+        self.assertEqual(screen[-1], "", screen)
+        states = {}
+        for part in self.drawn(text):
+            match = KNOWN_RE.match(part) or UNKNOWN_RE.match(part)
+            self.assertIsNotNone(match, "not a progress line: %r in\n%r" % (part, text))
+            states.setdefault(match.group(1), []).append(part)
+        # Redrawn in place: one line on the screen per direction, the last state drawn.
+        self.assertEqual(screen[:-1], [states[name][-1] for name in expected], text)
+        self.assertEqual(list(states), list(expected))
+        return states
+
+    def check_known(self, states, total):
+        """Lines with a bar and a total: done never goes back and never passes the total, and
+        only the last line, all done, says 100%. The total is what was read plus what the source
+        says it still has after its last page, which may not all be read yet: for a moment it
+        may fall short of the documents, never above."""
+        self.assertGreaterEqual(len(states), 2, "one state drawn: %r" % states)
+        previous = -1
+        for line in states[:-1]:
+            name, bar, percent, done, shown_total, failed = KNOWN_RE.match(line).groups()
+            percent, done, shown_total = int(percent), int(done), int(shown_total)
+            self.assertLessEqual(shown_total, total, line)
+            self.assertLessEqual(done, shown_total, line)
+            self.assertLess(done, total, states)
+            self.assertGreaterEqual(done, previous, states)
+            previous = done
+            self.assertEqual(percent, min(done * 100 // shown_total, 99), line)
+            if bar is not None:
+                self.assertRegex(bar, r"^#*\.+$", line)
+                self.assertEqual(bar.count("#"), min(done * len(bar) // shown_total,
+                                                     len(bar) - 1), line)
+        last = KNOWN_RE.match(states[-1])
+        self.assertEqual(last.group(3, 4, 5), ("100", str(total), str(total)), states)
+        self.assertNotIn(".", last.group(2) or "", states)
+
+    def test_push_draws_a_bar_to_the_total(self):
+        result, text = self.run_with_stderr_on_tty("push", self.db, "--create",
+                                                   "--batch-size", PROGRESS_BATCH)
+        out = result.json()
+        self.assertTrue(out["ok"])
+        self.assertEqual(out["push"]["docs_written"], PROGRESS_DOCS)
+        states = self.check_lines(text, 80, ["push"])
+        self.check_known(states["push"], PROGRESS_DOCS)
+        self.assertTrue(all(KNOWN_RE.match(s).group(2) for s in states["push"]),
+                        "no bar on an 80-column terminal: %r" % states)
+
+    def test_pull_without_a_total_counts_up(self):
+        self.ok("push", self.db, "--create")
+        other = self.path("other.db")
+        self.init(store=other)
+        result, text = self.run_with_stderr_on_tty("pull", self.db, "--batch-size",
+                                                   PROGRESS_BATCH, store=other)
+        self.assertEqual(result.json()["pull"]["docs_written"], PROGRESS_DOCS)
+        states = self.check_lines(text, 80, ["pull"])["pull"]
+        self.assertGreaterEqual(len(states), 2, states)
+        previous = (-1, -1)
+        for line in states:
+            match = UNKNOWN_RE.match(line)
+            self.assertIsNotNone(match, "a bar with no total to measure it: %r" % states)
+            counts = (int(match.group(2)), int(match.group(3)))
+            self.assertLessEqual(counts[1], counts[0], line)
+            self.assertGreaterEqual(counts, previous, states)
+            previous = counts
+        self.assertLess(int(UNKNOWN_RE.match(states[0]).group(3)), PROGRESS_DOCS, states)
+        self.assertEqual(states[-1], "pull %d read, %d written" % (PROGRESS_DOCS, PROGRESS_DOCS))
+
+    def test_sync_on_a_narrow_terminal(self):
+        # 40 columns: a shorter bar; 24: no bar; both lines stay inside the terminal.
+        # sync pulls, then pushes; the pull finds nothing, and may or may not draw a line.
+        for columns, db in ((40, "narrow"), (24, "narrower")):
+            url = self.server.url + "/" + db
+            http_json("PUT", url)
+            result, text = self.run_with_stderr_on_tty("sync", url, "--batch-size",
+                                                       PROGRESS_BATCH, columns=columns)
+            out = result.json()
+            self.assertEqual(out["push"]["docs_written"], PROGRESS_DOCS)
+            self.assertEqual(out["pull"]["docs_written"], 0)
+            expected = (["pull"] if "pull" in text else []) + ["push"]
+            states = self.check_lines(text, columns, expected)
+            self.check_known(states["push"], PROGRESS_DOCS)
+            bars = [KNOWN_RE.match(s).group(2) for s in states["push"]]
+            if columns == 40:
+                self.assertTrue(all(bar and 10 <= len(bar) < 30 for bar in bars), states)
+                self.assertEqual(len(set(map(len, bars))), 1,
+                                 "the bar changes width: %r" % states)
+            else:
+                self.assertEqual(bars, [None] * len(bars), states)
+
+    def test_denied_message_on_its_own_line(self):
+        http_json("PUT", self.db)
+        with TestProxy(self.server.url) as proxy:
+            proxy.config(deny_ids=["note:150"])
+            result, text = self.run_with_stderr_on_tty("push", proxy.url + "/clinic",
+                                                       "--batch-size", PROGRESS_BATCH)
+        self.assertEqual(result.json()["push"]["doc_write_failures"], 1)
+        screen = terminal_screen(text, 80, self)
+        self.assertEqual(screen[-1], "", text)
+        # The message takes the line's place; the line comes back under it, and ends at 100%.
+        self.assertEqual(len(screen), 3, screen)
+        self.assertRegex(screen[0], r"^hbsync: push: the server refused note:150 \(forbidden")
+        self.assertEqual(KNOWN_RE.match(screen[1]).groups()[2:],
+                         ("100", str(PROGRESS_DOCS), str(PROGRESS_DOCS), "1"), screen)
+
+    def test_nothing_drawn_on_a_pipe(self):
+        for command in ("push", "sync"):
+            result = self.run_cli(command, self.db, "--create", "--batch-size", PROGRESS_BATCH)
+            self.assertEqual(result.code, 0, str(result))
+            self.assertEqual(result.stderr, "", str(result))
+        other = self.path("other.db")
+        self.init(store=other)
+        result = self.run_cli("pull", self.db, "--batch-size", PROGRESS_BATCH, store=other)
+        self.assertEqual(result.code, 0, str(result))
+        self.assertEqual(result.json()["pull"]["docs_written"], PROGRESS_DOCS)
+        self.assertEqual(result.stderr, "", str(result))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -1996,6 +1997,17 @@ set_time_member (JsonObject *object, const char *name, GDateTime *time)
 
 /* ---- push, pull, sync ----------------------------------------------------------------- */
 
+/* The progress line is redrawn at most this often; the last state is drawn when it is due. */
+#define PROGRESS_INTERVAL_US (100 * G_TIME_SPAN_MILLISECOND)
+
+typedef struct
+{
+  guint64 docs_read;
+  guint64 docs_written;
+  guint64 failures;
+  gint64 pending;
+} SyncCounts;
+
 typedef struct
 {
   HbCli *cli;
@@ -2005,9 +2017,17 @@ typedef struct
   const char *name; /* "push" or "pull" */
   HbReplicationResult *result;
   GError *error;
-  gboolean progress_shown;
   gboolean interrupted;
   guint sigint_id, sigterm_id;
+  /* The progress line on stderr, when stderr is a terminal. */
+  gboolean progress_tty;
+  gboolean progress_seen;  /* a progress signal came */
+  gboolean progress_shown; /* a line is on screen, the cursor on it */
+  gsize progress_len;      /* its length */
+  char *progress_text;     /* its text */
+  gint64 progress_time;    /* when it was drawn */
+  guint progress_id;       /* a redraw that was too soon, waiting */
+  SyncCounts counts;       /* the latest counts */
 } SyncRun;
 
 static gboolean
@@ -2024,6 +2044,138 @@ on_interrupt (gpointer data)
   return G_SOURCE_REMOVE;
 }
 
+static guint
+terminal_columns (void)
+{
+  struct winsize size = { 0 };
+
+  if (ioctl (STDERR_FILENO, TIOCGWINSZ, &size) == 0 && size.ws_col > 0)
+    return size.ws_col;
+  return 80;
+}
+
+/* One line, never wider than the terminal less one column, so that it never wraps: a wrapped
+ * line cannot be redrawn from its start with \r. "push [#####.....]  50%  150/300 docs" when the
+ * source says how much is left, "pull 150 read, 150 written" when it does not. Done counts the
+ * failures too; the total is what was read (and is perhaps still being written) plus what the
+ * source still has. Finished: all of it is done. */
+static char *
+format_progress (const char *name, const SyncCounts *c, gboolean finished, guint columns)
+{
+  const guint max = columns > 1 ? columns - 1 : 1;
+  g_autofree char *failed = c->failures > 0
+                                ? g_strdup_printf (", %" G_GUINT64_FORMAT " failed", c->failures)
+                                : g_strdup ("");
+  GString *line = g_string_new (name);
+
+  if (c->pending >= 0 || finished)
+    {
+      const guint64 done = c->docs_written + c->failures;
+      const guint64 total
+          = finished ? done : MAX (c->docs_read, done) + (guint64)MAX (c->pending, 0);
+      /* The source's pending is counted from its last page while that page may still be on its
+       * way in, so the total can be short for a moment: 100% and a full bar wait for the end. */
+      const guint percent = finished ? 100 : total > 0 ? (guint)MIN (done * 100 / total, 99) : 0;
+      g_autofree char *tail
+          = g_strdup_printf (" %3u%%  %" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT " docs%s", percent,
+                             done, total, failed);
+      /* The bar's width is measured on the widest tail, done = total, so that it stays put. */
+      g_autofree char *widest
+          = g_strdup_printf (" 100%%  %" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT " docs%s",
+                             MAX (done, total), MAX (done, total), failed);
+      const gsize room
+          = line->len + 3 + strlen (widest) < max ? max - line->len - 3 - strlen (widest) : 0;
+      const guint width = MIN (room, 30);
+
+      if (width >= 10)
+        {
+          const guint filled = finished    ? width
+                               : total > 0 ? (guint)MIN (done * width / total, width - 1)
+                                           : 0;
+
+          g_string_append (line, " [");
+          for (guint i = 0; i < width; i++)
+            g_string_append_c (line, i < filled ? '#' : '.');
+          g_string_append_c (line, ']');
+        }
+      g_string_append (line, tail);
+    }
+  else
+    g_string_append_printf (line, " %" G_GUINT64_FORMAT " read, %" G_GUINT64_FORMAT " written%s",
+                            c->docs_read, c->docs_written, failed);
+  if (line->len > max)
+    g_string_truncate (line, max);
+  return g_string_free (line, FALSE);
+}
+
+static void
+draw_progress (SyncRun *run, gboolean finished)
+{
+  g_autofree char *text = format_progress (run->name, &run->counts, finished, terminal_columns ());
+  gsize len = strlen (text);
+
+  g_clear_handle_id (&run->progress_id, g_source_remove);
+  if (run->progress_shown && g_strcmp0 (text, run->progress_text) == 0)
+    return;
+  /* Blanks over what a longer line left; \r and spaces work on any terminal. */
+  fprintf (stderr, "\r%s%*s", text, run->progress_len > len ? (int)(run->progress_len - len) : 0,
+           "");
+  fflush (stderr);
+  run->progress_len = len;
+  g_free (run->progress_text);
+  run->progress_text = g_steal_pointer (&text);
+  run->progress_time = g_get_monotonic_time ();
+  run->progress_shown = TRUE;
+}
+
+static gboolean
+on_progress_due (gpointer data)
+{
+  SyncRun *run = data;
+
+  run->progress_id = 0;
+  draw_progress (run, FALSE);
+  return G_SOURCE_REMOVE;
+}
+
+/* Takes the line off the screen, for a message to go where it was. */
+static void
+clear_progress (SyncRun *run)
+{
+  if (!run->progress_shown)
+    return;
+  fprintf (stderr, "\r%*s\r", (int)run->progress_len, "");
+  run->progress_shown = FALSE;
+  run->progress_len = 0;
+  g_clear_pointer (&run->progress_text, g_free);
+}
+
+/* The last line stays, finished with a newline. On success it says that all is done. */
+static void
+finish_progress (SyncRun *run, const HbReplicationResult *result)
+{
+  g_clear_handle_id (&run->progress_id, g_source_remove);
+  if (run->progress_seen)
+    {
+      /* A source that never said how much it had gets no bar at the end either. */
+      gboolean finished = result != NULL && run->counts.pending >= 0;
+
+      if (result != NULL)
+        {
+          run->counts.docs_read = result->docs_read;
+          run->counts.docs_written = result->docs_written;
+          run->counts.failures = result->doc_write_failures;
+          if (finished)
+            run->counts.pending = 0;
+        }
+      draw_progress (run, finished);
+    }
+  if (run->progress_shown)
+    fputc ('\n', stderr);
+  run->progress_shown = FALSE;
+  g_clear_pointer (&run->progress_text, g_free);
+}
+
 static void
 on_sync_progress (HbReplicator *replicator,
                   guint64 docs_read,
@@ -2033,32 +2185,26 @@ on_sync_progress (HbReplicator *replicator,
                   gpointer data)
 {
   SyncRun *run = data;
-  const int width = 30;
-  double fraction;
-  int filled;
-  GString *bar;
+  gint64 due;
 
-  if (!isatty (STDERR_FILENO))
+  if (!run->progress_tty)
     return;
-  fraction = pending >= 0 && docs_written + (guint64)pending > 0
-                 ? (double)docs_written / (double)(docs_written + (guint64)pending)
-                 : 0.0;
-  filled = pending >= 0 ? (int)(fraction * width) : 0;
-  bar = g_string_new (NULL);
-  for (int i = 0; i < width; i++)
-    g_string_append_c (bar, i < filled ? '#' : (pending >= 0 ? '.' : ' '));
-  if (pending >= 0)
-    fprintf (stderr,
-             "\r%s [%s] %3d%%  %" G_GUINT64_FORMAT " written, %" G_GUINT64_FORMAT
-             " failed, %" G_GINT64_FORMAT " pending ",
-             run->name, bar->str, (int)(fraction * 100), docs_written, failures, pending);
-  else
-    fprintf (stderr,
-             "\r%s %" G_GUINT64_FORMAT " read, %" G_GUINT64_FORMAT " written, %" G_GUINT64_FORMAT
-             " failed ",
-             run->name, docs_read, docs_written, failures);
-  g_string_free (bar, TRUE);
-  run->progress_shown = TRUE;
+  run->progress_seen = TRUE;
+  run->counts.docs_read = docs_read;
+  run->counts.docs_written = docs_written;
+  run->counts.failures = failures;
+  run->counts.pending = pending;
+  if (!run->progress_shown)
+    {
+      draw_progress (run, FALSE);
+      return;
+    }
+  /* No faster than anyone reads: a later state waits, and is drawn when due. */
+  due = run->progress_time + PROGRESS_INTERVAL_US - g_get_monotonic_time ();
+  if (due <= 0)
+    draw_progress (run, FALSE);
+  else if (run->progress_id == 0)
+    run->progress_id = g_timeout_add ((guint)((due + 999) / 1000), on_progress_due, run);
 }
 
 static void
@@ -2071,10 +2217,9 @@ on_sync_denied (HbReplicator *replicator,
 {
   SyncRun *run = data;
 
-  /* Ids are identifiers, not clinical content; the reason is the server's. */
-  if (run->progress_shown)
-    fputc ('\n', stderr);
-  run->progress_shown = FALSE;
+  /* Ids are identifiers, not clinical content; the reason is the server's. The message takes
+   * the progress line's place; the next progress draws it again under the message. */
+  clear_progress (run);
   fprintf (stderr, "hbsync: %s: the server refused %s (%s%s%s)\n", run->name,
            id != NULL ? id : "a document", error, reason != NULL ? ": " : "",
            reason != NULL ? reason : "");
@@ -2416,6 +2561,7 @@ replicate (HbCli *cli,
       run.cancellable = cancellable;
       run.replicator = replicator;
       run.name = directions[i] == HB_REPLICATION_DIRECTION_PUSH ? "push" : "pull";
+      run.progress_tty = isatty (STDERR_FILENO);
       hb_replicator_set_batch_size (replicator, (guint)batch_size);
       hb_replicator_set_session_id (replicator, session);
       hb_replicator_set_create_target (replicator, create);
@@ -2427,9 +2573,8 @@ replicate (HbCli *cli,
       g_main_loop_run (loop);
       g_clear_handle_id (&run.sigint_id, g_source_remove);
       g_clear_handle_id (&run.sigterm_id, g_source_remove);
-      if (run.progress_shown)
-        fputc ('\n', stderr);
       g_signal_handlers_disconnect_by_data (replicator, &run);
+      finish_progress (&run, run.error == NULL ? run.result : NULL);
 
       if (run.error != NULL)
         {
