@@ -134,12 +134,34 @@ hb_rev_tree_leaves (HbRevTree *tree)
   return leaves;
 }
 
+/* The first of hb_rev_tree_leaves(), found in one pass without allocating for the common small
+ * tree: every read and write asks for it. */
 gint
 hb_rev_tree_winner (HbRevTree *tree)
 {
-  g_autoptr (GArray) leaves = hb_rev_tree_leaves (tree);
+  guint n = tree->nodes->len;
+  gboolean stack[64];
+  g_autofree gboolean *heap = n > G_N_ELEMENTS (stack) ? g_new0 (gboolean, n) : NULL;
+  gboolean *has_child = heap != NULL ? heap : stack;
+  gint best = -1;
 
-  return leaves->len > 0 ? g_array_index (leaves, gint, 0) : -1;
+  if (heap == NULL)
+    memset (stack, 0, sizeof stack);
+  for (guint i = 0; i < n; i++)
+    {
+      gint parent = hb_rev_tree_node (tree, i)->parent;
+      if (parent >= 0)
+        has_child[parent] = TRUE;
+    }
+  for (guint i = 0; i < n; i++)
+    {
+      gint idx = (gint)i;
+
+      /* Strictly better only: on a tie the earlier node wins, as in the stable sort. */
+      if (!has_child[i] && (best < 0 || compare_leaves (&idx, &best, tree) < 0))
+        best = idx;
+    }
+  return best;
 }
 
 gint

@@ -16,6 +16,7 @@
  * an id index is in any store. */
 
 #include <glib/gstdio.h>
+#include <malloc.h>
 #include <sqlite3.h>
 #include <string.h>
 
@@ -1821,20 +1822,14 @@ error_item_bytes (const char *id, const GError *error)
   return g_bytes_new_take (text, strlen (text));
 }
 
+/* A heap block of plaintext, wiped whole before it is freed. */
 static void
-wipe_string_free (gpointer data)
+wipe_free (gpointer data)
 {
-  GString *string = data;
-
-  hb_wipe (string->str, string->allocated_len);
-  g_string_free (string, TRUE);
-}
-
-/* A document's plaintext handed to a caller: wiped when the last reference goes. */
-static GBytes *
-wiping_bytes_from_string (GString *string)
-{
-  return g_bytes_new_with_free_func (string->str, string->len, wipe_string_free, string);
+  if (data == NULL)
+    return;
+  hb_wipe (data, malloc_usable_size (data));
+  g_free (data);
 }
 
 /* One revision (the winner when rev is NULL) as JSON text without parsing its body: the special
@@ -1852,7 +1847,7 @@ read_rev_json (
   sqlite3_stmt *body_stmt = NULL;
   const guint8 *sealed;
   const char *rev_text;
-  GString *out;
+  char *out;
   gsize sealed_len, head_len = 0, start, len = 0;
   gint index;
   gboolean ok;
@@ -1880,44 +1875,47 @@ read_rev_json (
       corrupt_error (error, "document body");
       return NULL;
     }
-  /* Room for the head (escaping at most six bytes per byte of the id) and the plaintext, so the
-   * buffer holding plaintext is never reallocated and left unwiped. */
-  out = g_string_sized_new (head_len + 6 * strlen (st.id) + strlen (rev_text) + 32 + sealed_len);
-  if (head != NULL)
-    g_string_append_len (out, head, head_len);
-  else
+  if (head == NULL)
     {
       /* The common case, written directly: {"_id":...,"_rev":"..." */
-      g_string_append (out, "{\"_id\":");
-      hb_json_append_string (out, st.id);
-      g_string_append (out, ",\"_rev\":");
-      hb_json_append_string (out, rev_text);
+      GString *h = g_string_sized_new (128);
+
+      g_string_append (h, "{\"_id\":");
+      hb_json_append_string (h, st.id);
+      g_string_append (h, ",\"_rev\":");
+      hb_json_append_string (h, rev_text);
+      head_len = h->len;
+      head = g_string_free (h, FALSE);
     }
-  start = out->len;
-  g_string_set_size (out, start + sealed_len - HB_SEAL_OVERHEAD);
+  /* Exactly the room needed, not a GString's power of two: a caller holding a batch of these
+   * would otherwise make the allocator trim and fault the heap back in on every batch. */
+  start = head_len;
+  out = g_malloc (start + sealed_len - HB_SEAL_OVERHEAD);
+  memcpy (out, head, head_len);
+  hb_wipe (head, head_len);
   ok = unseal_into (self, c, 'B', &st.dk, rev_text, strlen (rev_text), sealed, sealed_len,
-                    (guint8 *)out->str + start, &len, "document body", error);
+                    (guint8 *)out + start, &len, "document body", error);
   if (body_stmt != NULL)
     sqlite3_reset (body_stmt);
-  if (ok && (len < 2 || out->str[start] != '{' || out->str[start + len - 1] != '}'))
+  if (ok && (len < 2 || out[start] != '{' || out[start + len - 1] != '}'))
     ok = corrupt_error (error, "document body");
   if (!ok)
     {
-      wipe_string_free (out);
+      wipe_free (out);
       return NULL;
     }
   if (len == 2)
     {
       /* An empty body: the head is the whole document. */
-      out->str[start] = '}';
-      g_string_truncate (out, start + 1);
+      out[start] = '}';
+      len = start + 1;
     }
   else
     {
-      out->str[start] = ',';
-      g_string_truncate (out, start + len);
+      out[start] = ',';
+      len = start + len;
     }
-  return wiping_bytes_from_string (out);
+  return g_bytes_new_with_free_func (out, len, wipe_free, out);
 }
 
 static gpointer
