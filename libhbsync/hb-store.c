@@ -1887,10 +1887,10 @@ read_rev_json (
       head_len = h->len;
       head = g_string_free (h, FALSE);
     }
-  /* Exactly the room needed, not a GString's power of two: a caller holding a batch of these
+  /* Exactly the room needed (and a NUL), not a GString's power of two: a caller holding a batch of these
    * would otherwise make the allocator trim and fault the heap back in on every batch. */
   start = head_len;
-  out = g_malloc (start + sealed_len - HB_SEAL_OVERHEAD);
+  out = g_malloc (start + sealed_len - HB_SEAL_OVERHEAD + 1);
   memcpy (out, head, head_len);
   hb_wipe (head, head_len);
   ok = unseal_into (self, c, 'B', &st.dk, rev_text, strlen (rev_text), sealed, sealed_len,
@@ -1915,6 +1915,8 @@ read_rev_json (
       out[start] = ',';
       len = start + len;
     }
+  /* Not counted in the size, as with a GString: callers may treat the text as a string. */
+  out[len] = '\0';
   return g_bytes_new_with_free_func (out, len, wipe_free, out);
 }
 

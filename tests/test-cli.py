@@ -1669,7 +1669,9 @@ class TestProgress(CliTestCase):
             percent, done, shown_total = int(percent), int(done), int(shown_total)
             self.assertLessEqual(shown_total, total, line)
             self.assertLessEqual(done, shown_total, line)
-            self.assertLess(done, total, states)
+            # All may be written before the run ends (its checkpoint is still being saved):
+            # the line then says 99%, and only the final one 100%.
+            self.assertLessEqual(done, total, states)
             self.assertGreaterEqual(done, previous, states)
             previous = done
             self.assertEqual(percent, min(done * 100 // shown_total, 99), line)

@@ -646,6 +646,9 @@ test_get_many_json (Fixture *f, gconstpointer data)
           g_autofree char *copy = g_strndup (text, len);
           g_autoptr (JsonNode) parsed = hb_test_json (copy);
 
+          /* NUL-terminated beyond its size, so callers may use it as a string. */
+          g_assert_cmpint (text[len], ==, '\0');
+
           /* The same document, whichever way it was read. */
           g_assert_true (json_node_equal (parsed, nodes->pdata[i]));
         }
