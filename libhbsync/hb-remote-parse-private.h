@@ -19,6 +19,9 @@ JsonNode *hb_remote_parse_json (const guint8 *data, gsize len, GError **error);
 
 HbRemoteInfo *hb_remote_parse_info (const guint8 *data, gsize len, GError **error);
 HbRemoteChanges *hb_remote_parse_changes (const guint8 *data, gsize len, GError **error);
+/* The same through JSON-GLib's tree: the reference hb_remote_parse_changes() must agree with
+ * (its fuzzer compares them). */
+HbRemoteChanges *hb_remote_parse_changes_tree (const guint8 *data, gsize len, GError **error);
 /* id → HbRemoteRevsDiff */
 GHashTable *hb_remote_parse_revs_diff (const guint8 *data, gsize len, GError **error);
 /* of HbRemoteDocResult */
@@ -27,6 +30,34 @@ GPtrArray *hb_remote_parse_bulk_docs (const guint8 *data, gsize len, GError **er
 GPtrArray *hb_remote_parse_bulk_get (const guint8 *data, gsize len, GError **error);
 HbRemoteBulkGetResult *
 hb_remote_parse_open_revs (const char *id, const guint8 *data, gsize len, GError **error);
+/* One revision of a `_bulk_get` answer as the server sent it, without JSON-GLib: a pull hands
+ * each document on as text (to the sync cache, then to the store), so no tree is built. */
+typedef struct
+{
+  char *id;
+  char *rev;    /* NULL only in an error entry that named none */
+  GBytes *text; /* the revision's JSON object, with `_revisions`, byte for byte as sent (checked
+                 * as strict JSON); wiped when its last reference goes; NULL when error is set */
+  char *error;  /* as HbRemoteRevision's */
+  char *reason;
+} HbRemoteRawRevision;
+
+void hb_remote_raw_revision_free (HbRemoteRawRevision *revision);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (HbRemoteRawRevision, hb_remote_raw_revision_free)
+
+/* of HbRemoteRawRevision, every document's revisions in the answer's order; accepts and
+ * refuses exactly what hb_remote_parse_bulk_get() does. */
+GPtrArray *hb_remote_parse_bulk_get_raw (const guint8 *data, gsize len, GError **error);
+
+/* hb_remote_bulk_get_async(), its answer read by hb_remote_parse_bulk_get_raw(); the answer's
+ * body is wiped once read. */
+void hb_remote_bulk_get_raw_async (HbRemote *self,
+                                   GBytes *body,
+                                   GCancellable *cancellable,
+                                   GAsyncReadyCallback callback,
+                                   gpointer user_data);
+GPtrArray *hb_remote_bulk_get_raw_finish (HbRemote *self, GAsyncResult *result, GError **error);
+
 /* A whole document (a `_local` one): any JSON object. */
 JsonNode *hb_remote_parse_document (const guint8 *data, gsize len, GError **error);
 /* `{"ok": true, "id": ..., "rev": ...}` → the rev. */

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "hb-crypto-private.h"
 #include "hb-remote-parse-private.h"
 
 /* ---- result types ---------------------------------------------------------------------- */
@@ -810,7 +811,7 @@ parse_change_row (const char *what, JsonObject *row, GError **error)
 }
 
 HbRemoteChanges *
-hb_remote_parse_changes (const guint8 *data, gsize len, GError **error)
+hb_remote_parse_changes_tree (const guint8 *data, gsize len, GError **error)
 {
   static const char what[] = "_changes answer";
   g_autoptr (JsonNode) root = parse_json (what, data, len, error);
@@ -1005,6 +1006,553 @@ hb_remote_parse_bulk_get (const guint8 *data, gsize len, GError **error)
       g_ptr_array_add (results, result);
     }
   return g_steal_pointer (&results);
+}
+
+/* ---- walking checked JSON ---------------------------------------------------------------- */
+
+/* The `_bulk_get` answer carries every document of a page. Building JSON-GLib's tree of it
+ * only to take each document out again costs more than the rest of a pull together, so that
+ * answer is walked instead: once check_json() has accepted the body, a walk over it only
+ * needs to find where each value ends, and each document is handed on as the very bytes the
+ * server sent. Members are read as JSON-GLib reads them: the last one of a name wins, and a
+ * name matches after its escapes are decoded. */
+
+typedef struct
+{
+  const guint8 *start;
+  const guint8 *end; /* one past the value */
+} Span;
+
+static void
+walk_ws (const guint8 **p, const guint8 *end)
+{
+  while (*p < end && (**p == ' ' || **p == '\t' || **p == '\n' || **p == '\r'))
+    (*p)++;
+}
+
+/* Past the string at *p (its opening quote). */
+static void
+walk_string (const guint8 **p, const guint8 *end)
+{
+  const guint8 *q = *p + 1;
+
+  while (q < end && *q != '"')
+    q += *q == '\\' ? 2 : 1;
+  *p = MIN (q + 1, end);
+}
+
+/* Past the (checked) value at *p. */
+static void
+walk_value (const guint8 **p, const guint8 *end)
+{
+  const guint8 *q = *p;
+  guint depth = 0;
+
+  if (q >= end)
+    return;
+  if (*q == '"')
+    {
+      walk_string (p, end);
+      return;
+    }
+  if (*q != '{' && *q != '[')
+    {
+      while (q < end && *q != ',' && *q != '}' && *q != ']' && *q != ' ' && *q != '\t' && *q != '\n'
+             && *q != '\r')
+        q++;
+      *p = q;
+      return;
+    }
+  while (q < end)
+    {
+      switch (*q)
+        {
+          case '"':
+            walk_string (&q, end);
+            continue;
+          case '{':
+          case '[':
+            depth++;
+            break;
+          case '}':
+          case ']':
+            if (--depth == 0)
+              {
+                *p = q + 1;
+                return;
+              }
+            break;
+          default:
+            break;
+        }
+      q++;
+    }
+  *p = end;
+}
+
+/* The next member of the object being walked: *p is just past its '{' or past the previous
+ * member's value. FALSE, with *p past the '}', when there is none. */
+static gboolean
+walk_member (const guint8 **p, const guint8 *end, Span *name, Span *value)
+{
+  walk_ws (p, end);
+  if (*p < end && **p == ',')
+    {
+      (*p)++;
+      walk_ws (p, end);
+    }
+  if (*p >= end || **p != '"')
+    {
+      *p = MIN (*p + 1, end);
+      return FALSE;
+    }
+  name->start = *p;
+  walk_string (p, end);
+  name->end = *p;
+  walk_ws (p, end);
+  (*p)++; /* ':' */
+  walk_ws (p, end);
+  value->start = *p;
+  walk_value (p, end);
+  value->end = *p;
+  return TRUE;
+}
+
+/* The next element of the array being walked, like walk_member(). */
+static gboolean
+walk_element (const guint8 **p, const guint8 *end, Span *value)
+{
+  walk_ws (p, end);
+  if (*p < end && **p == ',')
+    {
+      (*p)++;
+      walk_ws (p, end);
+    }
+  if (*p >= end || **p == ']')
+    {
+      *p = MIN (*p + 1, end);
+      return FALSE;
+    }
+  value->start = *p;
+  walk_value (p, end);
+  value->end = *p;
+  return TRUE;
+}
+
+static gboolean
+span_is (const Span *value, guint8 first)
+{
+  return value->start != NULL && value->start < value->end && value->start[0] == first;
+}
+
+/* The text of a checked string value, its escapes decoded. */
+static char *
+span_string (const Span *value)
+{
+  const guint8 *p = value->start + 1, *end = value->end - 1;
+  GString *out;
+
+  if (memchr (p, '\\', end - p) == NULL)
+    return g_strndup ((const char *)p, end - p);
+  out = g_string_sized_new (end - p);
+  while (p < end)
+    {
+      const guint8 *backslash = memchr (p, '\\', end - p);
+      guint u = 0;
+
+      if (backslash == NULL)
+        {
+          g_string_append_len (out, (const char *)p, end - p);
+          break;
+        }
+      g_string_append_len (out, (const char *)p, backslash - p);
+      p = backslash + 1;
+      switch (*p++)
+        {
+          case 'b':
+            g_string_append_c (out, '\b');
+            break;
+          case 'f':
+            g_string_append_c (out, '\f');
+            break;
+          case 'n':
+            g_string_append_c (out, '\n');
+            break;
+          case 'r':
+            g_string_append_c (out, '\r');
+            break;
+          case 't':
+            g_string_append_c (out, '\t');
+            break;
+          case 'u':
+            /* check_json() let through only whole escapes, surrogates in pairs. */
+            scan_hex4 (&p, end, &u);
+            if (u >= 0xd800 && u <= 0xdbff)
+              {
+                guint low = 0;
+
+                p += 2;
+                scan_hex4 (&p, end, &low);
+                u = 0x10000 + ((u - 0xd800) << 10) + (low - 0xdc00);
+              }
+            g_string_append_unichar (out, u);
+            break;
+          default: /* '"', '\\', '/' */
+            g_string_append_c (out, (char)p[-1]);
+            break;
+        }
+    }
+  return g_string_free (out, FALSE);
+}
+
+static gboolean
+name_is (const Span *name, const char *wanted)
+{
+  gsize n = strlen (wanted);
+  g_autofree char *decoded = NULL;
+
+  if ((gsize)(name->end - name->start) == n + 2 && memcmp (name->start + 1, wanted, n) == 0)
+    return TRUE;
+  if (memchr (name->start, '\\', name->end - name->start) == NULL)
+    return FALSE;
+  decoded = span_string (name);
+  return strcmp (decoded, wanted) == 0;
+}
+
+/* The members named in @names (NULL-terminated) of the checked object at @object: the last of
+ * each name, or a NULL start when absent. */
+static void
+walk_object (const Span *object, const char *const *names, Span *values)
+{
+  const guint8 *p = object->start + 1;
+  Span name, value;
+
+  for (guint i = 0; names[i] != NULL; i++)
+    values[i].start = values[i].end = NULL;
+  while (walk_member (&p, object->end, &name, &value))
+    for (guint i = 0; names[i] != NULL; i++)
+      if (name_is (&name, names[i]))
+        {
+          values[i] = value;
+          break;
+        }
+}
+
+/* As get_string(), of a member walk_object() found. */
+static gboolean
+span_get_string (const char *what,
+                 const Span *value,
+                 const char *name,
+                 gboolean required,
+                 char **out,
+                 GError **error)
+{
+  *out = NULL;
+  if (value->start == NULL || span_is (value, 'n'))
+    return !required || bad (error, what, "“%s” is missing", name);
+  if (!span_is (value, '"'))
+    return bad (error, what, "“%s” is not a string", name);
+  *out = span_string (value);
+  return TRUE;
+}
+
+/* The body's value, checked as parse_json() checks it, and an object. */
+static gboolean
+checked_object (const char *what, const guint8 *data, gsize len, Span *root, GError **error)
+{
+  const char *why;
+  const guint8 *p = data;
+
+  if (data == NULL || len == 0)
+    return bad (error, what, "the body is empty");
+  if (len > G_MAXSSIZE || !g_utf8_validate_len ((const char *)data, len, NULL))
+    return bad (error, what, "the body is not UTF-8 text");
+  if ((why = check_json (data, len)) != NULL)
+    return bad (error, what, "%s", why);
+  walk_ws (&p, data + len);
+  root->start = p;
+  walk_value (&p, data + len);
+  root->end = p;
+  if (!span_is (root, '{'))
+    return bad (error, what, "not a JSON object");
+  return TRUE;
+}
+
+/* As get_array(), of a member walk_object() found. */
+static gboolean
+span_get_array (const char *what, const Span *value, const char *name, GError **error)
+{
+  if (value->start == NULL || span_is (value, 'n'))
+    return bad (error, what, "“%s” is missing", name);
+  if (!span_is (value, '['))
+    return bad (error, what, "“%s” is not an array", name);
+  return TRUE;
+}
+
+static void
+wipe_text (gpointer text)
+{
+  hb_wipe (text, strlen (text));
+  g_free (text);
+}
+
+void
+hb_remote_raw_revision_free (HbRemoteRawRevision *revision)
+{
+  if (revision == NULL)
+    return;
+  g_free (revision->id);
+  g_free (revision->rev);
+  g_clear_pointer (&revision->text, g_bytes_unref);
+  g_free (revision->error);
+  g_free (revision->reason);
+  g_free (revision);
+}
+
+static const char *const ok_names[] = { "_id", "_rev", NULL };
+static const char *const error_names[] = { "id", "rev", "error", "reason", NULL };
+
+/* A revision as `{"ok": doc}`, as ok_revision() reads it. */
+static HbRemoteRawRevision *
+raw_ok_revision (const char *what, const Span *doc, GError **error)
+{
+  g_autoptr (HbRemoteRawRevision) revision = g_new0 (HbRemoteRawRevision, 1);
+  Span values[G_N_ELEMENTS (ok_names) - 1];
+  gsize len = doc->end - doc->start;
+  char *text;
+
+  if (!span_is (doc, '{'))
+    {
+      bad (error, what, "a document is not an object");
+      return NULL;
+    }
+  walk_object (doc, ok_names, values);
+  if (!span_get_string (what, &values[0], "_id", TRUE, &revision->id, error)
+      || !span_get_string (what, &values[1], "_rev", TRUE, &revision->rev, error))
+    return NULL;
+  text = g_malloc (len + 1);
+  memcpy (text, doc->start, len);
+  text[len] = '\0';
+  revision->text = g_bytes_new_with_free_func (text, len, wipe_text, text);
+  return g_steal_pointer (&revision);
+}
+
+/* An `{"error": {...}}` entry, as error_revision() reads it. */
+static HbRemoteRawRevision *
+raw_error_revision (const char *what, const char *doc_id, const Span *node, GError **error)
+{
+  g_autoptr (HbRemoteRawRevision) revision = g_new0 (HbRemoteRawRevision, 1);
+  Span values[G_N_ELEMENTS (error_names) - 1];
+
+  if (!span_is (node, '{'))
+    {
+      bad (error, what, "an error entry is not an object");
+      return NULL;
+    }
+  walk_object (node, error_names, values);
+  if (!span_get_string (what, &values[0], "id", FALSE, &revision->id, error)
+      || !span_get_string (what, &values[1], "rev", FALSE, &revision->rev, error)
+      || !span_get_string (what, &values[2], "error", TRUE, &revision->error, error)
+      || !span_get_string (what, &values[3], "reason", FALSE, &revision->reason, error))
+    return NULL;
+  if (revision->id == NULL)
+    revision->id = g_strdup (doc_id);
+  return g_steal_pointer (&revision);
+}
+
+/* One entry of `results`, as parse_bulk_get_result() reads it, its revisions added to @out. */
+static gboolean
+raw_bulk_get_result (const char *what, const Span *entry, GPtrArray *out, GError **error)
+{
+  static const char *const names[] = { "id", "docs", NULL };
+  static const char *const entry_names[] = { "ok", "error", NULL };
+  Span values[G_N_ELEMENTS (names) - 1];
+  g_autofree char *id = NULL;
+  const guint8 *p;
+  Span doc;
+
+  if (!span_is (entry, '{'))
+    return bad (error, what, "an entry of “results” is not an object");
+  walk_object (entry, names, values);
+  if (!span_get_string (what, &values[0], "id", TRUE, &id, error))
+    return FALSE;
+  if (!span_get_array (what, &values[1], "docs", error))
+    return FALSE;
+  p = values[1].start + 1;
+  while (walk_element (&p, values[1].end, &doc))
+    {
+      Span parts[G_N_ELEMENTS (entry_names) - 1];
+      HbRemoteRawRevision *revision = NULL;
+
+      if (!span_is (&doc, '{'))
+        return bad (error, what, "an entry of “docs” is not an object");
+      walk_object (&doc, entry_names, parts);
+      if (parts[0].start != NULL && parts[1].start == NULL)
+        revision = raw_ok_revision (what, &parts[0], error);
+      else if (parts[1].start != NULL && parts[0].start == NULL)
+        revision = raw_error_revision (what, id, &parts[1], error);
+      else
+        bad (error, what, "an entry of “docs” holds neither “ok” nor “error”");
+      if (revision == NULL)
+        return FALSE;
+      g_ptr_array_add (out, revision);
+    }
+  return TRUE;
+}
+
+/* As get_opaque(): any value but null, as JSON-GLib reads it. */
+static gboolean
+span_get_opaque (
+    const char *what, const Span *value, const char *name, JsonNode **out, GError **error)
+{
+  const guint8 *p;
+
+  *out = NULL;
+  if (value->start == NULL || span_is (value, 'n'))
+    return bad (error, what, "“%s” is missing", name);
+  if (span_is (value, '"'))
+    {
+      g_autofree char *text = span_string (value);
+
+      *out = json_node_init_string (json_node_alloc (), text);
+      return TRUE;
+    }
+  /* An integer (checked: it fits in 64 bits) is common enough to skip the parser. */
+  for (p = value->start + (value->start[0] == '-'); p < value->end && g_ascii_isdigit (*p); p++)
+    ;
+  if (p == value->end && p > value->start + (value->start[0] == '-'))
+    {
+      char digits[24];
+      gsize n = value->end - value->start;
+
+      if (n < sizeof digits)
+        {
+          memcpy (digits, value->start, n);
+          digits[n] = '\0';
+          *out = json_node_init_int (json_node_alloc (), g_ascii_strtoll (digits, NULL, 10));
+          return TRUE;
+        }
+    }
+  *out = parse_json (what, value->start, value->end - value->start, error);
+  return *out != NULL;
+}
+
+/* As get_count(). */
+static gboolean
+span_get_count (const char *what, const Span *value, const char *name, gint64 *out, GError **error)
+{
+  g_autoptr (JsonNode) node = NULL;
+
+  *out = -1;
+  if (value->start == NULL || span_is (value, 'n'))
+    return TRUE;
+  if (!span_get_opaque (what, value, name, &node, error))
+    return FALSE;
+  if (!holds (node, G_TYPE_INT64) || json_node_get_int (node) < 0)
+    return bad (error, what, "“%s” is not a count", name);
+  *out = json_node_get_int (node);
+  return TRUE;
+}
+
+/* One row of `results`, as parse_change_row() reads it. */
+static HbRemoteChange *
+walk_change_row (const char *what, const Span *row, GError **error)
+{
+  static const char *const names[] = { "id", "seq", "changes", "deleted", NULL };
+  static const char *const rev_names[] = { "rev", NULL };
+  g_autoptr (HbRemoteChange) change = g_new0 (HbRemoteChange, 1);
+  g_autoptr (GPtrArray) revs = g_ptr_array_new_with_free_func (g_free);
+  Span values[G_N_ELEMENTS (names) - 1];
+  Span entry;
+  const guint8 *p;
+
+  if (!span_is (row, '{'))
+    {
+      bad (error, what, "an entry of “results” is not an object");
+      return NULL;
+    }
+  walk_object (row, names, values);
+  if (!span_get_string (what, &values[0], "id", TRUE, &change->id, error)
+      || !span_get_opaque (what, &values[1], "seq", &change->seq, error)
+      || !span_get_array (what, &values[2], "changes", error))
+    return NULL;
+  p = values[2].start + 1;
+  while (walk_element (&p, values[2].end, &entry))
+    {
+      Span rev;
+      char *text;
+
+      if (!span_is (&entry, '{'))
+        {
+          bad (error, what, "an entry of “changes” is not an object");
+          return NULL;
+        }
+      walk_object (&entry, rev_names, &rev);
+      if (!span_get_string (what, &rev, "rev", TRUE, &text, error))
+        return NULL;
+      g_ptr_array_add (revs, text);
+    }
+  g_ptr_array_add (revs, NULL);
+  change->revs = (char **)g_ptr_array_free (g_steal_pointer (&revs), FALSE);
+  if (values[3].start != NULL && !span_is (&values[3], 'n') && !span_is (&values[3], 't')
+      && !span_is (&values[3], 'f'))
+    {
+      bad (error, what, "“deleted” is not a boolean");
+      return NULL;
+    }
+  change->deleted = span_is (&values[3], 't');
+  return g_steal_pointer (&change);
+}
+
+HbRemoteChanges *
+hb_remote_parse_changes (const guint8 *data, gsize len, GError **error)
+{
+  static const char what[] = "_changes answer";
+  static const char *const names[] = { "results", "last_seq", "pending", NULL };
+  g_autoptr (HbRemoteChanges) changes = g_new0 (HbRemoteChanges, 1);
+  Span root, values[G_N_ELEMENTS (names) - 1], row;
+  const guint8 *p;
+
+  if (!checked_object (what, data, len, &root, error))
+    return NULL;
+  walk_object (&root, names, values);
+  if (!span_get_array (what, &values[0], "results", error)
+      || !span_get_opaque (what, &values[1], "last_seq", &changes->last_seq, error)
+      || !span_get_count (what, &values[2], "pending", &changes->pending, error))
+    return NULL;
+  changes->results = g_ptr_array_new_with_free_func ((GDestroyNotify)hb_remote_change_free);
+  p = values[0].start + 1;
+  while (walk_element (&p, values[0].end, &row))
+    {
+      HbRemoteChange *change = walk_change_row (what, &row, error);
+
+      if (change == NULL)
+        return NULL;
+      g_ptr_array_add (changes->results, change);
+    }
+  return g_steal_pointer (&changes);
+}
+
+GPtrArray *
+hb_remote_parse_bulk_get_raw (const guint8 *data, gsize len, GError **error)
+{
+  static const char what[] = "_bulk_get answer";
+  static const char *const names[] = { "results", NULL };
+  g_autoptr (GPtrArray) revisions = NULL;
+  Span root, values[1], entry;
+  const guint8 *p;
+
+  if (!checked_object (what, data, len, &root, error))
+    return NULL;
+  walk_object (&root, names, values);
+  if (!span_get_array (what, &values[0], "results", error))
+    return NULL;
+  revisions = g_ptr_array_new_with_free_func ((GDestroyNotify)hb_remote_raw_revision_free);
+  p = values[0].start + 1;
+  while (walk_element (&p, values[0].end, &entry))
+    if (!raw_bulk_get_result (what, &entry, revisions, error))
+      return NULL;
+  return g_steal_pointer (&revisions);
 }
 
 HbRemoteBulkGetResult *

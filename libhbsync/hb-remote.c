@@ -2360,6 +2360,39 @@ hb_remote_bulk_get_finish (HbRemote *self, GAsyncResult *result, GError **error)
 }
 
 static gpointer
+answer_bulk_get_raw (Request *req, const guint8 *data, gsize len, GError **error)
+{
+  GPtrArray *revisions = hb_remote_parse_bulk_get_raw (data, len, error);
+
+  /* Every document is in its own (wiped) text now: the plaintext of the page goes. */
+  hb_wipe ((gpointer)data, len);
+  return revisions;
+}
+
+void
+hb_remote_bulk_get_raw_async (HbRemote *self,
+                              GBytes *body,
+                              GCancellable *cancellable,
+                              GAsyncReadyCallback callback,
+                              gpointer user_data)
+{
+  GTask *task;
+
+  g_return_if_fail (HB_IS_REMOTE (self));
+  g_return_if_fail (body != NULL);
+
+  task = request_task (self, "_bulk_get", answer_bulk_get_raw, (GDestroyNotify)g_ptr_array_unref,
+                       hb_remote_bulk_get_raw_async, cancellable, callback, user_data);
+  send_request (self, task, "POST", "_bulk_get?revs=true&latest=true", body, TRUE);
+}
+
+GPtrArray *
+hb_remote_bulk_get_raw_finish (HbRemote *self, GAsyncResult *result, GError **error)
+{
+  return finish_pointer (self, result, hb_remote_bulk_get_raw_async, error);
+}
+
+static gpointer
 answer_open_revs (Request *req, const guint8 *data, gsize len, GError **error)
 {
   return hb_remote_parse_open_revs (req->id, data, len, error);

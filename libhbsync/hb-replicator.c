@@ -261,6 +261,12 @@ typedef struct
   Batch *current;
   GQueue batches;
   gboolean reader_waiting; /* for a retry of one of its requests */
+  /* Pull: the next `_changes` page, asked for as soon as a page arrives, so that the server
+   * works on it while this page's revisions are fetched and placed. */
+  JsonNode *ahead_since; /* what it was asked since; NULL when none was asked */
+  gboolean ahead_busy;
+  gboolean ahead_wanted; /* the reader waits for it */
+  HbRemoteChanges *ahead;
   /* "id\nrev" of every revision this run holds in the cache, in a batch not yet written:
    * `latest=true` can bring the same revision in two pages, and one cache entry serves both. */
   GHashTable *inflight;
@@ -315,6 +321,8 @@ run_free (Run *run)
   g_strfreev (run->pull_doc_ids);
   g_clear_pointer (&run->page_missing, g_ptr_array_unref);
   g_clear_pointer (&run->page_seq, json_node_unref);
+  g_clear_pointer (&run->ahead_since, json_node_unref);
+  g_clear_pointer (&run->ahead, hb_remote_changes_free);
   g_clear_pointer (&run->fetched, g_ptr_array_unref);
   g_clear_error (&run->open_revs_error);
   g_clear_pointer (&run->current, batch_free);
@@ -1288,6 +1296,20 @@ add_fetched_revision (Run *run, HbRemoteRevision *revision)
   g_ptr_array_add (run->fetched, f);
 }
 
+/* A revision of a `_bulk_get` answer, its text cached as the server sent it: no tree is built
+ * and nothing is serialized again; the store reads it once. */
+static void
+add_fetched_raw (Run *run, HbRemoteRawRevision *revision)
+{
+  Fetched *f = g_new0 (Fetched, 1);
+
+  f->id = g_steal_pointer (&revision->id);
+  f->rev = g_steal_pointer (&revision->rev);
+  if (revision->error == NULL)
+    f->text = g_steal_pointer (&revision->text);
+  g_ptr_array_add (run->fetched, f);
+}
+
 static void on_bulk_get (GObject *source, GAsyncResult *result, gpointer data);
 
 static void pull_fetch (Run *run);
@@ -1402,7 +1424,7 @@ pull_fetch (Run *run)
     g_string_append (body, "]}");
     bytes = g_string_free_to_bytes (body);
     op_begin (run);
-    hb_remote_bulk_get_async (run->self->remote, bytes, run->cancellable, on_bulk_get, run);
+    hb_remote_bulk_get_raw_async (run->self->remote, bytes, run->cancellable, on_bulk_get, run);
   }
 }
 
@@ -1411,7 +1433,8 @@ on_bulk_get (GObject *source, GAsyncResult *result, gpointer data)
 {
   Run *run = data;
   g_autoptr (GError) error = NULL;
-  g_autoptr (GPtrArray) results = hb_remote_bulk_get_finish (HB_REMOTE (source), result, &error);
+  g_autoptr (GPtrArray) results
+      = hb_remote_bulk_get_raw_finish (HB_REMOTE (source), result, &error);
 
   if (error != NULL
       && (g_error_matches (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_NOT_FOUND)
@@ -1440,12 +1463,7 @@ on_bulk_get (GObject *source, GAsyncResult *result, gpointer data)
     return;
   run->attempts[LANE_READER] = 0;
   for (guint i = 0; i < results->len; i++)
-    {
-      HbRemoteBulkGetResult *r = g_ptr_array_index (results, i);
-
-      for (guint j = 0; j < r->revisions->len; j++)
-        add_fetched_revision (run, g_ptr_array_index (r->revisions, j));
-    }
+    add_fetched_raw (run, g_ptr_array_index (results, i));
   run->page_pos = run->page_missing->len;
   run->reader_busy = FALSE;
   reader_step (run);
@@ -1487,12 +1505,12 @@ on_pull_revs_diff (GObject *source, GAsyncResult *result, gpointer data)
 
 static void on_pull_changes (GObject *source, GAsyncResult *result, gpointer data);
 
+/* Asks for the page of `_changes` after @since. */
 static void
-pull_changes_request (Run *run)
+changes_send (Run *run, JsonNode *since, GAsyncReadyCallback callback)
 {
   HbReplicator *self = run->self;
 
-  run->reader_busy = TRUE;
   op_begin (run);
   if (run->selector != NULL)
     {
@@ -1504,13 +1522,13 @@ pull_changes_request (Run *run)
       char *text;
 
       g_string_append_printf (path, "&limit=%u", self->batch_size);
-      if (run->since != NULL)
+      if (since != NULL)
         {
-          g_autofree char *since = JSON_NODE_HOLDS_VALUE (run->since)
-                                           && json_node_get_value_type (run->since) == G_TYPE_STRING
-                                       ? g_strdup (json_node_get_string (run->since))
-                                       : json_to_string (run->since, FALSE);
-          g_autofree char *escaped = g_uri_escape_string (since, NULL, FALSE);
+          g_autofree char *since_text
+              = JSON_NODE_HOLDS_VALUE (since) && json_node_get_value_type (since) == G_TYPE_STRING
+                    ? g_strdup (json_node_get_string (since))
+                    : json_to_string (since, FALSE);
+          g_autofree char *escaped = g_uri_escape_string (since_text, NULL, FALSE);
 
           g_string_append_printf (path, "&since=%s", escaped);
         }
@@ -1521,13 +1539,91 @@ pull_changes_request (Run *run)
       root = json_builder_get_root (b);
       text = json_to_string (root, FALSE);
       bytes = g_bytes_new_take (text, strlen (text));
-      hb_remote_request_async (self->remote, "POST", path->str, bytes, run->cancellable,
-                               on_pull_changes, run);
+      hb_remote_request_async (self->remote, "POST", path->str, bytes, run->cancellable, callback,
+                               run);
       return;
     }
-  hb_remote_changes_async (self->remote, run->since, self->batch_size,
+  hb_remote_changes_async (self->remote, since, self->batch_size,
                            (const char *const *)run->pull_doc_ids, FALSE, 0, run->cancellable,
-                           on_pull_changes, run);
+                           callback, run);
+}
+
+static HbRemoteChanges *
+changes_finish (Run *run, GAsyncResult *result, GError **error)
+{
+  HbRemote *remote = run->self->remote;
+  g_autoptr (GBytes) bytes = NULL;
+
+  if (run->selector == NULL)
+    return hb_remote_changes_finish (remote, result, error);
+  bytes = hb_remote_request_finish (remote, result, NULL, error);
+  return bytes != NULL ? hb_remote_parse_changes (g_bytes_get_data (bytes, NULL),
+                                                  g_bytes_get_size (bytes), error)
+                       : NULL;
+}
+
+static void pull_changes_arrived (Run *run, HbRemoteChanges *changes);
+
+static void
+on_changes_ahead (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (HbRemoteChanges) changes = changes_finish (run, result, &error);
+
+  run->ahead_busy = FALSE;
+  /* A failure is not the run's: the reader asks again itself, with its retries. */
+  if (error != NULL)
+    g_clear_pointer (&run->ahead_since, json_node_unref);
+  if (!op_end (run, NULL))
+    return;
+  run->ahead = g_steal_pointer (&changes);
+  if (run->ahead_wanted)
+    {
+      run->ahead_wanted = FALSE;
+      run->reader_busy = FALSE;
+      reader_step (run);
+    }
+  /* Or nobody needs it any more, and it was what the run waited for. */
+  maybe_finish (run);
+}
+
+/* The reader takes the page read ahead if it is the one it needs: TRUE if it did, or if it
+ * now waits for it. */
+static gboolean
+take_changes_ahead (Run *run)
+{
+  gboolean usable = run->ahead_since != NULL && run->since != NULL
+                    && json_node_equal (run->ahead_since, run->since);
+
+  if (usable && run->ahead_busy)
+    {
+      run->reader_busy = TRUE;
+      run->ahead_wanted = TRUE;
+      return TRUE;
+    }
+  g_clear_pointer (&run->ahead_since, json_node_unref);
+  if (!usable || run->ahead == NULL)
+    {
+      g_clear_pointer (&run->ahead, hb_remote_changes_free);
+      return FALSE;
+    }
+  {
+    g_autoptr (HbRemoteChanges) changes = g_steal_pointer (&run->ahead);
+
+    run->reader_busy = TRUE;
+    pull_changes_arrived (run, changes);
+  }
+  return TRUE;
+}
+
+static void
+pull_changes_request (Run *run)
+{
+  if (take_changes_ahead (run))
+    return;
+  run->reader_busy = TRUE;
+  changes_send (run, run->since, on_pull_changes);
 }
 
 static void
@@ -1541,22 +1637,8 @@ on_pull_changes (GObject *source, GAsyncResult *result, gpointer data)
 {
   Run *run = data;
   g_autoptr (GError) error = NULL;
-  g_autoptr (HbRemoteChanges) changes = NULL;
-  g_autoptr (JsonBuilder) b = NULL;
-  g_autoptr (JsonNode) request = NULL;
-  GPtrArray *order;
+  g_autoptr (HbRemoteChanges) changes = changes_finish (run, result, &error);
 
-  if (run->selector != NULL)
-    {
-      g_autoptr (GBytes) bytes
-          = hb_remote_request_finish (HB_REMOTE (source), result, NULL, &error);
-
-      if (bytes != NULL)
-        changes = hb_remote_parse_changes (g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes),
-                                           &error);
-    }
-  else
-    changes = hb_remote_changes_finish (HB_REMOTE (source), result, &error);
   if (error != NULL && hb_remote_error_is_transient (error))
     {
       if (op_end (run, NULL))
@@ -1568,6 +1650,17 @@ on_pull_changes (GObject *source, GAsyncResult *result, gpointer data)
     }
   if (!op_end (run, &error))
     return;
+  pull_changes_arrived (run, changes);
+}
+
+/* A page of `_changes` since run->since (the reader is busy with it). */
+static void
+pull_changes_arrived (Run *run, HbRemoteChanges *changes)
+{
+  g_autoptr (JsonBuilder) b = NULL;
+  g_autoptr (JsonNode) request = NULL;
+  GPtrArray *order;
+
   run->attempts[LANE_READER] = 0;
   run->pending = changes->pending;
   if (changes->results->len == 0)
@@ -1583,10 +1676,22 @@ on_pull_changes (GObject *source, GAsyncResult *result, gpointer data)
     }
   g_clear_pointer (&run->page_seq, json_node_unref);
   run->page_seq = json_node_copy (changes->last_seq);
+  /* The next page, while this one's revisions are read. */
+  if (!run->ahead_busy && run->ahead == NULL && !JSON_NODE_HOLDS_NULL (run->page_seq))
+    {
+      g_clear_pointer (&run->ahead_since, json_node_unref);
+      run->ahead_since = json_node_copy (run->page_seq);
+      run->ahead_busy = TRUE;
+      changes_send (run, run->ahead_since, on_changes_ahead);
+    }
 
-  b = json_builder_new ();
+  /* The store's revs_diff is asked only when the store held something. */
+  if (!run->store_empty)
+    {
+      b = json_builder_new ();
+      json_builder_begin_object (b);
+    }
   order = g_ptr_array_new_with_free_func (g_free);
-  json_builder_begin_object (b);
   for (guint i = 0; i < changes->results->len; i++)
     {
       HbRemoteChange *change = g_ptr_array_index (changes->results, i);
@@ -1594,17 +1699,23 @@ on_pull_changes (GObject *source, GAsyncResult *result, gpointer data)
       /* After a failover a feed may repeat a row: the second one adds nothing. */
       if (change->id == NULL || change->revs == NULL || g_str_has_prefix (change->id, "_local/"))
         continue;
-      json_builder_set_member_name (b, change->id);
-      json_builder_begin_array (b);
+      if (b != NULL)
+        {
+          json_builder_set_member_name (b, change->id);
+          json_builder_begin_array (b);
+        }
       for (guint r = 0; change->revs[r] != NULL; r++)
         {
-          json_builder_add_string_value (b, change->revs[r]);
+          if (b != NULL)
+            json_builder_add_string_value (b, change->revs[r]);
           run->counts.missing_checked++;
         }
-      json_builder_end_array (b);
+      if (b != NULL)
+        json_builder_end_array (b);
       g_ptr_array_add (order, g_strdup (change->id));
     }
-  json_builder_end_object (b);
+  if (b != NULL)
+    json_builder_end_object (b);
   if (run->store_empty)
     {
       g_autoptr (GHashTable) missing = missing_table_new ();

@@ -2550,6 +2550,145 @@ test_parse_shapes (void)
   }
 }
 
+/* The pull reads `_bulk_get` and `_changes` by walking the checked text: it must read what
+ * JSON-GLib's tree reads (escaped and repeated names included) and hand each document on as
+ * the server's own bytes. */
+static void
+test_parse_walked (void)
+{
+  static const char *const bad_bulk_get[] = {
+    "[]",
+    "{}",
+    "{\"results\":[{}]}",
+    "{\"results\":[{\"id\":\"a\"}]}",
+    "{\"results\":[{\"id\":\"a\",\"docs\":[{}]}]}",
+    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":{},\"error\":{}}]}]}",
+    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":{\"_id\":\"a\"}}]}]}",
+    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":[]}]}]}",
+    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":null}]}]}",
+    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"error\":\"not_found\"}]}]}",
+    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"error\":{\"rev\":\"1-a\"}}]}]}",
+    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":{\"_id\":\"a\",\"_rev\":\"1-a\",\"_rev\":2}}]}]"
+    "}",
+    "{\"results\":[{\"id\":\"a\",\"docs\":[]}]} x",
+  };
+  const char *answer
+      = "{\"results\": [ {\"id\":\"a\",\"docs\":[ {\"ok\": {\"_id\":\"a\", \"_rev\":\"1-x\","
+        "\"_rev\":\"2-b\",\"text\":\"\\u00e9\\ud83d\\ude00 \\\"q\\\" \\n\",\"n\":[1.5e3,{}]} },"
+        "{\"error\":{\"rev\":\"1-c\",\"error\":\"not_found\",\"reason\":\"missing\"}}]},"
+        "{\"i\\u0064\":\"b\",\"docs\":[{\"ok\":{\"_i\\u0064\":\"b\\/"
+        "\\u0000x\",\"_rev\":\"1-d\"}}]},"
+        "{\"id\":\"c\",\"docs\":[{\"ok\":{\"_id\":\"c\\u00e9\",\"_rev\":\"1-e\"}}]} ], \"x\":1}";
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) raw = NULL;
+  HbRemoteRawRevision *r;
+
+  for (guint i = 0; i < G_N_ELEMENTS (bad_bulk_get); i++)
+    {
+      g_autoptr (GError) tree_error = NULL;
+      g_autoptr (GError) raw_error = NULL;
+      g_autoptr (GPtrArray) tree = hb_remote_parse_bulk_get (T (bad_bulk_get[i]), &tree_error);
+
+      raw = hb_remote_parse_bulk_get_raw (T (bad_bulk_get[i]), &raw_error);
+      g_assert_null (tree);
+      g_assert_null (raw);
+      g_assert_error (raw_error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_BAD_RESPONSE);
+      g_assert_cmpstr (raw_error->message, ==, tree_error->message);
+    }
+
+  /* A \u0000 is refused as a whole answer; without it, everything reads. */
+  raw = hb_remote_parse_bulk_get_raw (T (answer), &error);
+  g_assert_null (raw);
+  g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_BAD_RESPONSE);
+  g_clear_error (&error);
+  {
+    g_autofree char *fixed = g_strdup (answer);
+    char *nul = strstr (fixed, "\\u0000");
+    g_autoptr (GPtrArray) tree = NULL;
+    g_autoptr (JsonParser) parser = json_parser_new ();
+    guint n = 0;
+
+    memcpy (nul, "\\u0041", 6);
+    raw = hb_remote_parse_bulk_get_raw (T (fixed), &error);
+    g_assert_no_error (error);
+    tree = hb_remote_parse_bulk_get (T (fixed), &error);
+    g_assert_no_error (error);
+    g_assert_cmpuint (raw->len, ==, 4);
+    r = g_ptr_array_index (raw, 0);
+    g_assert_cmpstr (r->id, ==, "a");
+    g_assert_cmpstr (r->rev, ==, "2-b"); /* the last one, as JSON-GLib reads it */
+    g_assert_nonnull (strstr (fixed, g_bytes_get_data (r->text, NULL)));
+    g_assert_cmpuint (g_bytes_get_size (r->text), ==, strlen (g_bytes_get_data (r->text, NULL)));
+    r = g_ptr_array_index (raw, 1);
+    g_assert_cmpstr (r->id, ==, "a");
+    g_assert_cmpstr (r->rev, ==, "1-c");
+    g_assert_cmpstr (r->error, ==, "not_found");
+    g_assert_cmpstr (r->reason, ==, "missing");
+    g_assert_null (r->text);
+    r = g_ptr_array_index (raw, 2);
+    g_assert_cmpstr (r->id, ==, "b/Ax");
+    r = g_ptr_array_index (raw, 3);
+    g_assert_cmpstr (r->id, ==, "c\xc3\xa9");
+    for (guint i = 0; i < tree->len; i++)
+      {
+        HbRemoteBulkGetResult *result = g_ptr_array_index (tree, i);
+
+        for (guint j = 0; j < result->revisions->len; j++, n++)
+          {
+            HbRemoteRevision *rev = g_ptr_array_index (result->revisions, j);
+
+            r = g_ptr_array_index (raw, n);
+            g_assert_cmpstr (r->id, ==, rev->id);
+            g_assert_cmpstr (r->rev, ==, rev->rev);
+            if (r->text != NULL)
+              {
+                g_assert_true (json_parser_load_from_data (parser, g_bytes_get_data (r->text, NULL),
+                                                           -1, NULL));
+                g_assert_true (json_node_equal (json_parser_get_root (parser), rev->doc));
+              }
+          }
+      }
+    g_assert_cmpuint (n, ==, raw->len);
+  }
+
+  /* _changes: sequences of every kind, escapes, repeated members. */
+  {
+    const char *changes_text
+        = "{\"results\":[{\"seq\":12,\"id\":\"a\",\"changes\":[{\"rev\":\"1-a\"},{\"rev\":\"2-b\"}]"
+          ","
+          "\"deleted\":true},{\"seq\":\"13-g\\u00e9\",\"i\\u0064\":\"b\",\"changes\":[],"
+          "\"deleted\":false,\"deleted\":null},{\"seq\":[14,\"x\"],\"id\":\"c\",\"changes\":[]},"
+          "{\"seq\":-0,\"id\":\"d\",\"id\":\"e\",\"changes\":[]},{\"seq\":1.5,\"id\":\"f\","
+          "\"changes\":[]}],\"last_seq\":\"15-\\\"q\",\"pending\":0}";
+    g_autoptr (HbRemoteChanges) changes = hb_remote_parse_changes (T (changes_text), &error);
+    g_autoptr (HbRemoteChanges) tree = NULL;
+
+    g_assert_no_error (error);
+    tree = hb_remote_parse_changes_tree (T (changes_text), &error);
+    g_assert_no_error (error);
+    g_assert_true (json_node_equal (changes->last_seq, tree->last_seq));
+    g_assert_cmpstr (json_node_get_string (changes->last_seq), ==, "15-\"q");
+    g_assert_cmpint (changes->pending, ==, 0);
+    g_assert_cmpuint (changes->results->len, ==, tree->results->len);
+    for (guint i = 0; i < changes->results->len; i++)
+      {
+        HbRemoteChange *row = g_ptr_array_index (changes->results, i);
+        HbRemoteChange *tree_row = g_ptr_array_index (tree->results, i);
+
+        g_assert_cmpstr (row->id, ==, tree_row->id);
+        g_assert_true (json_node_equal (row->seq, tree_row->seq));
+        g_assert_true (
+            g_strv_equal ((const char *const *)row->revs, (const char *const *)tree_row->revs));
+        g_assert_true (row->deleted == tree_row->deleted);
+      }
+    g_assert_cmpint (json_node_get_int (((HbRemoteChange *)changes->results->pdata[0])->seq), ==,
+                     12);
+    g_assert_true (((HbRemoteChange *)changes->results->pdata[0])->deleted);
+    g_assert_cmpstr (((HbRemoteChange *)changes->results->pdata[1])->id, ==, "b");
+    g_assert_cmpstr (((HbRemoteChange *)changes->results->pdata[3])->id, ==, "e");
+  }
+}
+
 static void
 test_parse_error_body (void)
 {
@@ -2673,6 +2812,7 @@ main (int argc, char *argv[])
   PROXY_ADD ("/remote/auth/proxy/bearer", test_proxy_bearer);
   g_test_add_func ("/remote/parse/strict-json", test_parse_strict_json);
   g_test_add_func ("/remote/parse/shapes", test_parse_shapes);
+  g_test_add_func ("/remote/parse/walked", test_parse_walked);
   g_test_add_func ("/remote/parse/error-body", test_parse_error_body);
   g_test_add_func ("/remote/parse/boxed-types", test_boxed_types);
 #undef ADD
