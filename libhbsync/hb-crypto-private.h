@@ -30,19 +30,11 @@ GBytes *hb_seal (const guint8 key[HB_KEY_LEN],
                  const guint8 *ad,
                  gsize ad_len,
                  GError **error);
-/* Returns FALSE without setting error when authentication fails, so callers can name what was
- * corrupt; error is set only for library failures. Output is written to a buffer the caller
- * frees with hb_open_free(), which wipes it. */
-gboolean hb_open (const guint8 key[HB_KEY_LEN],
-                  const guint8 *sealed,
-                  gsize sealed_len,
-                  const guint8 *ad,
-                  gsize ad_len,
-                  guint8 **out_plain,
-                  gsize *out_plain_len,
-                  GError **error);
+/* Wipes and frees a plaintext buffer of len bytes. */
 void hb_open_free (guint8 *plain, gsize len);
-/* The same into a caller's buffer (for instance secure memory) of out_size bytes. */
+/* Opens a sealed record into a caller's buffer (for instance secure memory) of out_size bytes.
+ * Returns FALSE without setting error when authentication fails, so callers can name what was
+ * corrupt; error is set only for library failures. */
 gboolean hb_open_into (const guint8 key[HB_KEY_LEN],
                        const guint8 *sealed,
                        gsize sealed_len,

@@ -105,6 +105,12 @@ aead_init (gnutls_aead_cipher_hd_t *hd, const guint8 key[HB_KEY_LEN], GError **e
   return TRUE;
 }
 
+struct _HbAead
+{
+  gnutls_aead_cipher_hd_t hd;
+};
+
+/* The one-shot forms: a handle on the stack for one record. */
 GBytes *
 hb_seal (const guint8 key[HB_KEY_LEN],
          const guint8 *plain,
@@ -113,24 +119,14 @@ hb_seal (const guint8 key[HB_KEY_LEN],
          gsize ad_len,
          GError **error)
 {
-  gnutls_aead_cipher_hd_t hd;
-  gsize out_len = plain_len + HB_SEAL_OVERHEAD;
-  g_autofree guint8 *out = g_malloc (out_len);
-  gsize ct_len = plain_len + HB_TAG_LEN;
-  int rc;
+  HbAead aead;
+  GBytes *sealed;
 
-  if (!hb_random_bytes (out, HB_NONCE_LEN, error) || !aead_init (&hd, key, error))
+  if (!aead_init (&aead.hd, key, error))
     return NULL;
-  rc = gnutls_aead_cipher_encrypt (hd, out, HB_NONCE_LEN, ad, ad_len, HB_TAG_LEN, plain, plain_len,
-                                   out + HB_NONCE_LEN, &ct_len);
-  gnutls_aead_cipher_deinit (hd);
-  if (rc < 0 || ct_len != plain_len + HB_TAG_LEN)
-    {
-      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "AES-GCM encryption failed: %s",
-                   gnutls_strerror (rc));
-      return NULL;
-    }
-  return g_bytes_new_take (g_steal_pointer (&out), out_len);
+  sealed = hb_aead_seal (&aead, plain, plain_len, ad, ad_len, error);
+  gnutls_aead_cipher_deinit (aead.hd);
+  return sealed;
 }
 
 gboolean
@@ -144,56 +140,17 @@ hb_open_into (const guint8 key[HB_KEY_LEN],
               gsize *out_len,
               GError **error)
 {
-  gnutls_aead_cipher_hd_t hd;
-  gsize plain_len;
-  int rc;
+  HbAead aead;
+  gboolean ok;
 
   *out_len = 0;
   if (sealed_len < HB_SEAL_OVERHEAD || sealed_len - HB_SEAL_OVERHEAD > out_size)
     return FALSE;
-  if (!aead_init (&hd, key, error))
+  if (!aead_init (&aead.hd, key, error))
     return FALSE;
-  plain_len = out_size;
-  rc = gnutls_aead_cipher_decrypt (hd, sealed, HB_NONCE_LEN, ad, ad_len, HB_TAG_LEN,
-                                   sealed + HB_NONCE_LEN, sealed_len - HB_NONCE_LEN, out,
-                                   &plain_len);
-  gnutls_aead_cipher_deinit (hd);
-  if (rc < 0)
-    {
-      hb_wipe (out, out_size);
-      return FALSE;
-    }
-  *out_len = plain_len;
-  return TRUE;
-}
-
-gboolean
-hb_open (const guint8 key[HB_KEY_LEN],
-         const guint8 *sealed,
-         gsize sealed_len,
-         const guint8 *ad,
-         gsize ad_len,
-         guint8 **out_plain,
-         gsize *out_plain_len,
-         GError **error)
-{
-  gsize size;
-  guint8 *plain;
-
-  *out_plain = NULL;
-  *out_plain_len = 0;
-  if (sealed_len < HB_SEAL_OVERHEAD)
-    return FALSE;
-  /* One spare byte so callers can treat the result as a NUL-terminated string. */
-  size = sealed_len - HB_SEAL_OVERHEAD;
-  plain = g_malloc0 (size + 1);
-  if (!hb_open_into (key, sealed, sealed_len, ad, ad_len, plain, size, out_plain_len, error))
-    {
-      hb_open_free (plain, size + 1);
-      return FALSE;
-    }
-  *out_plain = plain;
-  return TRUE;
+  ok = hb_aead_open_into (&aead, sealed, sealed_len, ad, ad_len, out, out_size, out_len);
+  gnutls_aead_cipher_deinit (aead.hd);
+  return ok;
 }
 
 void
@@ -204,11 +161,6 @@ hb_open_free (guint8 *plain, gsize len)
   hb_wipe (plain, len);
   g_free (plain);
 }
-
-struct _HbAead
-{
-  gnutls_aead_cipher_hd_t hd;
-};
 
 HbAead *
 hb_aead_new (const guint8 key[HB_KEY_LEN], GError **error)

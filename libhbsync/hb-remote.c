@@ -2312,6 +2312,22 @@ answer_bulk_get (Request *req, const guint8 *data, gsize len, GError **error)
   return hb_remote_parse_bulk_get (data, len, error);
 }
 
+/* `POST _bulk_get`, its answer read by answer (into a GPtrArray) under source_tag. */
+static void
+send_bulk_get (HbRemote *self,
+               GBytes *body,
+               AnswerFunc answer,
+               gpointer source_tag,
+               GCancellable *cancellable,
+               GAsyncReadyCallback callback,
+               gpointer user_data)
+{
+  GTask *task = request_task (self, "_bulk_get", answer, (GDestroyNotify)g_ptr_array_unref,
+                              source_tag, cancellable, callback, user_data);
+
+  send_request (self, task, "POST", "_bulk_get?revs=true&latest=true", body, TRUE);
+}
+
 /**
  * hb_remote_bulk_get_async:
  * @self: a remote
@@ -2331,14 +2347,11 @@ hb_remote_bulk_get_async (HbRemote *self,
                           GAsyncReadyCallback callback,
                           gpointer user_data)
 {
-  GTask *task;
-
   g_return_if_fail (HB_IS_REMOTE (self));
   g_return_if_fail (body != NULL);
 
-  task = request_task (self, "_bulk_get", answer_bulk_get, (GDestroyNotify)g_ptr_array_unref,
-                       hb_remote_bulk_get_async, cancellable, callback, user_data);
-  send_request (self, task, "POST", "_bulk_get?revs=true&latest=true", body, TRUE);
+  send_bulk_get (self, body, answer_bulk_get, hb_remote_bulk_get_async, cancellable, callback,
+                 user_data);
 }
 
 /**
@@ -2376,14 +2389,11 @@ hb_remote_bulk_get_raw_async (HbRemote *self,
                               GAsyncReadyCallback callback,
                               gpointer user_data)
 {
-  GTask *task;
-
   g_return_if_fail (HB_IS_REMOTE (self));
   g_return_if_fail (body != NULL);
 
-  task = request_task (self, "_bulk_get", answer_bulk_get_raw, (GDestroyNotify)g_ptr_array_unref,
-                       hb_remote_bulk_get_raw_async, cancellable, callback, user_data);
-  send_request (self, task, "POST", "_bulk_get?revs=true&latest=true", body, TRUE);
+  send_bulk_get (self, body, answer_bulk_get_raw, hb_remote_bulk_get_raw_async, cancellable,
+                 callback, user_data);
 }
 
 GPtrArray *

@@ -78,6 +78,12 @@ class Result:
 
 
 class CliTestCase(unittest.TestCase):
+    def start_server(self):
+        """A test server for this test, stopped after it; self.db is a database URL on it."""
+        self.server = TestServer()
+        self.addCleanup(self.server.stop)
+        self.db = self.server.url + "/clinic"
+
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="hbsync-cli-")
         self.addCleanup(shutil.rmtree, self.dir, True)
@@ -817,9 +823,7 @@ class TestReplication(CliTestCase):
 
     def setUp(self):
         super().setUp()
-        self.server = TestServer()
-        self.addCleanup(self.server.stop)
-        self.db = self.server.url + "/clinic"
+        self.start_server()
         self.init()
         self.ids = []
         for i in range(25):
@@ -1052,9 +1056,7 @@ class ServerTestCase(CliTestCase):
 
     def setUp(self):
         super().setUp()
-        self.server = TestServer()
-        self.addCleanup(self.server.stop)
-        self.db = self.server.url + "/clinic"
+        self.start_server()
         http_json("PUT", self.db)
         self.init()
         self.put({"_id": "session:s1", "type": "session", "patient_id": "patient:p1"})
@@ -1568,9 +1570,7 @@ class TestProgress(CliTestCase):
 
     def setUp(self):
         super().setUp()
-        self.server = TestServer()
-        self.addCleanup(self.server.stop)
-        self.db = self.server.url + "/clinic"
+        self.start_server()
         self.init()
         lines = [json.dumps({"_id": "note:%03d" % i, "type": "note", "session_id": "session:s1",
                              "text": "%s %d" % (SECRET_NOTE, i)}) for i in range(PROGRESS_DOCS)]
