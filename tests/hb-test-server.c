@@ -3,6 +3,11 @@
 
 #include "hb-test-server.h"
 
+#include <libsoup/soup.h>
+
+#include "hb-json-private.h"
+#include "hb-test-utils.h"
+
 #define START_TIMEOUT_MS 30000
 #define COMMAND_TIMEOUT_MS 15000
 #define STOP_TIMEOUT_MS 5000
@@ -271,4 +276,113 @@ hb_test_proxy_command (HbTestProxy *proxy, const char *json_line, GError **error
       return NULL;
     }
   return g_steal_pointer (&root);
+}
+
+/* ---- assertions about a server's and a store's documents ---------------------------------- */
+
+/* One session for the process, never freed: tests end with the process. */
+static SoupSession *
+test_session (void)
+{
+  static gsize once;
+  static SoupSession *session;
+
+  if (g_once_init_enter (&once))
+    {
+      session = soup_session_new ();
+      g_once_init_leave (&once, 1);
+    }
+  return session;
+}
+
+/* A blocking request for assertions about the server's state. */
+JsonNode *
+hb_test_http_json (const char *method, const char *url, const char *body, guint *out_status)
+{
+  g_autoptr (SoupMessage) msg = soup_message_new (method, url);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GBytes) response = NULL;
+  g_autoptr (JsonParser) parser = json_parser_new ();
+
+  g_assert_nonnull (msg);
+  soup_message_headers_replace (soup_message_get_request_headers (msg), "Accept",
+                                "application/json");
+  if (body != NULL)
+    {
+      g_autoptr (GBytes) bytes = g_bytes_new (body, strlen (body));
+      soup_message_set_request_body_from_bytes (msg, "application/json", bytes);
+    }
+  response = soup_session_send_and_read (test_session (), msg, NULL, &error);
+  g_assert_no_error (error);
+  if (out_status != NULL)
+    *out_status = soup_message_get_status (msg);
+  if (!json_parser_load_from_data (parser, g_bytes_get_data (response, NULL),
+                                   (gssize)g_bytes_get_size (response), NULL))
+    return NULL;
+  return json_node_ref (json_parser_get_root (parser));
+}
+
+/* g_ptr_array_sort() passes pointers to the elements. */
+gint
+hb_test_compare_strv_items (gconstpointer a, gconstpointer b)
+{
+  return g_strcmp0 (*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Every document of a store with all its leaves: id → sorted list of canonical leaf texts
+ * (`_rev`, `_revisions`, `_deleted` and body). */
+GHashTable *
+hb_test_store_trees (HbStore *store)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) changes = hb_store_changes_sync (store, 0, 0, NULL, &error);
+  GHashTable *trees = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
+  JsonArray *rows;
+  g_autoptr (JsonBuilder) b = json_builder_new ();
+  g_autoptr (JsonNode) request = NULL;
+  g_autoptr (GPtrArray) texts = NULL;
+  guint k = 0;
+
+  g_assert_no_error (error);
+  rows = json_object_get_array_member (json_node_get_object (changes), "results");
+  json_builder_begin_object (b);
+  for (guint i = 0; i < json_array_get_length (rows); i++)
+    {
+      JsonObject *row = json_array_get_object_element (rows, i);
+      JsonArray *revs = json_object_get_array_member (row, "changes");
+
+      json_builder_set_member_name (b, json_object_get_string_member (row, "id"));
+      json_builder_begin_array (b);
+      for (guint r = 0; r < json_array_get_length (revs); r++)
+        json_builder_add_string_value (
+            b, json_object_get_string_member (json_array_get_object_element (revs, r), "rev"));
+      json_builder_end_array (b);
+    }
+  json_builder_end_object (b);
+  request = json_builder_get_root (b);
+  texts = hb_store_get_revs_json_sync (store, request, NULL, &error);
+  g_assert_no_error (error);
+
+  for (guint i = 0; i < json_array_get_length (rows); i++)
+    {
+      JsonObject *row = json_array_get_object_element (rows, i);
+      JsonArray *revs = json_object_get_array_member (row, "changes");
+      g_autoptr (GPtrArray) leaves = g_ptr_array_new_with_free_func (g_free);
+      GString *all = g_string_new (NULL);
+
+      for (guint r = 0; r < json_array_get_length (revs); r++, k++)
+        {
+          GBytes *text = g_ptr_array_index (texts, k);
+          g_autoptr (JsonNode) leaf = hb_test_json (g_bytes_get_data (text, NULL));
+
+          json_object_remove_member (json_node_get_object (leaf), "_conflicts");
+          g_ptr_array_add (leaves, hb_json_to_canonical (leaf, NULL));
+        }
+      g_ptr_array_sort (leaves, hb_test_compare_strv_items);
+      for (guint l = 0; l < leaves->len; l++)
+        g_string_append_printf (all, "%s\n", (char *)leaves->pdata[l]);
+      g_hash_table_insert (trees, g_strdup (json_object_get_string_member (row, "id")),
+                           g_string_free (all, FALSE));
+    }
+  return trees;
 }

@@ -44,6 +44,19 @@ JsonNode *hb_test_proxy_command (HbTestProxy *proxy, const char *json_line, GErr
 /* Like hb_test_server_stop(). */
 void hb_test_proxy_stop (HbTestProxy *proxy);
 
+/* A blocking HTTP request (body: JSON text or NULL) for assertions about a server's state: the
+ * answer parsed, or NULL if it is not JSON; the status in *out_status if given. */
+JsonNode *
+hb_test_http_json (const char *method, const char *url, const char *body, guint *out_status);
+
+/* Orders an array of strings with g_ptr_array_sort() or qsort(). */
+gint hb_test_compare_strv_items (gconstpointer a, gconstpointer b);
+
+/* Every document of a store with all its leaves: id → the canonical texts of its leaves
+ * (`_rev`, `_revisions`, `_deleted` and body), sorted, one a line. */
+typedef struct _HbStore HbStore;
+GHashTable *hb_test_store_trees (HbStore *store);
+
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (HbTestServer, hb_test_server_stop)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (HbTestProxy, hb_test_proxy_stop)
 

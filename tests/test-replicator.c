@@ -10,35 +10,6 @@
 
 /* ---- plumbing -------------------------------------------------------------------------- */
 
-static SoupSession *http;
-
-/* A blocking request for assertions about the server's state. */
-static JsonNode *
-http_json (const char *method, const char *url, const char *body, guint *out_status)
-{
-  g_autoptr (SoupMessage) msg = soup_message_new (method, url);
-  g_autoptr (GError) error = NULL;
-  g_autoptr (GBytes) response = NULL;
-  g_autoptr (JsonParser) parser = json_parser_new ();
-
-  g_assert_nonnull (msg);
-  soup_message_headers_replace (soup_message_get_request_headers (msg), "Accept",
-                                "application/json");
-  if (body != NULL)
-    {
-      g_autoptr (GBytes) bytes = g_bytes_new (body, strlen (body));
-      soup_message_set_request_body_from_bytes (msg, "application/json", bytes);
-    }
-  response = soup_session_send_and_read (http, msg, NULL, &error);
-  g_assert_no_error (error);
-  if (out_status != NULL)
-    *out_status = soup_message_get_status (msg);
-  if (!json_parser_load_from_data (parser, g_bytes_get_data (response, NULL),
-                                   (gssize)g_bytes_get_size (response), NULL))
-    return NULL;
-  return json_node_ref (json_parser_get_root (parser));
-}
-
 typedef struct
 {
   HbTestServer *server;
@@ -199,71 +170,6 @@ write_corpus (HbStore *store, guint n, gsize text_len)
     }
 }
 
-/* g_ptr_array_sort() passes pointers to the elements. */
-static gint
-compare_strv_items (gconstpointer a, gconstpointer b)
-{
-  return g_strcmp0 (*(const char *const *)a, *(const char *const *)b);
-}
-
-/* Every document of a store with all its leaves: id → sorted list of canonical leaf texts
- * (`_rev`, `_revisions`, `_deleted` and body). */
-static GHashTable *
-store_trees (HbStore *store)
-{
-  g_autoptr (GError) error = NULL;
-  g_autoptr (JsonNode) changes = hb_store_changes_sync (store, 0, 0, NULL, &error);
-  GHashTable *trees = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
-  JsonArray *rows;
-  g_autoptr (JsonBuilder) b = json_builder_new ();
-  g_autoptr (JsonNode) request = NULL;
-  g_autoptr (GPtrArray) texts = NULL;
-  guint k = 0;
-
-  g_assert_no_error (error);
-  rows = json_object_get_array_member (json_node_get_object (changes), "results");
-  json_builder_begin_object (b);
-  for (guint i = 0; i < json_array_get_length (rows); i++)
-    {
-      JsonObject *row = json_array_get_object_element (rows, i);
-      JsonArray *revs = json_object_get_array_member (row, "changes");
-
-      json_builder_set_member_name (b, json_object_get_string_member (row, "id"));
-      json_builder_begin_array (b);
-      for (guint r = 0; r < json_array_get_length (revs); r++)
-        json_builder_add_string_value (
-            b, json_object_get_string_member (json_array_get_object_element (revs, r), "rev"));
-      json_builder_end_array (b);
-    }
-  json_builder_end_object (b);
-  request = json_builder_get_root (b);
-  texts = hb_store_get_revs_json_sync (store, request, NULL, &error);
-  g_assert_no_error (error);
-
-  for (guint i = 0; i < json_array_get_length (rows); i++)
-    {
-      JsonObject *row = json_array_get_object_element (rows, i);
-      JsonArray *revs = json_object_get_array_member (row, "changes");
-      g_autoptr (GPtrArray) leaves = g_ptr_array_new_with_free_func (g_free);
-      GString *all = g_string_new (NULL);
-
-      for (guint r = 0; r < json_array_get_length (revs); r++, k++)
-        {
-          GBytes *text = g_ptr_array_index (texts, k);
-          g_autoptr (JsonNode) leaf = hb_test_json (g_bytes_get_data (text, NULL));
-
-          json_object_remove_member (json_node_get_object (leaf), "_conflicts");
-          g_ptr_array_add (leaves, hb_json_to_canonical (leaf, NULL));
-        }
-      g_ptr_array_sort (leaves, compare_strv_items);
-      for (guint l = 0; l < leaves->len; l++)
-        g_string_append_printf (all, "%s\n", (char *)leaves->pdata[l]);
-      g_hash_table_insert (trees, g_strdup (json_object_get_string_member (row, "id")),
-                           g_string_free (all, FALSE));
-    }
-  return trees;
-}
-
 /* The same for the server's database: every leaf the changes feed names, read with its
  * history in one `_bulk_get?revs=true`. */
 static GHashTable *
@@ -271,7 +177,7 @@ server_trees (const char *db_url)
 {
   g_autofree char *changes_url = g_strdup_printf ("%s/_changes?style=all_docs", db_url);
   g_autofree char *bulk_url = g_strdup_printf ("%s/_bulk_get?revs=true", db_url);
-  g_autoptr (JsonNode) changes = http_json ("GET", changes_url, NULL, NULL);
+  g_autoptr (JsonNode) changes = hb_test_http_json ("GET", changes_url, NULL, NULL);
   g_autoptr (JsonBuilder) b = json_builder_new ();
   g_autoptr (JsonNode) request = NULL;
   g_autoptr (JsonNode) answer = NULL;
@@ -311,7 +217,7 @@ server_trees (const char *db_url)
   json_builder_end_object (b);
   request = json_builder_get_root (b);
   body = json_to_string (request, FALSE);
-  answer = http_json ("POST", bulk_url, body, &status);
+  answer = hb_test_http_json ("POST", bulk_url, body, &status);
   g_assert_cmpuint (status, ==, 200);
   results = json_object_get_array_member (json_node_get_object (answer), "results");
   for (guint i = 0; i < json_array_get_length (results); i++)
@@ -336,7 +242,7 @@ server_trees (const char *db_url)
       GPtrArray *list = value;
       GString *all = g_string_new (NULL);
 
-      g_ptr_array_sort (list, compare_strv_items);
+      g_ptr_array_sort (list, hb_test_compare_strv_items);
       for (guint l = 0; l < list->len; l++)
         g_string_append_printf (all, "%s\n", (char *)list->pdata[l]);
       g_hash_table_insert (trees, g_strdup (key), g_string_free (all, FALSE));
@@ -675,7 +581,7 @@ remote_checkpoint (const char *db_url, const char *rep_id)
 {
   g_autofree char *url = g_strdup_printf ("%s/_local/%s", db_url, rep_id);
   guint status = 0;
-  JsonNode *doc = http_json ("GET", url, NULL, &status);
+  JsonNode *doc = hb_test_http_json ("GET", url, NULL, &status);
 
   if (status == 404)
     {
@@ -757,7 +663,7 @@ static GHashTable *
 server_seqs (const char *db_url)
 {
   g_autofree char *url = g_strdup_printf ("%s/_changes?style=all_docs", db_url);
-  g_autoptr (JsonNode) changes = http_json ("GET", url, NULL, NULL);
+  g_autoptr (JsonNode) changes = hb_test_http_json ("GET", url, NULL, NULL);
   JsonArray *rows = json_object_get_array_member (json_node_get_object (changes), "results");
   GHashTable *seqs = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
 
@@ -774,7 +680,7 @@ server_seqs (const char *db_url)
 static gint64
 server_doc_count (const char *db_url)
 {
-  g_autoptr (JsonNode) info = http_json ("GET", db_url, NULL, NULL);
+  g_autoptr (JsonNode) info = hb_test_http_json ("GET", db_url, NULL, NULL);
 
   return json_object_get_int_member (json_node_get_object (info), "doc_count");
 }
@@ -789,9 +695,9 @@ server_bulk (const char *db_url, const char *body)
   JsonArray *list;
   guint status = 0;
 
-  created = http_json ("PUT", db_url, NULL, &status);
+  created = hb_test_http_json ("PUT", db_url, NULL, &status);
   g_assert_true (status == 201 || status == 412);
-  answer = http_json ("POST", url, body, &status);
+  answer = hb_test_http_json ("POST", url, body, &status);
   g_assert_cmpuint (status, ==, 201);
   list = json_node_get_array (answer);
   for (guint i = 0; i < json_array_get_length (list); i++)
@@ -1107,7 +1013,7 @@ test_round_trip (Fixture *f, gconstpointer data)
   g_assert_cmpuint (pushed->docs_written, ==, pushed->docs_read);
   g_assert_cmpuint (pushed->docs_written, ==, count_leaves (f->store));
   g_assert_cmpuint (pushed->docs_written, >, 230);
-  local = store_trees (f->store);
+  local = hb_test_store_trees (f->store);
   server = server_trees (f->db_url);
   assert_trees_equal (local, server);
 
@@ -1120,7 +1026,7 @@ test_round_trip (Fixture *f, gconstpointer data)
   pulled = replicate_ok (store2, f->cache, f->db_url, HB_REPLICATION_DIRECTION_PULL);
   g_assert_cmpuint (pulled->doc_write_failures, ==, 0);
   g_assert_cmpuint (pulled->docs_written, ==, pushed->docs_written);
-  copy = store_trees (store2);
+  copy = hb_test_store_trees (store2);
   assert_trees_equal (copy, server);
   {
     g_autoptr (HbSyncCacheStats) stats = hb_sync_cache_get_stats (f->cache);
@@ -1137,8 +1043,8 @@ static void
 assert_converged (
     HbStore *a, HbStore *b, const char *db_url, guint *out_conflicted, guint *out_deleted)
 {
-  g_autoptr (GHashTable) ta = store_trees (a);
-  g_autoptr (GHashTable) tb = store_trees (b);
+  g_autoptr (GHashTable) ta = hb_test_store_trees (a);
+  g_autoptr (GHashTable) tb = hb_test_store_trees (b);
   g_autoptr (GHashTable) ts = server_trees (db_url);
   GHashTableIter iter;
   gpointer key, value;
@@ -1158,7 +1064,7 @@ assert_converged (
       g_autoptr (GPtrArray) expected = g_ptr_array_new_with_free_func (g_free);
       g_autoptr (GPtrArray) leaves
           = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
-      g_autoptr (JsonNode) open = http_json ("GET", leaves_url, NULL, NULL);
+      g_autoptr (JsonNode) open = hb_test_http_json ("GET", leaves_url, NULL, NULL);
       g_autoptr (JsonNode) doc = NULL;
       g_autofree char *wa = NULL;
       g_autofree char *wb = NULL;
@@ -1202,7 +1108,7 @@ assert_converged (
       g_assert_cmpstr (ja, ==, je);
 
       /* And so does the server itself. */
-      doc = http_json ("GET", url, NULL, &status);
+      doc = hb_test_http_json ("GET", url, NULL, &status);
       if (da)
         {
           g_assert_cmpuint (status, ==, 404);
@@ -1260,8 +1166,8 @@ test_conflicts_converge (Fixture *f, gconstpointer data)
   write_notes (a, "note:", 0, 40, 200);
   sync_round (a, b, f->cache, f->db_url, "A>B<");
   {
-    g_autoptr (GHashTable) ta = store_trees (a);
-    g_autoptr (GHashTable) first = store_trees (b);
+    g_autoptr (GHashTable) ta = hb_test_store_trees (a);
+    g_autoptr (GHashTable) first = hb_test_store_trees (b);
     assert_trees_equal (ta, first);
   }
 
@@ -1322,7 +1228,7 @@ test_conflicts_converge (Fixture *f, gconstpointer data)
   /* 0-19 keep both branches; 20-29 have a deleted leaf, which is no conflict. */
   g_assert_cmpuint (conflicted, ==, 20);
   g_assert_cmpuint (deleted, ==, 3);
-  tb = store_trees (b);
+  tb = hb_test_store_trees (b);
   for (guint i = 0; i < 40; i++)
     {
       g_autofree char *id = g_strdup_printf ("note:%05u", i);
@@ -1552,7 +1458,7 @@ test_resume_push (Fixture *f, gconstpointer data)
     g_assert_true (g_hash_table_contains (acked1, key) || g_hash_table_contains (sent2, key));
   g_assert_cmpint (server_doc_count (f->db_url), ==, RESUME_DOCS);
   {
-    g_autoptr (GHashTable) local = store_trees (f->store);
+    g_autoptr (GHashTable) local = hb_test_store_trees (f->store);
     g_autoptr (GHashTable) server = server_trees (f->db_url);
     assert_trees_equal (local, server);
   }
@@ -1626,7 +1532,7 @@ test_resume_pull (Fixture *f, gconstpointer data)
       g_assert_false (g_hash_table_contains (stored1, key));
     }
   {
-    g_autoptr (GHashTable) local = store_trees (f->store);
+    g_autoptr (GHashTable) local = hb_test_store_trees (f->store);
     g_autoptr (GHashTable) server = server_trees (f->db_url);
     assert_trees_equal (local, server);
   }
@@ -1710,7 +1616,7 @@ test_opaque_seqs (Fixture *f, gconstpointer data)
   g_assert_cmpstr (result->last_seq, ==, last_seq);
   assert_checkpoint_holds (f->store, f->db_url, rep_id, ckpt2);
   {
-    g_autoptr (JsonNode) info = http_json ("GET", url, NULL, NULL);
+    g_autoptr (JsonNode) info = hb_test_http_json ("GET", url, NULL, NULL);
     JsonNode *update_seq = json_object_get_member (json_node_get_object (info), "update_seq");
 
     g_assert_true (is_opaque_seq (update_seq));
@@ -1722,7 +1628,7 @@ test_opaque_seqs (Fixture *f, gconstpointer data)
                       g_ascii_strtoull (json_node_get_string (ckpt2), NULL, 10));
   }
   {
-    g_autoptr (GHashTable) local = store_trees (f->store);
+    g_autoptr (GHashTable) local = hb_test_store_trees (f->store);
     g_autoptr (GHashTable) server = server_trees (f->db_url);
     assert_trees_equal (local, server);
   }
@@ -1743,7 +1649,7 @@ test_opaque_seqs (Fixture *f, gconstpointer data)
   pushed = repl_run_ok (push);
   g_assert_cmpuint (pushed->doc_write_failures, ==, 0);
   {
-    g_autoptr (GHashTable) local = store_trees (f->store);
+    g_autoptr (GHashTable) local = hb_test_store_trees (f->store);
     g_autoptr (GHashTable) server = server_trees (f->db_url);
     g_autofree char *push_id = hb_replicator_get_replication_id (push->r);
     g_autoptr (JsonNode) seq = checkpoint_seq (f->store, f->db_url, push_id);
@@ -1825,11 +1731,11 @@ test_too_large (Fixture *f, gconstpointer data)
     g_autoptr (JsonNode) answer = NULL;
     guint status = 0;
 
-    answer = http_json ("GET", big_url, NULL, &status);
+    answer = hb_test_http_json ("GET", big_url, NULL, &status);
     g_assert_cmpuint (status, ==, 404);
   }
   {
-    g_autoptr (GHashTable) local = store_trees (f->store);
+    g_autoptr (GHashTable) local = hb_test_store_trees (f->store);
     g_autoptr (GHashTable) server = server_trees (f->db_url);
 
     g_assert_true (g_hash_table_remove (local, "note:big"));
@@ -1858,7 +1764,7 @@ test_denied (Fixture *f, gconstpointer data)
   g_assert_cmpuint (result->docs_written, ==, 37);
   g_assert_cmpuint (result->docs_read, ==, 40);
   g_assert_cmpuint (rp->denied->len, ==, 3);
-  g_ptr_array_sort (rp->denied, compare_strv_items);
+  g_ptr_array_sort (rp->denied, hb_test_compare_strv_items);
   for (guint i = 0; denied_ids[i] != NULL; i++)
     g_assert_cmpstr (rp->denied->pdata[i], ==, denied_ids[i]);
 
@@ -1871,7 +1777,7 @@ test_denied (Fixture *f, gconstpointer data)
       g_autoptr (JsonNode) answer = NULL;
       guint status = 0;
 
-      answer = http_json ("GET", doc_url, NULL, &status);
+      answer = hb_test_http_json ("GET", doc_url, NULL, &status);
       g_assert_cmpuint (status, ==, g_strv_contains (denied_ids, id) ? 404 : 200);
     }
 
@@ -1937,8 +1843,8 @@ test_cache_bound (Fixture *f, gconstpointer data)
 
   g_assert_cmpint (server_doc_count (f->db_url), ==, n);
   {
-    g_autoptr (GHashTable) ta = store_trees (f->store);
-    g_autoptr (GHashTable) tb = store_trees (b);
+    g_autoptr (GHashTable) ta = hb_test_store_trees (f->store);
+    g_autoptr (GHashTable) tb = hb_test_store_trees (b);
 
     g_assert_cmpuint (g_hash_table_size (ta), ==, n);
     assert_trees_equal (ta, tb);
@@ -2094,7 +2000,7 @@ test_no_bulk_get (Fixture *f, gconstpointer data)
       pulled = repl_run_ok (rp);
       g_assert_cmpuint (pulled->doc_write_failures, ==, 0);
       g_assert_cmpuint (pulled->docs_written, ==, pushed->docs_written);
-      copy = store_trees (store);
+      copy = hb_test_store_trees (store);
       assert_trees_equal (copy, server);
 
       stats = proxy_stats (f->proxy, &stats_root);
@@ -2160,7 +2066,7 @@ joined_keys (GHashTable *table)
 {
   g_autofree const char **keys = (const char **)g_hash_table_get_keys_as_array (table, NULL);
 
-  qsort (keys, g_hash_table_size (table), sizeof (char *), compare_strv_items);
+  qsort (keys, g_hash_table_size (table), sizeof (char *), hb_test_compare_strv_items);
   return g_strjoinv (",", (char **)keys);
 }
 
@@ -2234,7 +2140,7 @@ test_filters (Fixture *f, gconstpointer data)
   g_clear_pointer (&ids, g_free);
   {
     /* What went, went whole: same trees as the store's. */
-    g_autoptr (GHashTable) local = store_trees (f->store);
+    g_autoptr (GHashTable) local = hb_test_store_trees (f->store);
     g_autoptr (GHashTable) server = server_trees (session_url);
     GHashTableIter iter;
     gpointer key, value;
@@ -2276,7 +2182,7 @@ test_filters (Fixture *f, gconstpointer data)
                    "note:n1,note:n2,observation:o1,observation:o2,observation:o3,patient:p1,"
                    "patient:p2,session:s1,session:s2");
   {
-    g_autoptr (GHashTable) pulled = store_trees (c);
+    g_autoptr (GHashTable) pulled = hb_test_store_trees (c);
     g_autoptr (GHashTable) server = server_trees (f->db_url);
     GHashTableIter iter;
     gpointer key, value;
@@ -2476,7 +2382,7 @@ test_transient (Fixture *f, gconstpointer data)
     g_assert_cmpuint (GPOINTER_TO_SIZE (g_hash_table_lookup (seqs, key)), >, n);
   g_assert_cmpint (server_doc_count (f->db_url), ==, 200);
   {
-    g_autoptr (GHashTable) local = store_trees (f->store);
+    g_autoptr (GHashTable) local = hb_test_store_trees (f->store);
     g_autoptr (GHashTable) server = server_trees (f->db_url);
     assert_trees_equal (local, server);
   }
@@ -2618,7 +2524,6 @@ main (int argc, char **argv)
   g_setenv ("TMPDIR", tmpdir, TRUE);
 
   g_test_init (&argc, &argv, NULL);
-  http = soup_session_new ();
 
 #define ADD(path, func, data)                                                                      \
   g_test_add ("/replicator/" path, Fixture, data, fixture_setup, func, fixture_teardown)
@@ -2640,7 +2545,6 @@ main (int argc, char **argv)
 #undef ADD
 
   rc = g_test_run ();
-  g_clear_object (&http);
   hb_test_rmdir (tmpdir);
   return rc;
 }

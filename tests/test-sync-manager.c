@@ -7,32 +7,6 @@
 #include "hb-test-server.h"
 #include "hb-test-utils.h"
 
-static SoupSession *http;
-
-static JsonNode *
-http_json (const char *method, const char *url, const char *body, guint *out_status)
-{
-  g_autoptr (SoupMessage) msg = soup_message_new (method, url);
-  g_autoptr (GError) error = NULL;
-  g_autoptr (GBytes) response = NULL;
-  g_autoptr (JsonParser) parser = json_parser_new ();
-
-  g_assert_nonnull (msg);
-  if (body != NULL)
-    {
-      g_autoptr (GBytes) bytes = g_bytes_new (body, strlen (body));
-      soup_message_set_request_body_from_bytes (msg, "application/json", bytes);
-    }
-  response = soup_session_send_and_read (http, msg, NULL, &error);
-  g_assert_no_error (error);
-  if (out_status != NULL)
-    *out_status = soup_message_get_status (msg);
-  if (!json_parser_load_from_data (parser, g_bytes_get_data (response, NULL),
-                                   (gssize)g_bytes_get_size (response), NULL))
-    return NULL;
-  return json_node_ref (json_parser_get_root (parser));
-}
-
 typedef struct
 {
   HbTestServer *server;
@@ -136,7 +110,7 @@ fixture_setup (Fixture *f, gconstpointer data)
     }
   else
     f->sync_url = g_strdup (f->db_url);
-  created = http_json ("PUT", f->db_url, NULL, NULL);
+  created = hb_test_http_json ("PUT", f->db_url, NULL, NULL);
   f->store = hb_test_store_new (&f->dir);
   f->config = quick_config (f->sync_url);
   f->manager = hb_sync_manager_new (f->store, f->config, &error);
@@ -243,7 +217,7 @@ server_has (Fixture *f, const char *id)
 {
   g_autofree char *url = g_strdup_printf ("%s/%s", f->db_url, id);
   guint status = 0;
-  g_autoptr (JsonNode) doc = http_json ("GET", url, NULL, &status);
+  g_autoptr (JsonNode) doc = hb_test_http_json ("GET", url, NULL, &status);
 
   return status == 200;
 }
@@ -300,7 +274,7 @@ test_continuous (Fixture *f, gconstpointer data)
 
   /* A server change is pulled through the longpoll. */
   url = g_strdup_printf ("%s/note:3", f->db_url);
-  put = http_json ("PUT", url, "{\"type\":\"note\",\"text\":\"from the server\"}", NULL);
+  put = hb_test_http_json ("PUT", url, "{\"type\":\"note\",\"text\":\"from the server\"}", NULL);
   wanted_id = "note:3";
   wait_until (store_has_wanted, f, 20000);
   wait_until (is_up_to_date, f, 20000);
@@ -421,77 +395,12 @@ test_ensure_dead_server (Fixture *f, gconstpointer data)
 
 /* ---- revision trees (as in test-replicator.c) ------------------------------------------ */
 
-/* g_ptr_array_sort() passes pointers to the elements. */
-static gint
-compare_strv_items (gconstpointer a, gconstpointer b)
-{
-  return g_strcmp0 (*(const char *const *)a, *(const char *const *)b);
-}
-
-/* Every document of a store with all its leaves: id → sorted list of canonical leaf texts
- * (`_rev`, `_revisions`, `_deleted` and body), one a line. */
-static GHashTable *
-store_trees (HbStore *store)
-{
-  g_autoptr (GError) error = NULL;
-  g_autoptr (JsonNode) changes = hb_store_changes_sync (store, 0, 0, NULL, &error);
-  GHashTable *trees = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
-  JsonArray *rows;
-  g_autoptr (JsonBuilder) b = json_builder_new ();
-  g_autoptr (JsonNode) request = NULL;
-  g_autoptr (GPtrArray) texts = NULL;
-  guint k = 0;
-
-  g_assert_no_error (error);
-  rows = json_object_get_array_member (json_node_get_object (changes), "results");
-  json_builder_begin_object (b);
-  for (guint i = 0; i < json_array_get_length (rows); i++)
-    {
-      JsonObject *row = json_array_get_object_element (rows, i);
-      JsonArray *revs = json_object_get_array_member (row, "changes");
-
-      json_builder_set_member_name (b, json_object_get_string_member (row, "id"));
-      json_builder_begin_array (b);
-      for (guint r = 0; r < json_array_get_length (revs); r++)
-        json_builder_add_string_value (
-            b, json_object_get_string_member (json_array_get_object_element (revs, r), "rev"));
-      json_builder_end_array (b);
-    }
-  json_builder_end_object (b);
-  request = json_builder_get_root (b);
-  texts = hb_store_get_revs_json_sync (store, request, NULL, &error);
-  g_assert_no_error (error);
-
-  for (guint i = 0; i < json_array_get_length (rows); i++)
-    {
-      JsonObject *row = json_array_get_object_element (rows, i);
-      JsonArray *revs = json_object_get_array_member (row, "changes");
-      g_autoptr (GPtrArray) leaves = g_ptr_array_new_with_free_func (g_free);
-      GString *all = g_string_new (NULL);
-
-      for (guint r = 0; r < json_array_get_length (revs); r++, k++)
-        {
-          GBytes *text = g_ptr_array_index (texts, k);
-          g_autoptr (JsonNode) leaf = hb_test_json (g_bytes_get_data (text, NULL));
-
-          json_object_remove_member (json_node_get_object (leaf), "_conflicts");
-          g_ptr_array_add (leaves, hb_json_to_canonical (leaf, NULL));
-        }
-      g_ptr_array_sort (leaves, compare_strv_items);
-      for (guint l = 0; l < leaves->len; l++)
-        g_string_append_printf (all, "%s\n", (char *)leaves->pdata[l]);
-      g_hash_table_insert (trees, g_strdup (json_object_get_string_member (row, "id")),
-                           g_string_free (all, FALSE));
-    }
-  return trees;
-}
-
 /* The same for the server's database, read with open_revs=all. */
 static GHashTable *
 server_trees (const char *db_url)
 {
   g_autofree char *changes_url = g_strdup_printf ("%s/_changes?style=all_docs", db_url);
-  g_autoptr (JsonNode) changes = http_json ("GET", changes_url, NULL, NULL);
+  g_autoptr (JsonNode) changes = hb_test_http_json ("GET", changes_url, NULL, NULL);
   GHashTable *trees = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
   JsonArray *rows = json_object_get_array_member (json_node_get_object (changes), "results");
 
@@ -501,7 +410,7 @@ server_trees (const char *db_url)
           = json_object_get_string_member (json_array_get_object_element (rows, i), "id");
       g_autofree char *escaped = g_uri_escape_string (id, NULL, FALSE);
       g_autofree char *url = g_strdup_printf ("%s/%s?open_revs=all&revs=true", db_url, escaped);
-      g_autoptr (JsonNode) answer = http_json ("GET", url, NULL, NULL);
+      g_autoptr (JsonNode) answer = hb_test_http_json ("GET", url, NULL, NULL);
       JsonArray *list = json_node_get_array (answer);
       g_autoptr (GPtrArray) leaves = g_ptr_array_new_with_free_func (g_free);
       GString *all = g_string_new (NULL);
@@ -514,7 +423,7 @@ server_trees (const char *db_url)
           g_assert_nonnull (doc);
           g_ptr_array_add (leaves, hb_json_to_canonical (doc, NULL));
         }
-      g_ptr_array_sort (leaves, compare_strv_items);
+      g_ptr_array_sort (leaves, hb_test_compare_strv_items);
       for (guint l = 0; l < leaves->len; l++)
         g_string_append_printf (all, "%s\n", (char *)leaves->pdata[l]);
       g_hash_table_insert (trees, g_strdup (id), g_string_free (all, FALSE));
@@ -551,7 +460,7 @@ leaves_of (JsonNode *changes)
       for (guint r = 0; r < json_array_get_length (revs); r++)
         g_ptr_array_add (list, (gpointer)json_object_get_string_member (
                                    json_array_get_object_element (revs, r), "rev"));
-      g_ptr_array_sort (list, compare_strv_items);
+      g_ptr_array_sort (list, hb_test_compare_strv_items);
       g_ptr_array_add (list, NULL);
       joined = g_strjoinv (",", (char **)list->pdata);
       g_hash_table_insert (leaves, g_strdup (json_object_get_string_member (row, "id")),
@@ -674,7 +583,7 @@ server_write (Fixture *f, const char *id, gboolean delete)
   if (delete)
     {
       url = g_strdup_printf ("%s/%s?rev=%s", f->db_url, escaped, rev);
-      answer = http_json ("DELETE", url, NULL, &status);
+      answer = hb_test_http_json ("DELETE", url, NULL, &status);
     }
   else
     {
@@ -683,7 +592,7 @@ server_write (Fixture *f, const char *id, gboolean delete)
                               "\"text\":\"written on the server, revision %u\"}",
                               rev != NULL ? "\"_rev\":\"" : "", rev != NULL ? rev : "",
                               rev != NULL ? "\"," : "", depth + 1);
-      answer = http_json ("PUT", url, body, &status);
+      answer = hb_test_http_json ("PUT", url, body, &status);
     }
   g_assert_true (status == 200 || status == 201);
   g_hash_table_replace (
@@ -717,7 +626,7 @@ write_initial (Fixture *f)
                               i > 0 ? "," : "", i, i);
     }
   g_string_append (body, "]}");
-  answer = http_json ("POST", url, body->str, &status);
+  answer = hb_test_http_json ("POST", url, body->str, &status);
   g_string_free (body, TRUE);
   g_assert_cmpuint (status, ==, 201);
   list = json_node_get_array (answer);
@@ -792,7 +701,7 @@ converged (Fixture *f)
   local = hb_store_changes_sync (f->store, 0, 0, NULL, &error);
   g_assert_no_error (error);
   url = g_strdup_printf ("%s/_changes?style=all_docs", f->db_url);
-  remote = http_json ("GET", url, NULL, NULL);
+  remote = hb_test_http_json ("GET", url, NULL, NULL);
   a = leaves_of (local);
   b = leaves_of (remote);
   return g_hash_table_size (a) == g_hash_table_size (f->expected) && same_leaves (a, b);
@@ -875,7 +784,7 @@ assert_one_leaf (const char *id, const char *tree, guint expected)
 static void
 assert_converged (Fixture *f)
 {
-  g_autoptr (GHashTable) local = store_trees (f->store);
+  g_autoptr (GHashTable) local = hb_test_store_trees (f->store);
   g_autoptr (GHashTable) remote = server_trees (f->db_url);
   GHashTableIter iter;
   gpointer key, value;
@@ -1159,7 +1068,7 @@ test_auth_user_db (Fixture *f, gconstpointer data)
 {
   g_autofree char *user_db = g_strdup_printf ("%s/userdb-alice", f->server->url);
   g_autofree char *url = g_strdup_printf ("%s/note:from-server", user_db);
-  g_autoptr (JsonNode) created = http_json ("PUT", user_db, NULL, NULL);
+  g_autoptr (JsonNode) created = hb_test_http_json ("PUT", user_db, NULL, NULL);
   g_autoptr (JsonNode) put = NULL;
   g_autoptr (GHashTable) local = NULL;
   g_autoptr (GHashTable) remote = NULL;
@@ -1168,11 +1077,11 @@ test_auth_user_db (Fixture *f, gconstpointer data)
                       "\"user_db\": \"clinic\"}}");
   use_user_db (f, "alice", "s3cret");
   put_doc (f->store, "note:from-store", NULL);
-  put = http_json ("PUT", url, "{\"type\":\"note\"}", NULL);
+  put = hb_test_http_json ("PUT", url, "{\"type\":\"note\"}", NULL);
 
   hb_sync_manager_start (f->manager);
   wait_until (is_up_to_date, f, 30000);
-  local = store_trees (f->store);
+  local = hb_test_store_trees (f->store);
   remote = server_trees (user_db);
   g_assert_cmpuint (g_hash_table_size (local), ==, 2);
   assert_trees_equal (local, remote);
@@ -1183,7 +1092,7 @@ test_auth_user_db (Fixture *f, gconstpointer data)
   {
     guint status = 0;
 
-    put = http_json ("GET", url, NULL, &status);
+    put = hb_test_http_json ("GET", url, NULL, &status);
     g_assert_cmpuint (status, ==, 404);
   }
   assert_seen (f, HB_SYNC_STATUS_AUTH_FAILED, NEVER);
@@ -1198,7 +1107,7 @@ static void
 test_auth_wrong_credentials (Fixture *f, gconstpointer data)
 {
   g_autofree char *user_db = g_strdup_printf ("%s/userdb-alice", f->server->url);
-  g_autoptr (JsonNode) created = http_json ("PUT", user_db, NULL, NULL);
+  g_autoptr (JsonNode) created = hb_test_http_json ("PUT", user_db, NULL, NULL);
   g_autoptr (JsonNode) stats_root = NULL;
   JsonObject *stats;
   g_autoptr (GHashTable) local = NULL;
@@ -1228,7 +1137,7 @@ test_auth_wrong_credentials (Fixture *f, gconstpointer data)
   PROXY_DO (f->proxy, "{\"cmd\": \"config\", \"rules\": {\"basic_auth\": \"alice:wrong\"}}");
   hb_sync_manager_start (f->manager);
   wait_until (is_up_to_date, f, 30000);
-  local = store_trees (f->store);
+  local = hb_test_store_trees (f->store);
   remote = server_trees (user_db);
   g_assert_cmpuint (g_hash_table_size (local), ==, 2);
   assert_trees_equal (local, remote);
@@ -1356,7 +1265,7 @@ test_auth_bearer_renewal (Fixture *f, gconstpointer data)
 
   hb_sync_config_set_secret (f->config, "token-2");
   hb_sync_manager_start (f->manager);
-  put = http_json ("PUT", url, "{\"type\":\"note\"}", NULL);
+  put = hb_test_http_json ("PUT", url, "{\"type\":\"note\"}", NULL);
   wanted_id = "note:2";
   wait_until (server_has_wanted, f, 30000);
   wanted_id = "note:server-2";
@@ -1382,7 +1291,7 @@ test_restart (Fixture *f, gconstpointer data)
   g_assert_true (server_has (f, "note:1"));
   /* Both directions go on: the longpoll is watching again. */
   url = g_strdup_printf ("%s/note:2", f->db_url);
-  put = http_json ("PUT", url, "{\"type\":\"note\"}", NULL);
+  put = hb_test_http_json ("PUT", url, "{\"type\":\"note\"}", NULL);
   wanted_id = "note:2";
   wait_until (store_has_wanted, f, 20000);
   assert_seen (f, HB_SYNC_STATUS_ERROR, NEVER);
@@ -1511,7 +1420,7 @@ run_conflict (Fixture *f,
       "\"updated_at\":\"2024-01-03\",\"_revisions\":{\"start\":2,\"ids\":[\"%s\",\"%s\"]}}]}",
       "ffffffffffffffffffffffffffffffff", "ffffffffffffffffffffffffffffffff",
       strchr (first, '-') + 1);
-  answer = http_json ("POST", url, body, NULL);
+  answer = hb_test_http_json ("POST", url, body, NULL);
 
   conflict_seen = seen;
   g_signal_connect (f->manager, "conflict", G_CALLBACK (on_conflict), seen);
@@ -1723,7 +1632,7 @@ net_doc_arrived (Fixture *f)
 {
   g_autofree char *url = g_strdup_printf ("%s/note:net", f->db_url);
   guint status = 0;
-  g_autoptr (JsonNode) doc = http_json ("GET", url, NULL, &status);
+  g_autoptr (JsonNode) doc = hb_test_http_json ("GET", url, NULL, &status);
 
   return status == 200 && hb_sync_manager_get_status (f->manager) == HB_SYNC_STATUS_UP_TO_DATE;
 }
@@ -1785,7 +1694,6 @@ main (int argc, char **argv)
   g_io_extension_point_register (G_NETWORK_MONITOR_EXTENSION_POINT_NAME);
   g_io_extension_point_implement (G_NETWORK_MONITOR_EXTENSION_POINT_NAME,
                                   hb_test_monitor_get_type (), "hb-test", 1000);
-  http = soup_session_new ();
 
   g_test_add ("/sync-manager/continuous", Fixture, NULL, fixture_setup, test_continuous,
               fixture_teardown);
@@ -1833,6 +1741,5 @@ main (int argc, char **argv)
               test_ensure_through_proxy, fixture_teardown);
 
   rc = g_test_run ();
-  g_clear_object (&http);
   return rc;
 }
