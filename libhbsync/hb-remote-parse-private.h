@@ -5,12 +5,13 @@
  * untrusted: every shape and type is checked, nothing is sized from what the peer claims, and
  * failures are HB_REMOTE_ERROR_BAD_RESPONSE errors that never quote the input. */
 
+#include "hb-json-private.h"
 #include "hb-remote.h"
 
 G_BEGIN_DECLS
 
 /* Deeper JSON than this is refused before JSON-GLib's recursive parser sees it. */
-#define HB_REMOTE_MAX_JSON_DEPTH 256
+#define HB_REMOTE_MAX_JSON_DEPTH HB_JSON_MAX_DEPTH
 
 /* Longest `error` or `reason` quoted in an error message, in bytes. */
 #define HB_REMOTE_MAX_QUOTED 200

@@ -315,264 +315,8 @@ G_DEFINE_BOXED_TYPE (HbRemoteBulkGetResult,
 
 /* ---- strict JSON ----------------------------------------------------------------------- */
 
-/* JSON-GLib 1.6 accepts comments, single quotes, hex numbers and trailing text, wraps integers
- * beyond 64 bits, cuts strings at \u0000 and recurses once per nesting level. Text from a
- * server is therefore checked against RFC 8259 first, with those limits, and JSON-GLib only
- * ever sees what it reads faithfully. */
-
-static void
-skip_ws (const guint8 **p, const guint8 *end)
-{
-  while (*p < end && (**p == ' ' || **p == '\t' || **p == '\n' || **p == '\r'))
-    (*p)++;
-}
-
-static gboolean
-scan_hex4 (const guint8 **p, const guint8 *end, guint *out)
-{
-  guint v = 0;
-
-  if (end - *p < 4)
-    return FALSE;
-  for (guint i = 0; i < 4; i++)
-    {
-      int d = g_ascii_xdigit_value ((*p)[i]);
-      if (d < 0)
-        return FALSE;
-      v = v << 4 | (guint)d;
-    }
-  *p += 4;
-  *out = v;
-  return TRUE;
-}
-
-/* Why strict JSON was refused, for the error message. */
-static const char not_json[] = "the body is not JSON";
-static const char too_deep[] = "the body is JSON nested too deep";
-static const char out_of_range[] = "the body holds a number out of range";
-static const char nul_char[] = "the body holds a NUL character";
-
-/* A \u escape (after the "\u"): no NUL, surrogates only in pairs. */
-static gboolean
-scan_unicode_escape (const guint8 **p, const guint8 *end, const char **why)
-{
-  guint u, low;
-
-  if (!scan_hex4 (p, end, &u) || (u >= 0xdc00 && u <= 0xdfff))
-    return FALSE;
-  if (u == 0)
-    {
-      *why = nul_char;
-      return FALSE;
-    }
-  if (u < 0xd800 || u > 0xdbff)
-    return TRUE;
-  if (end - *p < 2 || (*p)[0] != '\\' || (*p)[1] != 'u')
-    return FALSE;
-  *p += 2;
-  return scan_hex4 (p, end, &low) && low >= 0xdc00 && low <= 0xdfff;
-}
-
-static gboolean
-scan_string (const guint8 **p, const guint8 *end, const char **why)
-{
-  (*p)++;
-  while (*p < end)
-    {
-      guint8 c = *(*p)++;
-
-      if (c == '"')
-        return TRUE;
-      if (c < 0x20)
-        return FALSE;
-      if (c != '\\')
-        continue;
-      if (*p >= end)
-        return FALSE;
-      c = *(*p)++;
-      if (c == 'u')
-        {
-          if (!scan_unicode_escape (p, end, why))
-            return FALSE;
-        }
-      else if (strchr ("\"\\/bfnrt", c) == NULL || c == '\0')
-        return FALSE;
-    }
-  return FALSE;
-}
-
-static gboolean
-scan_digits (const guint8 **p, const guint8 *end)
-{
-  const guint8 *start = *p;
-
-  while (*p < end && g_ascii_isdigit (**p))
-    (*p)++;
-  return *p > start;
-}
-
-/* An integer JSON-GLib stores as gint64 without wrapping. */
-static gboolean
-integer_fits (const guint8 *start, const guint8 *end)
-{
-  gboolean negative = *start == '-';
-  const guint8 *digits = start + negative;
-  const char *limit = negative ? "9223372036854775808" : "9223372036854775807";
-  gsize n = end - digits;
-
-  /* No leading zeros, so more digits means a larger number. */
-  return n < 19 || (n == 19 && memcmp (digits, limit, 19) <= 0);
-}
-
-static gboolean
-double_is_finite (const guint8 *start, const guint8 *end)
-{
-  g_autofree char *text = g_strndup ((const char *)start, end - start);
-
-  return isfinite (g_ascii_strtod (text, NULL));
-}
-
-static gboolean
-scan_number (const guint8 **p, const guint8 *end, const char **why)
-{
-  const guint8 *start = *p;
-  gboolean integer = TRUE;
-
-  if (**p == '-')
-    (*p)++;
-  if (*p < end && **p == '0')
-    (*p)++;
-  else if (*p >= end || !g_ascii_isdigit (**p) || !scan_digits (p, end))
-    return FALSE;
-  if (*p < end && **p == '.')
-    {
-      (*p)++;
-      integer = FALSE;
-      if (!scan_digits (p, end))
-        return FALSE;
-    }
-  if (*p < end && (**p == 'e' || **p == 'E'))
-    {
-      (*p)++;
-      integer = FALSE;
-      if (*p < end && (**p == '+' || **p == '-'))
-        (*p)++;
-      if (!scan_digits (p, end))
-        return FALSE;
-    }
-  if (integer ? integer_fits (start, *p) : double_is_finite (start, *p))
-    return TRUE;
-  *why = out_of_range;
-  return FALSE;
-}
-
-static gboolean
-scan_literal (const guint8 **p, const guint8 *end, const char *word)
-{
-  gsize n = strlen (word);
-
-  if ((gsize)(end - *p) < n || memcmp (*p, word, n) != 0)
-    return FALSE;
-  *p += n;
-  return TRUE;
-}
-
-static gboolean
-scan_scalar (const guint8 **p, const guint8 *end, const char **why)
-{
-  switch (**p)
-    {
-      case '"':
-        return scan_string (p, end, why);
-      case 't':
-        return scan_literal (p, end, "true");
-      case 'f':
-        return scan_literal (p, end, "false");
-      case 'n':
-        return scan_literal (p, end, "null");
-      default:
-        return scan_number (p, end, why);
-    }
-}
-
-typedef enum
-{
-  EXPECT_VALUE,
-  EXPECT_VALUE_OR_CLOSE, /* just after '[' */
-  EXPECT_KEY,
-  EXPECT_KEY_OR_CLOSE, /* just after '{' */
-  AFTER_VALUE,
-} ScanState;
-
-/* NULL for strict JSON within the limits, else why not. */
-static const char *
-check_json (const guint8 *data, gsize len)
-{
-  guint8 open[HB_REMOTE_MAX_JSON_DEPTH];
-  const char *why = not_json;
-  guint depth = 0;
-  const guint8 *p = data, *end = data + len;
-  ScanState state = EXPECT_VALUE;
-
-  for (;;)
-    {
-      skip_ws (&p, end);
-      if (state == AFTER_VALUE && depth == 0)
-        return p == end ? NULL : not_json;
-      if (p >= end)
-        return not_json;
-      switch (state)
-        {
-          case EXPECT_VALUE_OR_CLOSE:
-          case EXPECT_VALUE:
-            if (state == EXPECT_VALUE_OR_CLOSE && *p == ']')
-              {
-                p++;
-                depth--;
-                state = AFTER_VALUE;
-              }
-            else if (*p == '[' || *p == '{')
-              {
-                if (depth == HB_REMOTE_MAX_JSON_DEPTH)
-                  return too_deep;
-                open[depth++] = *p;
-                state = *p++ == '[' ? EXPECT_VALUE_OR_CLOSE : EXPECT_KEY_OR_CLOSE;
-              }
-            else if (scan_scalar (&p, end, &why))
-              state = AFTER_VALUE;
-            else
-              return why;
-            break;
-          case EXPECT_KEY_OR_CLOSE:
-          case EXPECT_KEY:
-            if (state == EXPECT_KEY_OR_CLOSE && *p == '}')
-              {
-                p++;
-                depth--;
-                state = AFTER_VALUE;
-                break;
-              }
-            if (*p != '"' || !scan_string (&p, end, &why))
-              return why;
-            skip_ws (&p, end);
-            if (p >= end || *p++ != ':')
-              return not_json;
-            state = EXPECT_VALUE;
-            break;
-          case AFTER_VALUE:
-            if (*p == ',')
-              state = open[depth - 1] == '{' ? EXPECT_KEY : EXPECT_VALUE;
-            else if (*p == (open[depth - 1] == '{' ? '}' : ']'))
-              depth--;
-            else
-              return not_json;
-            p++;
-            break;
-          default:
-            g_assert_not_reached ();
-        }
-    }
-}
+/* Text from a server is checked with hb_json_check_strict() (hb-json.c) before JSON-GLib, which
+ * is lenient and lossy beyond RFC 8259, sees it. */
 
 static gboolean bad (GError **error, const char *what, const char *format, ...)
     G_GNUC_PRINTF (3, 4);
@@ -607,9 +351,9 @@ parse_json (const char *what, const guint8 *data, gsize len, GError **error)
       bad (error, what, "the body is not UTF-8 text");
       return NULL;
     }
-  if ((why = check_json (data, len)) != NULL)
+  if ((why = hb_json_check_strict (data, len)) != NULL)
     {
-      bad (error, what, "%s", why);
+      bad (error, what, "the body %s", why);
       return NULL;
     }
   parser = json_parser_new ();
@@ -1012,253 +756,30 @@ hb_remote_parse_bulk_get (const guint8 *data, gsize len, GError **error)
 
 /* The `_bulk_get` answer carries every document of a page. Building JSON-GLib's tree of it
  * only to take each document out again costs more than the rest of a pull together, so that
- * answer is walked instead: once check_json() has accepted the body, a walk over it only
- * needs to find where each value ends, and each document is handed on as the very bytes the
- * server sent. Members are read as JSON-GLib reads them: the last one of a name wins, and a
- * name matches after its escapes are decoded. */
+ * answer is walked instead (hb_json_walk_member() and the others of hb-json.c), and each
+ * document is handed on as the very bytes the server sent. */
 
-typedef struct
-{
-  const guint8 *start;
-  const guint8 *end; /* one past the value */
-} Span;
-
-static void
-walk_ws (const guint8 **p, const guint8 *end)
-{
-  while (*p < end && (**p == ' ' || **p == '\t' || **p == '\n' || **p == '\r'))
-    (*p)++;
-}
-
-/* Past the string at *p (its opening quote). */
-static void
-walk_string (const guint8 **p, const guint8 *end)
-{
-  const guint8 *q = *p + 1;
-
-  while (q < end && *q != '"')
-    q += *q == '\\' ? 2 : 1;
-  *p = MIN (q + 1, end);
-}
-
-/* Past the (checked) value at *p. */
-static void
-walk_value (const guint8 **p, const guint8 *end)
-{
-  const guint8 *q = *p;
-  guint depth = 0;
-
-  if (q >= end)
-    return;
-  if (*q == '"')
-    {
-      walk_string (p, end);
-      return;
-    }
-  if (*q != '{' && *q != '[')
-    {
-      while (q < end && *q != ',' && *q != '}' && *q != ']' && *q != ' ' && *q != '\t' && *q != '\n'
-             && *q != '\r')
-        q++;
-      *p = q;
-      return;
-    }
-  while (q < end)
-    {
-      switch (*q)
-        {
-          case '"':
-            walk_string (&q, end);
-            continue;
-          case '{':
-          case '[':
-            depth++;
-            break;
-          case '}':
-          case ']':
-            if (--depth == 0)
-              {
-                *p = q + 1;
-                return;
-              }
-            break;
-          default:
-            break;
-        }
-      q++;
-    }
-  *p = end;
-}
-
-/* The next member of the object being walked: *p is just past its '{' or past the previous
- * member's value. FALSE, with *p past the '}', when there is none. */
-static gboolean
-walk_member (const guint8 **p, const guint8 *end, Span *name, Span *value)
-{
-  walk_ws (p, end);
-  if (*p < end && **p == ',')
-    {
-      (*p)++;
-      walk_ws (p, end);
-    }
-  if (*p >= end || **p != '"')
-    {
-      *p = MIN (*p + 1, end);
-      return FALSE;
-    }
-  name->start = *p;
-  walk_string (p, end);
-  name->end = *p;
-  walk_ws (p, end);
-  (*p)++; /* ':' */
-  walk_ws (p, end);
-  value->start = *p;
-  walk_value (p, end);
-  value->end = *p;
-  return TRUE;
-}
-
-/* The next element of the array being walked, like walk_member(). */
-static gboolean
-walk_element (const guint8 **p, const guint8 *end, Span *value)
-{
-  walk_ws (p, end);
-  if (*p < end && **p == ',')
-    {
-      (*p)++;
-      walk_ws (p, end);
-    }
-  if (*p >= end || **p == ']')
-    {
-      *p = MIN (*p + 1, end);
-      return FALSE;
-    }
-  value->start = *p;
-  walk_value (p, end);
-  value->end = *p;
-  return TRUE;
-}
-
-static gboolean
-span_is (const Span *value, guint8 first)
-{
-  return value->start != NULL && value->start < value->end && value->start[0] == first;
-}
-
-/* The text of a checked string value, its escapes decoded. */
-static char *
-span_string (const Span *value)
-{
-  const guint8 *p = value->start + 1, *end = value->end - 1;
-  GString *out;
-
-  if (memchr (p, '\\', end - p) == NULL)
-    return g_strndup ((const char *)p, end - p);
-  out = g_string_sized_new (end - p);
-  while (p < end)
-    {
-      const guint8 *backslash = memchr (p, '\\', end - p);
-      guint u = 0;
-
-      if (backslash == NULL)
-        {
-          g_string_append_len (out, (const char *)p, end - p);
-          break;
-        }
-      g_string_append_len (out, (const char *)p, backslash - p);
-      p = backslash + 1;
-      switch (*p++)
-        {
-          case 'b':
-            g_string_append_c (out, '\b');
-            break;
-          case 'f':
-            g_string_append_c (out, '\f');
-            break;
-          case 'n':
-            g_string_append_c (out, '\n');
-            break;
-          case 'r':
-            g_string_append_c (out, '\r');
-            break;
-          case 't':
-            g_string_append_c (out, '\t');
-            break;
-          case 'u':
-            /* check_json() let through only whole escapes, surrogates in pairs. */
-            scan_hex4 (&p, end, &u);
-            if (u >= 0xd800 && u <= 0xdbff)
-              {
-                guint low = 0;
-
-                p += 2;
-                scan_hex4 (&p, end, &low);
-                u = 0x10000 + ((u - 0xd800) << 10) + (low - 0xdc00);
-              }
-            g_string_append_unichar (out, u);
-            break;
-          default: /* '"', '\\', '/' */
-            g_string_append_c (out, (char)p[-1]);
-            break;
-        }
-    }
-  return g_string_free (out, FALSE);
-}
-
-static gboolean
-name_is (const Span *name, const char *wanted)
-{
-  gsize n = strlen (wanted);
-  g_autofree char *decoded = NULL;
-
-  if ((gsize)(name->end - name->start) == n + 2 && memcmp (name->start + 1, wanted, n) == 0)
-    return TRUE;
-  if (memchr (name->start, '\\', name->end - name->start) == NULL)
-    return FALSE;
-  decoded = span_string (name);
-  return strcmp (decoded, wanted) == 0;
-}
-
-/* The members named in @names (NULL-terminated) of the checked object at @object: the last of
- * each name, or a NULL start when absent. */
-static void
-walk_object (const Span *object, const char *const *names, Span *values)
-{
-  const guint8 *p = object->start + 1;
-  Span name, value;
-
-  for (guint i = 0; names[i] != NULL; i++)
-    values[i].start = values[i].end = NULL;
-  while (walk_member (&p, object->end, &name, &value))
-    for (guint i = 0; names[i] != NULL; i++)
-      if (name_is (&name, names[i]))
-        {
-          values[i] = value;
-          break;
-        }
-}
-
-/* As get_string(), of a member walk_object() found. */
+/* As get_string(), of a member hb_json_walk_object() found. */
 static gboolean
 span_get_string (const char *what,
-                 const Span *value,
+                 const HbJsonSpan *value,
                  const char *name,
                  gboolean required,
                  char **out,
                  GError **error)
 {
   *out = NULL;
-  if (value->start == NULL || span_is (value, 'n'))
+  if (value->start == NULL || hb_json_span_is (value, 'n'))
     return !required || bad (error, what, "“%s” is missing", name);
-  if (!span_is (value, '"'))
+  if (!hb_json_span_is (value, '"'))
     return bad (error, what, "“%s” is not a string", name);
-  *out = span_string (value);
+  *out = hb_json_span_string (value);
   return TRUE;
 }
 
 /* The body's value, checked as parse_json() checks it, and an object. */
 static gboolean
-checked_object (const char *what, const guint8 *data, gsize len, Span *root, GError **error)
+checked_object (const char *what, const guint8 *data, gsize len, HbJsonSpan *root, GError **error)
 {
   const char *why;
   const guint8 *p = data;
@@ -1267,24 +788,24 @@ checked_object (const char *what, const guint8 *data, gsize len, Span *root, GEr
     return bad (error, what, "the body is empty");
   if (len > G_MAXSSIZE || !g_utf8_validate_len ((const char *)data, len, NULL))
     return bad (error, what, "the body is not UTF-8 text");
-  if ((why = check_json (data, len)) != NULL)
-    return bad (error, what, "%s", why);
-  walk_ws (&p, data + len);
+  if ((why = hb_json_check_strict (data, len)) != NULL)
+    return bad (error, what, "the body %s", why);
+  hb_json_walk_ws (&p, data + len);
   root->start = p;
-  walk_value (&p, data + len);
+  hb_json_walk_value (&p, data + len);
   root->end = p;
-  if (!span_is (root, '{'))
+  if (!hb_json_span_is (root, '{'))
     return bad (error, what, "not a JSON object");
   return TRUE;
 }
 
-/* As get_array(), of a member walk_object() found. */
+/* As get_array(), of a member hb_json_walk_object() found. */
 static gboolean
-span_get_array (const char *what, const Span *value, const char *name, GError **error)
+span_get_array (const char *what, const HbJsonSpan *value, const char *name, GError **error)
 {
-  if (value->start == NULL || span_is (value, 'n'))
+  if (value->start == NULL || hb_json_span_is (value, 'n'))
     return bad (error, what, "“%s” is missing", name);
-  if (!span_is (value, '['))
+  if (!hb_json_span_is (value, '['))
     return bad (error, what, "“%s” is not an array", name);
   return TRUE;
 }
@@ -1314,19 +835,19 @@ static const char *const error_names[] = { "id", "rev", "error", "reason", NULL 
 
 /* A revision as `{"ok": doc}`, as ok_revision() reads it. */
 static HbRemoteRawRevision *
-raw_ok_revision (const char *what, const Span *doc, GError **error)
+raw_ok_revision (const char *what, const HbJsonSpan *doc, GError **error)
 {
   g_autoptr (HbRemoteRawRevision) revision = g_new0 (HbRemoteRawRevision, 1);
-  Span values[G_N_ELEMENTS (ok_names) - 1];
+  HbJsonSpan values[G_N_ELEMENTS (ok_names) - 1];
   gsize len = doc->end - doc->start;
   char *text;
 
-  if (!span_is (doc, '{'))
+  if (!hb_json_span_is (doc, '{'))
     {
       bad (error, what, "a document is not an object");
       return NULL;
     }
-  walk_object (doc, ok_names, values);
+  hb_json_walk_object (doc, ok_names, values);
   if (!span_get_string (what, &values[0], "_id", TRUE, &revision->id, error)
       || !span_get_string (what, &values[1], "_rev", TRUE, &revision->rev, error))
     return NULL;
@@ -1339,17 +860,17 @@ raw_ok_revision (const char *what, const Span *doc, GError **error)
 
 /* An `{"error": {...}}` entry, as error_revision() reads it. */
 static HbRemoteRawRevision *
-raw_error_revision (const char *what, const char *doc_id, const Span *node, GError **error)
+raw_error_revision (const char *what, const char *doc_id, const HbJsonSpan *node, GError **error)
 {
   g_autoptr (HbRemoteRawRevision) revision = g_new0 (HbRemoteRawRevision, 1);
-  Span values[G_N_ELEMENTS (error_names) - 1];
+  HbJsonSpan values[G_N_ELEMENTS (error_names) - 1];
 
-  if (!span_is (node, '{'))
+  if (!hb_json_span_is (node, '{'))
     {
       bad (error, what, "an error entry is not an object");
       return NULL;
     }
-  walk_object (node, error_names, values);
+  hb_json_walk_object (node, error_names, values);
   if (!span_get_string (what, &values[0], "id", FALSE, &revision->id, error)
       || !span_get_string (what, &values[1], "rev", FALSE, &revision->rev, error)
       || !span_get_string (what, &values[2], "error", TRUE, &revision->error, error)
@@ -1362,31 +883,31 @@ raw_error_revision (const char *what, const char *doc_id, const Span *node, GErr
 
 /* One entry of `results`, as parse_bulk_get_result() reads it, its revisions added to @out. */
 static gboolean
-raw_bulk_get_result (const char *what, const Span *entry, GPtrArray *out, GError **error)
+raw_bulk_get_result (const char *what, const HbJsonSpan *entry, GPtrArray *out, GError **error)
 {
   static const char *const names[] = { "id", "docs", NULL };
   static const char *const entry_names[] = { "ok", "error", NULL };
-  Span values[G_N_ELEMENTS (names) - 1];
+  HbJsonSpan values[G_N_ELEMENTS (names) - 1];
   g_autofree char *id = NULL;
   const guint8 *p;
-  Span doc;
+  HbJsonSpan doc;
 
-  if (!span_is (entry, '{'))
+  if (!hb_json_span_is (entry, '{'))
     return bad (error, what, "an entry of “results” is not an object");
-  walk_object (entry, names, values);
+  hb_json_walk_object (entry, names, values);
   if (!span_get_string (what, &values[0], "id", TRUE, &id, error))
     return FALSE;
   if (!span_get_array (what, &values[1], "docs", error))
     return FALSE;
   p = values[1].start + 1;
-  while (walk_element (&p, values[1].end, &doc))
+  while (hb_json_walk_element (&p, values[1].end, &doc))
     {
-      Span parts[G_N_ELEMENTS (entry_names) - 1];
+      HbJsonSpan parts[G_N_ELEMENTS (entry_names) - 1];
       HbRemoteRawRevision *revision = NULL;
 
-      if (!span_is (&doc, '{'))
+      if (!hb_json_span_is (&doc, '{'))
         return bad (error, what, "an entry of “docs” is not an object");
-      walk_object (&doc, entry_names, parts);
+      hb_json_walk_object (&doc, entry_names, parts);
       if (parts[0].start != NULL && parts[1].start == NULL)
         revision = raw_ok_revision (what, &parts[0], error);
       else if (parts[1].start != NULL && parts[0].start == NULL)
@@ -1403,16 +924,16 @@ raw_bulk_get_result (const char *what, const Span *entry, GPtrArray *out, GError
 /* As get_opaque(): any value but null, as JSON-GLib reads it. */
 static gboolean
 span_get_opaque (
-    const char *what, const Span *value, const char *name, JsonNode **out, GError **error)
+    const char *what, const HbJsonSpan *value, const char *name, JsonNode **out, GError **error)
 {
   const guint8 *p;
 
   *out = NULL;
-  if (value->start == NULL || span_is (value, 'n'))
+  if (value->start == NULL || hb_json_span_is (value, 'n'))
     return bad (error, what, "“%s” is missing", name);
-  if (span_is (value, '"'))
+  if (hb_json_span_is (value, '"'))
     {
-      g_autofree char *text = span_string (value);
+      g_autofree char *text = hb_json_span_string (value);
 
       *out = json_node_init_string (json_node_alloc (), text);
       return TRUE;
@@ -1439,12 +960,13 @@ span_get_opaque (
 
 /* As get_count(). */
 static gboolean
-span_get_count (const char *what, const Span *value, const char *name, gint64 *out, GError **error)
+span_get_count (
+    const char *what, const HbJsonSpan *value, const char *name, gint64 *out, GError **error)
 {
   g_autoptr (JsonNode) node = NULL;
 
   *out = -1;
-  if (value->start == NULL || span_is (value, 'n'))
+  if (value->start == NULL || hb_json_span_is (value, 'n'))
     return TRUE;
   if (!span_get_opaque (what, value, name, &node, error))
     return FALSE;
@@ -1456,51 +978,51 @@ span_get_count (const char *what, const Span *value, const char *name, gint64 *o
 
 /* One row of `results`, as parse_change_row() reads it. */
 static HbRemoteChange *
-walk_change_row (const char *what, const Span *row, GError **error)
+walk_change_row (const char *what, const HbJsonSpan *row, GError **error)
 {
   static const char *const names[] = { "id", "seq", "changes", "deleted", NULL };
   static const char *const rev_names[] = { "rev", NULL };
   g_autoptr (HbRemoteChange) change = g_new0 (HbRemoteChange, 1);
   g_autoptr (GPtrArray) revs = g_ptr_array_new_with_free_func (g_free);
-  Span values[G_N_ELEMENTS (names) - 1];
-  Span entry;
+  HbJsonSpan values[G_N_ELEMENTS (names) - 1];
+  HbJsonSpan entry;
   const guint8 *p;
 
-  if (!span_is (row, '{'))
+  if (!hb_json_span_is (row, '{'))
     {
       bad (error, what, "an entry of “results” is not an object");
       return NULL;
     }
-  walk_object (row, names, values);
+  hb_json_walk_object (row, names, values);
   if (!span_get_string (what, &values[0], "id", TRUE, &change->id, error)
       || !span_get_opaque (what, &values[1], "seq", &change->seq, error)
       || !span_get_array (what, &values[2], "changes", error))
     return NULL;
   p = values[2].start + 1;
-  while (walk_element (&p, values[2].end, &entry))
+  while (hb_json_walk_element (&p, values[2].end, &entry))
     {
-      Span rev;
+      HbJsonSpan rev;
       char *text;
 
-      if (!span_is (&entry, '{'))
+      if (!hb_json_span_is (&entry, '{'))
         {
           bad (error, what, "an entry of “changes” is not an object");
           return NULL;
         }
-      walk_object (&entry, rev_names, &rev);
+      hb_json_walk_object (&entry, rev_names, &rev);
       if (!span_get_string (what, &rev, "rev", TRUE, &text, error))
         return NULL;
       g_ptr_array_add (revs, text);
     }
   g_ptr_array_add (revs, NULL);
   change->revs = (char **)g_ptr_array_free (g_steal_pointer (&revs), FALSE);
-  if (values[3].start != NULL && !span_is (&values[3], 'n') && !span_is (&values[3], 't')
-      && !span_is (&values[3], 'f'))
+  if (values[3].start != NULL && !hb_json_span_is (&values[3], 'n')
+      && !hb_json_span_is (&values[3], 't') && !hb_json_span_is (&values[3], 'f'))
     {
       bad (error, what, "“deleted” is not a boolean");
       return NULL;
     }
-  change->deleted = span_is (&values[3], 't');
+  change->deleted = hb_json_span_is (&values[3], 't');
   return g_steal_pointer (&change);
 }
 
@@ -1510,19 +1032,19 @@ hb_remote_parse_changes (const guint8 *data, gsize len, GError **error)
   static const char what[] = "_changes answer";
   static const char *const names[] = { "results", "last_seq", "pending", NULL };
   g_autoptr (HbRemoteChanges) changes = g_new0 (HbRemoteChanges, 1);
-  Span root, values[G_N_ELEMENTS (names) - 1], row;
+  HbJsonSpan root, values[G_N_ELEMENTS (names) - 1], row;
   const guint8 *p;
 
   if (!checked_object (what, data, len, &root, error))
     return NULL;
-  walk_object (&root, names, values);
+  hb_json_walk_object (&root, names, values);
   if (!span_get_array (what, &values[0], "results", error)
       || !span_get_opaque (what, &values[1], "last_seq", &changes->last_seq, error)
       || !span_get_count (what, &values[2], "pending", &changes->pending, error))
     return NULL;
   changes->results = g_ptr_array_new_with_free_func ((GDestroyNotify)hb_remote_change_free);
   p = values[0].start + 1;
-  while (walk_element (&p, values[0].end, &row))
+  while (hb_json_walk_element (&p, values[0].end, &row))
     {
       HbRemoteChange *change = walk_change_row (what, &row, error);
 
@@ -1539,17 +1061,17 @@ hb_remote_parse_bulk_get_raw (const guint8 *data, gsize len, GError **error)
   static const char what[] = "_bulk_get answer";
   static const char *const names[] = { "results", NULL };
   g_autoptr (GPtrArray) revisions = NULL;
-  Span root, values[1], entry;
+  HbJsonSpan root, values[1], entry;
   const guint8 *p;
 
   if (!checked_object (what, data, len, &root, error))
     return NULL;
-  walk_object (&root, names, values);
+  hb_json_walk_object (&root, names, values);
   if (!span_get_array (what, &values[0], "results", error))
     return NULL;
   revisions = g_ptr_array_new_with_free_func ((GDestroyNotify)hb_remote_raw_revision_free);
   p = values[0].start + 1;
-  while (walk_element (&p, values[0].end, &entry))
+  while (hb_json_walk_element (&p, values[0].end, &entry))
     if (!raw_bulk_get_result (what, &entry, revisions, error))
       return NULL;
   return g_steal_pointer (&revisions);

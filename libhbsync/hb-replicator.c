@@ -22,6 +22,7 @@
 #include "hb-json-private.h"
 #include "hb-remote-parse-private.h"
 #include "hb-replicator.h"
+#include "hb-store-private.h"
 
 #define DEFAULT_BATCH_SIZE 100
 #define DEFAULT_BATCH_BYTES (G_GUINT64_CONSTANT (4) * 1024 * 1024)
@@ -1970,7 +1971,6 @@ typedef struct
 {
   HbStore *store;
   GPtrArray *texts; /* GBytes: plaintext copies from the cache, wiped when freed */
-  guint parse_failures;
 } PullWrite;
 
 static void
@@ -1983,36 +1983,18 @@ pull_write_free (gpointer data)
   g_free (w);
 }
 
-/* In a worker thread: each cached text is parsed once and the batch is sealed into the store in
- * one transaction. Nothing of it runs on the owner's main loop. */
+/* In a worker thread: the batch's cached texts are sealed into the store in one transaction.
+ * Nothing of it runs on the owner's main loop. */
 static void
 pull_write_thread (GTask *task, gpointer source, gpointer data, GCancellable *cancellable)
 {
   PullWrite *w = data;
-  g_autoptr (GPtrArray) docs = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
-  g_autoptr (JsonParser) parser = json_parser_new_immutable ();
   GError *error = NULL;
   GPtrArray *results;
 
-  for (guint i = 0; i < w->texts->len; i++)
-    {
-      gsize len;
-      const char *data_ = g_bytes_get_data (g_ptr_array_index (w->texts, i), &len);
-
-      if (!json_parser_load_from_data (parser, data_, (gssize)len, NULL)
-          || !JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser)))
-        {
-          w->parse_failures++;
-          continue;
-        }
-      g_ptr_array_add (docs, json_parser_steal_root (parser));
-    }
-  if (docs->len == 0)
-    {
-      g_task_return_pointer (task, g_ptr_array_new (), (GDestroyNotify)g_ptr_array_unref);
-      return;
-    }
-  results = hb_store_bulk_docs_sync (w->store, docs, FALSE, cancellable, &error);
+  /* The cached texts as they are: the store reads each without building a tree, and a text it
+   * cannot read is an error result, counted as a write failure. */
+  results = hb_store_put_revisions_json_sync (w->store, w->texts, cancellable, &error);
   if (results == NULL)
     g_task_return_error (task, error);
   else
@@ -2023,11 +2005,10 @@ static void
 on_pull_written (GObject *source, GAsyncResult *result, gpointer data)
 {
   Run *run = data;
-  PullWrite *w = g_task_get_task_data (G_TASK (result));
   g_autoptr (GError) error = NULL;
   g_autoptr (GPtrArray) results = g_task_propagate_pointer (G_TASK (result), &error);
   Batch *batch = run->writing;
-  guint failed = w->parse_failures;
+  guint failed = 0;
 
   if (!op_end (run, &error))
     return;

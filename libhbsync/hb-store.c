@@ -896,11 +896,13 @@ typedef struct
   char *id;
   char *rev; /* the `_rev` given, or NULL */
   gboolean deleted;
-  guint start;      /* `_revisions`, or the `_rev` alone */
-  GPtrArray *ids;   /* newest first */
-  JsonObject *body; /* the document itself; its special members are skipped when read */
-  GString *canonical;
+  guint start;                              /* `_revisions`, or the `_rev` alone */
+  GPtrArray *ids;                           /* newest first */
+  char *index[G_N_ELEMENTS (index_fields)]; /* the body's blind-indexed fields, when strings */
+  GString *canonical;                       /* the body */
 } Incoming;
+
+static void wipe_free (gpointer data);
 
 static void
 incoming_clear (Incoming *in)
@@ -908,7 +910,8 @@ incoming_clear (Incoming *in)
   g_clear_pointer (&in->id, g_free);
   g_clear_pointer (&in->rev, g_free);
   g_clear_pointer (&in->ids, g_ptr_array_unref);
-  g_clear_pointer (&in->body, json_object_unref);
+  for (guint f = 0; f < G_N_ELEMENTS (in->index); f++)
+    g_clear_pointer (&in->index[f], wipe_free);
   if (in->canonical != NULL)
     {
       hb_wipe (in->canonical->str, in->canonical->allocated_len);
@@ -928,31 +931,21 @@ G_GNUC_PRINTF (2, 3) static gboolean invalid (GError **error, const char *fmt, .
   return FALSE;
 }
 
+/* The checks of `_revisions` once read: @ids holds its elements, NULL for those that are not
+ * strings. */
 static gboolean
-parse_revisions (JsonNode *node, Incoming *in, GError **error)
+take_revisions (Incoming *in, gint64 start, GPtrArray *ids, GError **error)
 {
-  JsonObject *obj;
-  JsonArray *ids;
-  JsonNode *start;
   guint pos = 0;
   g_autofree char *hash = NULL;
 
-  if (!JSON_NODE_HOLDS_OBJECT (node))
-    return invalid (error, "%s: _revisions must be an object", in->id);
-  obj = json_node_get_object (node);
-  start = json_object_get_member (obj, "start");
-  if (start == NULL || json_node_get_value_type (start) != G_TYPE_INT64
-      || json_node_get_int (start) < 1 || json_object_get_array_member (obj, "ids") == NULL)
-    return invalid (error, "%s: _revisions needs start and ids", in->id);
-  ids = json_object_get_array_member (obj, "ids");
-  if (json_array_get_length (ids) == 0 || json_array_get_length (ids) > json_node_get_int (start))
+  if (ids->len == 0 || (gint64)ids->len > start)
     return invalid (error, "%s: _revisions.ids does not fit _revisions.start", in->id);
-  in->start = (guint)json_node_get_int (start);
+  in->start = (guint)start;
   in->ids = g_ptr_array_new_with_free_func (g_free);
-  for (guint i = 0; i < json_array_get_length (ids); i++)
+  for (guint i = 0; i < ids->len; i++)
     {
-      JsonNode *e = json_array_get_element (ids, i);
-      const char *s = JSON_NODE_HOLDS_VALUE (e) ? json_node_get_string (e) : NULL;
+      const char *s = g_ptr_array_index (ids, i);
       g_autofree char *probe = s ? g_strdup_printf ("1-%s", s) : NULL;
 
       if (probe == NULL || !hb_rev_parse (probe, &pos, NULL))
@@ -965,6 +958,80 @@ parse_revisions (JsonNode *node, Incoming *in, GError **error)
   return TRUE;
 }
 
+static const char revisions_not_object[] = "%s: _revisions must be an object";
+static const char revisions_incomplete[] = "%s: _revisions needs start and ids";
+
+static gboolean
+parse_revisions (JsonNode *node, Incoming *in, GError **error)
+{
+  JsonObject *obj;
+  JsonNode *start, *ids;
+  g_autoptr (GPtrArray) strings = NULL;
+
+  if (!JSON_NODE_HOLDS_OBJECT (node))
+    return invalid (error, revisions_not_object, in->id);
+  obj = json_node_get_object (node);
+  start = json_object_get_member (obj, "start");
+  ids = json_object_get_member (obj, "ids");
+  if (start == NULL || json_node_get_value_type (start) != G_TYPE_INT64
+      || json_node_get_int (start) < 1 || ids == NULL || !JSON_NODE_HOLDS_ARRAY (ids))
+    return invalid (error, revisions_incomplete, in->id);
+  strings = g_ptr_array_new ();
+  for (guint i = 0; i < json_array_get_length (json_node_get_array (ids)); i++)
+    {
+      JsonNode *e = json_array_get_element (json_node_get_array (ids), i);
+
+      g_ptr_array_add (strings,
+                       JSON_NODE_HOLDS_VALUE (e) ? (char *)json_node_get_string (e) : NULL);
+    }
+  return take_revisions (in, json_node_get_int (start), strings, error);
+}
+
+/* After the special members were read: the checks of `_id` and `_rev`, and the history of a
+ * replicated revision that comes without `_revisions`. */
+static gboolean
+check_identity (Incoming *in, gboolean new_edits, gboolean has_revisions, GError **error)
+{
+  guint pos;
+  g_autofree char *hash = NULL;
+
+  if (in->id == NULL)
+    {
+      if (!new_edits)
+        return invalid (error, "%s", "A replicated document needs an _id");
+      in->id = hb_random_uuid ();
+    }
+  if (g_str_has_prefix (in->id, "_") && !g_str_has_prefix (in->id, "_design/"))
+    return invalid (error, "Only design documents may start with '_': %s", in->id);
+  if (in->rev != NULL && !hb_rev_parse (in->rev, &pos, &hash))
+    return invalid (error, "%s: _rev is not a revision (N-hash)", in->id);
+  if (!new_edits)
+    {
+      if (in->rev == NULL)
+        return invalid (error, "%s: a replicated document needs a _rev", in->id);
+      if (!has_revisions)
+        {
+          in->start = pos;
+          in->ids = g_ptr_array_new_with_free_func (g_free);
+          g_ptr_array_add (in->ids, g_steal_pointer (&hash));
+        }
+    }
+  return TRUE;
+}
+
+/* The blind-indexed fields of a body (or whole document), when they are strings. */
+static void
+index_values (JsonObject *body, const char **out)
+{
+  for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
+    {
+      JsonNode *v = json_object_get_member (body, index_fields[f]);
+
+      out[f] = v != NULL && json_node_get_value_type (v) == G_TYPE_STRING ? json_node_get_string (v)
+                                                                          : NULL;
+    }
+}
+
 static gboolean
 parse_incoming (JsonNode *node, gboolean new_edits, Incoming *in, GError **error)
 {
@@ -973,14 +1040,10 @@ parse_incoming (JsonNode *node, gboolean new_edits, Incoming *in, GError **error
   const char *name;
   JsonNode *member;
   JsonNode *revisions = NULL;
-  guint pos;
-  g_autofree char *hash = NULL;
 
   if (node == NULL || !JSON_NODE_HOLDS_OBJECT (node))
     return invalid (error, "%s", "A document must be a JSON object");
   doc = json_node_get_object (node);
-  /* The body is the document minus its special members; serializers skip those. */
-  in->body = json_object_ref (doc);
 
   json_object_iter_init (&iter, doc);
   while (json_object_iter_next (&iter, &name, &member))
@@ -1016,37 +1079,222 @@ parse_incoming (JsonNode *node, gboolean new_edits, Incoming *in, GError **error
         return invalid (error, "Bad special document member: %s", name);
     }
 
-  if (in->id == NULL)
-    {
-      if (!new_edits)
-        return invalid (error, "%s", "A replicated document needs an _id");
-      in->id = hb_random_uuid ();
-    }
-  if (g_str_has_prefix (in->id, "_") && !g_str_has_prefix (in->id, "_design/"))
-    return invalid (error, "Only design documents may start with '_': %s", in->id);
-  if (in->rev != NULL && !hb_rev_parse (in->rev, &pos, &hash))
-    return invalid (error, "%s: _rev is not a revision (N-hash)", in->id);
+  if (!check_identity (in, new_edits, revisions != NULL, error)
+      || (!new_edits && revisions != NULL && !parse_revisions (revisions, in, error)))
+    return FALSE;
 
-  if (!new_edits)
+  /* The body is the document minus its special members. */
+  in->canonical = g_string_sized_new (1024);
+  hb_json_append_canonical_body (in->canonical, doc);
+  index_values (doc, (const char **)in->index);
+  for (guint f = 0; f < G_N_ELEMENTS (in->index); f++)
+    in->index[f] = g_strdup (in->index[f]);
+  return TRUE;
+}
+
+/* ---- replicated revisions as text ---- */
+
+/* parse_incoming() (new_edits FALSE) of a revision's JSON text, without JSON-GLib: the text is
+ * checked as strict JSON, its top-level members walked once (the last of a name wins, names
+ * compared decoded, as JSON-GLib reads them) and the canonical body written from the text
+ * (hb_json_append_canonical_text()), so the same text gives the same Incoming, or the same
+ * error, either way. One exception: parse_incoming() stops at the first refused special member
+ * in JSON-GLib's hash order, having taken `_id` or not by then; where that order would show
+ * (a refused member beside a valid `_id`, or two refused members) the text is left to the
+ * tree (TEXT_USE_TREE), nothing in @in set yet. */
+
+typedef enum
+{
+  TEXT_OK,
+  TEXT_INVALID,
+  TEXT_USE_TREE,
+} TextParse;
+
+static const char *const ignored_specials[] = {
+  "_conflicts", "_deleted_conflicts", "_revs_info", "_local_seq", NULL,
+};
+
+static gboolean
+parse_revisions_text (const HbJsonSpan *value, Incoming *in, GError **error)
+{
+  static const char *const names[] = { "start", "ids", NULL };
+  HbJsonSpan members[G_N_ELEMENTS (names) - 1];
+  const HbJsonSpan *start = &members[0];
+  g_autoptr (GPtrArray) strings = NULL;
+  gint64 start_value = 0;
+  const guint8 *p;
+  HbJsonSpan e;
+
+  if (!hb_json_span_is (value, '{'))
+    return invalid (error, revisions_not_object, in->id);
+  hb_json_walk_object (value, names, members);
+  /* A number without fraction or exponent is JSON-GLib's gint64 (checked: it fits). */
+  if (start->start != NULL && (g_ascii_isdigit (start->start[0]) || start->start[0] == '-')
+      && memchr (start->start, '.', start->end - start->start) == NULL
+      && memchr (start->start, 'e', start->end - start->start) == NULL
+      && memchr (start->start, 'E', start->end - start->start) == NULL)
     {
-      if (in->rev == NULL)
-        return invalid (error, "%s: a replicated document needs a _rev", in->id);
-      if (revisions != NULL)
-        {
-          if (!parse_revisions (revisions, in, error))
-            return FALSE;
-        }
+      g_autofree char *digits = g_strndup ((const char *)start->start, start->end - start->start);
+
+      start_value = g_ascii_strtoll (digits, NULL, 10);
+    }
+  if (start_value < 1 || !hb_json_span_is (&members[1], '['))
+    return invalid (error, revisions_incomplete, in->id);
+  strings = g_ptr_array_new_with_free_func (g_free);
+  p = members[1].start + 1;
+  while (hb_json_walk_element (&p, members[1].end, &e))
+    g_ptr_array_add (strings, hb_json_span_is (&e, '"') ? hb_json_span_string (&e) : NULL);
+  return take_revisions (in, start_value, strings, error);
+}
+
+static TextParse
+parse_incoming_text (const guint8 *data, gsize len, Incoming *in, GError **error)
+{
+  const guint8 *p = data, *end = data + len;
+  HbJsonSpan root, name, value;
+  HbJsonSpan id = { NULL }, rev = { NULL }, deleted = { NULL }, revisions = { NULL };
+  HbJsonSpan index[G_N_ELEMENTS (index_fields)] = { { NULL } };
+  g_autofree char *refused = NULL; /* a refused special member, decoded */
+  guint n_refused = 0;
+  g_autofree char *id_text = NULL;
+  const char *why;
+
+  if (data == NULL || len == 0 || len > G_MAXSSIZE
+      || !g_utf8_validate_len ((const char *)data, len, NULL))
+    {
+      invalid (error, "%s", "A document must be UTF-8 JSON text");
+      return TEXT_INVALID;
+    }
+  if ((why = hb_json_check_strict (data, len)) != NULL)
+    {
+      invalid (error, "A document must be strict JSON: it %s", why);
+      return TEXT_INVALID;
+    }
+  hb_json_walk_ws (&p, end);
+  root.start = p;
+  hb_json_walk_value (&p, end);
+  root.end = p;
+  if (!hb_json_span_is (&root, '{'))
+    {
+      invalid (error, "%s", "A document must be a JSON object");
+      return TEXT_INVALID;
+    }
+
+  p = root.start + 1;
+  while (hb_json_walk_member (&p, root.end, &name, &value))
+    {
+      gboolean special;
+
+      if (name.start[1] != '\\')
+        special = name.start[1] == '_';
       else
         {
-          in->start = pos;
-          in->ids = g_ptr_array_new_with_free_func (g_free);
-          g_ptr_array_add (in->ids, g_steal_pointer (&hash));
+          char *decoded = hb_json_span_string (&name);
+
+          special = decoded[0] == '_';
+          wipe_free (decoded);
+        }
+      if (!special)
+        {
+          for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
+            if (hb_json_name_is (&name, index_fields[f]))
+              index[f] = value;
+          continue;
+        }
+      if (hb_json_name_is (&name, "_id"))
+        id = value;
+      else if (hb_json_name_is (&name, "_rev"))
+        rev = value;
+      else if (hb_json_name_is (&name, "_deleted"))
+        deleted = value;
+      else if (hb_json_name_is (&name, "_revisions"))
+        revisions = value;
+      else
+        {
+          gboolean ignored = FALSE;
+
+          for (guint i = 0; ignored_specials[i] != NULL && !ignored; i++)
+            ignored = hb_json_name_is (&name, ignored_specials[i]);
+          if (ignored)
+            continue;
+          if (refused == NULL)
+            {
+              refused = hb_json_span_string (&name);
+              n_refused = 1;
+            }
+          else if (!hb_json_name_is (&name, refused))
+            n_refused++;
         }
     }
 
-  in->canonical = g_string_sized_new (1024);
-  hb_json_append_canonical_body (in->canonical, in->body);
-  return TRUE;
+  /* JSON-GLib keeps the last member of a name; parse_incoming() refuses an _id that is not a
+   * non-empty string (checked text is UTF-8), a _rev that is not a string. */
+  if (id.start != NULL)
+    {
+      if (hb_json_span_is (&id, '"'))
+        id_text = hb_json_span_string (&id);
+      if (id_text == NULL || id_text[0] == '\0')
+        {
+          g_clear_pointer (&id_text, g_free);
+          n_refused++;
+        }
+    }
+  if (rev.start != NULL && !hb_json_span_is (&rev, '"'))
+    n_refused++;
+  if (n_refused > 1 || (n_refused == 1 && id_text != NULL))
+    return TEXT_USE_TREE;
+  if (n_refused == 1)
+    {
+      if (refused != NULL && strcmp (refused, "_attachments") == 0)
+        invalid (error, "%s", "Attachments are not supported");
+      else if (refused != NULL)
+        invalid (error, "Bad special document member: %s", refused);
+      else if (id.start != NULL && id_text == NULL)
+        invalid (error, "%s", "_id must be a non-empty string");
+      else
+        invalid (error, "%s", "_rev must be a string");
+      return TEXT_INVALID;
+    }
+
+  in->id = g_steal_pointer (&id_text);
+  in->rev = rev.start != NULL ? hb_json_span_string (&rev) : NULL;
+  in->deleted = hb_json_span_is (&deleted, 't');
+  if (!check_identity (in, FALSE, revisions.start != NULL, error)
+      || (revisions.start != NULL && !parse_revisions_text (&revisions, in, error)))
+    return TEXT_INVALID;
+
+  in->canonical = g_string_sized_new (root.end - root.start);
+  hb_json_append_canonical_text (in->canonical, root.start, root.end - root.start, TRUE);
+  for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
+    if (hb_json_span_is (&index[f], '"'))
+      in->index[f] = hb_json_span_string (&index[f]);
+  return TEXT_OK;
+}
+
+/* One replicated revision's text into @in, through parse_incoming_text() or, where it cannot
+ * tell, JSON-GLib's tree of the (checked) text. */
+static gboolean
+parse_incoming_bytes (GBytes *text, Incoming *in, GError **error)
+{
+  gsize len = 0;
+  const guint8 *data = text != NULL ? g_bytes_get_data (text, &len) : NULL;
+  g_autoptr (JsonParser) parser = NULL;
+
+  switch (parse_incoming_text (data, len, in, error))
+    {
+      case TEXT_OK:
+        return TRUE;
+      case TEXT_INVALID:
+        return FALSE;
+      case TEXT_USE_TREE:
+      default:
+        break;
+    }
+  /* Only for a document refused anyway: its tree's plaintext is left to JSON-GLib. */
+  parser = json_parser_new_immutable ();
+  if (!json_parser_load_from_data (parser, (const char *)data, (gssize)len, NULL))
+    return invalid (error, "%s", "A document must be a JSON object");
+  return parse_incoming (json_parser_get_root (parser), FALSE, in, error);
 }
 
 typedef struct
@@ -1287,15 +1535,13 @@ save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
 
 /* The blind index follows the winning revision. */
 static void
-index_winner (HbStore *self, HbConn *c, DocState *st, JsonObject *winner_body)
+index_winner (HbStore *self, HbConn *c, DocState *st, const char *const *values)
 {
   for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
     {
-      JsonNode *v = winner_body ? json_object_get_member (winner_body, index_fields[f]) : NULL;
-
-      st->has_mac[f] = v != NULL && json_node_get_value_type (v) == G_TYPE_STRING;
+      st->has_mac[f] = values != NULL && values[f] != NULL;
       if (st->has_mac[f])
-        index_mac (c, f, json_node_get_string (v), st->macs[f]);
+        index_mac (c, f, values[f], st->macs[f]);
     }
 }
 
@@ -1320,12 +1566,14 @@ prepare_update (HbStore *self,
                 DocState *st,
                 const char *old_winner,
                 const char *new_rev,
-                JsonObject *new_body,
+                char *const *new_index,
                 GArray *removed,
                 GError **error)
 {
   g_autofree char *winner_rev = NULL;
   g_autoptr (JsonObject) body = NULL;
+  const char *loaded[G_N_ELEMENTS (index_fields)];
+  const char *const *values = NULL;
   gint winner;
 
   hb_rev_tree_stem (st->tree, g_atomic_int_get (&self->revs_limit), removed);
@@ -1339,12 +1587,17 @@ prepare_update (HbStore *self,
     return TRUE;
   if (!hb_rev_tree_node (st->tree, winner)->deleted)
     {
-      if (new_body != NULL && g_strcmp0 (winner_rev, new_rev) == 0)
-        body = json_object_ref (new_body);
+      if (new_index != NULL && g_strcmp0 (winner_rev, new_rev) == 0)
+        values = (const char *const *)new_index;
       else if ((body = load_body (self, c, st, winner, error)) == NULL)
         return FALSE;
+      else
+        {
+          index_values (body, loaded);
+          values = loaded;
+        }
     }
-  index_winner (self, c, st, body);
+  index_winner (self, c, st, values);
   return TRUE;
 }
 
@@ -1476,7 +1729,7 @@ write_one (HbStore *self, HbConn *c, Incoming *in, gboolean new_edits, Batch *ba
   if (!(present && hb_rev_tree_node (st.tree, index)->body != BODY_NONE)
       && (new_sealed = seal_body (self, c, &st, new_rev, in->canonical, error)) == NULL)
     return NULL;
-  if (!prepare_update (self, c, &st, old_winner, new_rev, in->body, removed, error)
+  if (!prepare_update (self, c, &st, old_winner, new_rev, in->index, removed, error)
       || !commit_update (self, c, &st, new_rev, new_sealed, removed, batch, error))
     return NULL;
   return g_steal_pointer (&new_rev);
@@ -1622,9 +1875,10 @@ run_write (HbStore *self, WriteFunc func, gpointer data, GCancellable *cancellab
 
 typedef struct
 {
-  GPtrArray *docs;
+  GPtrArray *docs; /* of JsonNode, or NULL for texts */
   gboolean new_edits;
   GPtrArray *results;
+  GPtrArray *texts; /* of GBytes (replicated revisions, new_edits FALSE) */
 } BulkArgs;
 
 static gboolean
@@ -1636,8 +1890,9 @@ write_docs (HbStore *self,
             GError **error)
 {
   BulkArgs *args = data;
+  guint n = args->texts != NULL ? args->texts->len : args->docs->len;
 
-  for (guint i = 0; i < args->docs->len; i++)
+  for (guint i = 0; i < n; i++)
     {
       g_auto (Incoming) in = { 0 };
       g_autoptr (GError) doc_error = NULL;
@@ -1648,7 +1903,10 @@ write_docs (HbStore *self,
         return FALSE;
       /* A document-level failure happens before that document writes anything (see
        * prepare_update), so the batch needs no savepoint per document. */
-      if (parse_incoming (g_ptr_array_index (args->docs, i), args->new_edits, &in, &doc_error))
+      if (args->texts != NULL
+              ? parse_incoming_bytes (g_ptr_array_index (args->texts, i), &in, &doc_error)
+              : parse_incoming (g_ptr_array_index (args->docs, i), args->new_edits, &in,
+                                &doc_error))
         {
           rev = write_one (self, c, &in, args->new_edits, batch, &doc_error);
           if (rev == NULL)
@@ -3157,10 +3415,48 @@ GPtrArray *
 hb_store_bulk_docs_sync (
     HbStore *self, GPtrArray *docs, gboolean new_edits, GCancellable *cancellable, GError **error)
 {
-  BulkArgs args = { docs, new_edits, NULL };
+  BulkArgs args = { docs, new_edits, NULL, NULL };
 
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (docs != NULL, NULL);
+
+  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
+  if (!run_write (self, write_docs, &args, cancellable, error))
+    {
+      g_ptr_array_unref (args.results);
+      return NULL;
+    }
+  return args.results;
+}
+
+/**
+ * hb_store_put_revisions_json_sync:
+ * @self: a store
+ * @texts: (element-type GBytes): replicated revisions, each one JSON object as CouchDB's
+ *   `_bulk_get`/`open_revs` sends it (`_id`, `_rev`, optional `_revisions`, `_deleted`, body
+ *   members), UTF-8, not NUL-terminated
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Exactly hb_store_bulk_docs_sync (@self, docs, %FALSE, ...) where docs[i] is @texts[i]
+ * parsed, without parsing it into a tree: one transaction, one result per text. A text that
+ * is not strict JSON (hb_json_check_strict()), or not an object, is an invalid document
+ * (`bad_request`) in its result, not a failure of the call. Every plaintext copy made on the
+ * way is wiped before it is freed.
+ *
+ * Returns: (transfer full) (element-type Json.Node): the results, or %NULL with @error set
+ *   when the store itself failed (then nothing was written)
+ */
+GPtrArray *
+hb_store_put_revisions_json_sync (HbStore *self,
+                                  GPtrArray *texts,
+                                  GCancellable *cancellable,
+                                  GError **error)
+{
+  BulkArgs args = { NULL, FALSE, NULL, texts };
+
+  g_return_val_if_fail (HB_IS_STORE (self), NULL);
+  g_return_val_if_fail (texts != NULL, NULL);
 
   args.results = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
   if (!run_write (self, write_docs, &args, cancellable, error))

@@ -5,6 +5,7 @@
 #include <sqlite3.h>
 #include <string.h>
 
+#include "hb-json-private.h"
 #include "hb-store-private.h"
 #include "hb-test-utils.h"
 
@@ -1676,6 +1677,344 @@ test_damaged_document_writes_nothing (Fixture *f, gconstpointer data)
   g_assert_error (error, HB_STORE_ERROR, HB_STORE_ERROR_CORRUPT);
 }
 
+/* ---- replicated revisions as text ---------------------------------------------------------- */
+
+/* JSON texts whose canonical form from the text must be the tree's, byte for byte. */
+static const char *const canonical_cases[] = {
+  "{}",
+  "[]",
+  "{\"a\":1}",
+  " { \"b\" : [ 1 , 2 ] , \"a\" : { } } ",
+  "{\"a\":1.0,\"b\":-0,\"c\":-0.0,\"d\":0e0,\"e\":1e20,\"f\":1E+2,\"g\":-1e-400,\"h\":0.1}",
+  "{\"max\":9223372036854775807,\"min\":-9223372036854775808,\"big\":1e308,\"tiny\":4.9e-324}",
+  "{\"x\":123456789012345678e-3,\"y\":1.7976931348623157e308,\"z\":2.2250738585072011e-308}",
+  "{\"p\":0.30000000000000004,\"q\":100.0,\"r\":-12.5e1,\"s\":5e-7,\"t\":1234567890123456789.0}",
+  "{\"s\":\"plain\",\"t\":\"\\u00e9\\u0800\\uffff\\ud83d\\ude00\",\"u\":\"\\/"
+  "\\\\\\\"\\b\\f\\n\\r\\t\"}",
+  "{\"c\":\"\\u0001\\u001f\\u007f\\u0080\",\"raw\":\"\x7f\xc3\xa9\xe2\x80\xa8\"}",
+  "{\"a\":1,\"a\":2,\"b\":{\"y\":1,\"x\":2,\"y\":3},\"a\":3}",
+  "{\"\\u0061\":1,\"a\":2,\"\\u0062\":3}",
+  "{\"\":1,\"\\u0000x\":2}",
+  "{\"ab\":1,\"a\":2,\"a\\u00e9\":3,\"\\u00e9\":4,\"B\":5,\"_\":6}",
+  "{\"_id\":\"x\",\"_rev\":\"1-a\",\"\\u005fhidden\":1,\"_revisions\":{\"start\":1},\"v\":[true,"
+  "false,null]}",
+  "{\"n\":[[[],{}],[{\"a\":[{\"b\":null}]}]],\"m\":[1,\"2\",3.5,{\"_k\":1}]}",
+  "[1,-0,\"\\u00e9\",{\"b\":1,\"a\":2}]",
+  "\"just a string\\n\"",
+  "-0",
+  "3.25e2",
+  "true",
+  "null",
+};
+
+static void
+assert_text_canonical (const char *text, gsize len)
+{
+  g_autoptr (JsonParser) parser = json_parser_new ();
+  g_autoptr (GString) tree = g_string_new (NULL);
+  g_autoptr (GString) walked = g_string_new (NULL);
+  JsonNode *root;
+
+  g_assert_null (hb_json_check_strict ((const guint8 *)text, len));
+  g_assert_true (json_parser_load_from_data (parser, text, (gssize)len, NULL));
+  root = json_parser_get_root (parser);
+  hb_json_append_canonical (tree, root);
+  hb_json_append_canonical_text (walked, (const guint8 *)text, len, FALSE);
+  g_assert_cmpstr (walked->str, ==, tree->str);
+  if (JSON_NODE_HOLDS_OBJECT (root))
+    {
+      g_string_truncate (tree, 0);
+      g_string_truncate (walked, 0);
+      hb_json_append_canonical_body (tree, json_node_get_object (root));
+      hb_json_append_canonical_text (walked, (const guint8 *)text, len, TRUE);
+      g_assert_cmpstr (walked->str, ==, tree->str);
+    }
+}
+
+static void
+test_text_canonical (void)
+{
+  for (guint i = 0; i < G_N_ELEMENTS (canonical_cases); i++)
+    {
+      const char *text = canonical_cases[i];
+
+      /* "\u0000" is refused by the strict check: skip the case meant to show that. */
+      if (strstr (text, "\\u0000") != NULL)
+        {
+          g_assert_nonnull (hb_json_check_strict ((const guint8 *)text, strlen (text)));
+          continue;
+        }
+      assert_text_canonical (text, strlen (text));
+    }
+
+  /* Deep nesting, long strings and many members (past the walker's stack arrays). */
+  {
+    g_autoptr (GString) deep = g_string_new (NULL);
+    g_autoptr (GString) wide = g_string_new ("{");
+
+    for (guint i = 0; i < HB_JSON_MAX_DEPTH - 1; i++)
+      g_string_append (deep, i % 2 ? "[" : "{\"k\":");
+    g_string_append (deep, "\"\\u00e9\"");
+    for (guint i = HB_JSON_MAX_DEPTH - 1; i-- > 0;)
+      g_string_append (deep, i % 2 ? "]" : "}");
+    assert_text_canonical (deep->str, deep->len);
+
+    for (guint i = 0; i < 300; i++)
+      g_string_append_printf (wide, "%s\"m%u\":\"%0*u\\t\",\"m%u\":%u.5", i ? "," : "",
+                              (i * 7919) % 211, (int)(i % 50), i, (i * 31) % 97, i);
+    g_string_append (wide, "}");
+    assert_text_canonical (wide->str, wide->len);
+  }
+}
+
+#define H(c) #c #c #c #c #c #c #c #c
+typedef struct
+{
+  const char *text;
+  gboolean text_only; /* not JSON the tree path could be given: only a bad_request expected */
+} RevText;
+
+/* Replicated revisions, batch by batch (a NULL text ends a batch). */
+static const RevText revision_batches[] = {
+  { "{\"_id\":\"a\",\"_rev\":\"1-" H (a) "\",\"_revisions\":{\"start\":1,\"ids\":[\"" H (
+      a) "\"]},"
+         "\"type\":\"note\",\"b\":1.0,\"a\":[1e2,-0,-0.0,\"x\\u00e9\\n\"],\"z\":{\"y\":1,\"y\":2}"
+         "}" },
+  { "{\"_id\":\"b\",\"_rev\":\"3-" H (b) "\",\"patient_id\":\"p\\u00e9\",\"session_id\":7}" },
+  { "{\"_id\":\"c\",\"_rev\":\"2-" H (c) "\",\"_deleted\":true,\"_revisions\":{\"start\":2,"
+                                         "\"ids\":[\"" H (c) "\",\"" H (
+                                             d) "\"]},\"type\":\"gone\"}" },
+  { "{\"\\u005fid\":\"\\u0064\",\"_rev\":\"1-" H (
+      d) "\",\"type\":\"x\","
+         "\"\\u0074ype\":\"t\\u0079p\\u00e9\",\"_conflicts\":[1],\"_revs_info\":{},"
+         "\"_deleted_conflicts\":0,\"_local_seq\":\"9\"}" },
+  { "{\"_id\":\"x\",\"_rev\":\"1-" H (e) "\",\"_id\":\"e\",\"_deleted\":\"true\",\"body\":\"\"}" },
+  { "{\"_rev\":\"1-" H (f) "\"}" },
+  { "{\"_id\":\"\",\"_rev\":\"1-" H (f) "\"}" },
+  { "{\"_id\":5,\"_rev\":\"1-" H (f) "\"}" },
+  { "{\"_id\":\"f\",\"_rev\":5}" },
+  { "{\"_id\":\"f\",\"_rev\":null,\"_id\":null}" },
+  { "{\"_rev\":\"1-" H (f) "\",\"_attachments\":{}}" },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"_attachments\":{}}" },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"_foo\":1,\"_bar\":2}" },
+  { "{\"_rev\":\"1-" H (f) "\",\"_foo\":1,\"_foo\":2}" },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"\\u005ffoo\":1}" },
+  { "{\"_id\":\"_bad\",\"_rev\":\"1-" H (f) "\"}" },
+  { "{\"_id\":\"_design/f\",\"_rev\":\"1-" H (f) "\",\"views\":{}}" },
+  { "{\"_id\":\"f\",\"_rev\":\"nonsense\"}" },
+  { "{\"_id\":\"f\"}" },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"_revisions\":[]}" },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"_revisions\":{\"start\":0,\"ids\":[\"" H (
+      f) "\"]}}" },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"_revisions\":{\"start\":1.0,\"ids\":[\"" H (
+      f) "\"]}}" },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"_revisions\":{\"start\":1,\"ids\":null}}" },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"_revisions\":{\"start\":1,\"ids\":\"" H (f) "\"}}" },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"_revisions\":{\"start\":1,\"ids\":[1]}}" },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"_revisions\":{\"start\":1,\"ids\":[]}}" },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"_revisions\":{\"start\":1,\"ids\":[\"a\",\"b\"]}}" },
+  { "{\"_id\":\"f\",\"_rev\":\"2-" H (f) "\",\"_revisions\":{\"start\":2,\"ids\":[\"" H (
+      e) "\"]}}" },
+  { "{\"_id\":\"f\",\"_rev\":\"2-" H (f) "\",\"_revisions\":{\"ids\":[\"" H (
+      f) "\"],"
+         "\"start\":3,\"start\":2,\"ids\":[\"" H (f) "\",\"a b\"]}}" },
+  { "[1]" },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\"} x", TRUE },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"n\":01}", TRUE },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"n\":\"\\u0000\"}", TRUE },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"n\":99999999999999999999}", TRUE },
+  { "{\"_id\":\"f\",\"_rev\":\"1-" H (f) "\",\"n\":\"\xff\"}", TRUE },
+  { "", TRUE },
+  { NULL },
+  /* Conflicts, a child, the same revision again, a revived tombstone, a deleted winner. */
+  { "{\"_id\":\"a\",\"_rev\":\"1-" H (b) "\",\"type\":\"other\",\"v\":2}" },
+  { "{\"_id\":\"a\",\"_rev\":\"2-" H (c) "\",\"_revisions\":{\"start\":2,\"ids\":[\"" H (
+      c) "\",\"" H (a) "\"]},\"type\":\"note2\"}" },
+  { "{\"_id\":\"a\",\"_rev\":\"1-" H (a) "\",\"type\":\"ignored\"}" },
+  { "{\"_id\":\"c\",\"_rev\":\"3-" H (e) "\",\"_revisions\":{\"start\":3,\"ids\":[\"" H (
+      e) "\",\"" H (c) "\"]},\"session_id\":\"s\"}" },
+  { "{\"_id\":\"d\",\"_rev\":\"2-" H (a) "\",\"_deleted\":true,\"_revisions\":{\"start\":2,\"ids\":"
+                                         "[\"" H (a) "\",\"" H (d) "\"]}}" },
+  { "{\"_id\":\"b\",\"_rev\":\"3-" H (a) "\",\"patient_id\":\"q\"}" },
+  { NULL },
+  /* Stemming (revs_limit 2 from here on). */
+  { "{\"_id\":\"s\",\"_rev\":\"5-" H (e) "\",\"_revisions\":{\"start\":5,\"ids\":[\"" H (
+      e) "\",\"" H (d) "\",\"" H (c) "\",\"" H (b) "\",\"" H (a) "\"]},\"type\":\"stem\"}" },
+  { "{\"_id\":\"a\",\"_rev\":\"4-" H (e) "\",\"_revisions\":{\"start\":4,\"ids\":[\"" H (
+      e) "\",\"" H (d) "\",\"" H (c) "\",\"" H (a) "\"]},\"type\":\"note4\"}" },
+  { NULL },
+};
+#undef H
+
+static const char *const revision_ids[] = { "a", "b", "c", "d", "e", "f", "s", "_design/f", NULL };
+
+static char *
+results_string (GPtrArray *results)
+{
+  GString *s = g_string_new (NULL);
+
+  for (guint i = 0; i < results->len; i++)
+    {
+      g_autofree char *r = hb_test_to_string (g_ptr_array_index (results, i));
+
+      g_string_append_printf (s, "%s\n", r);
+    }
+  return g_string_free (s, FALSE);
+}
+
+/* What a store holds, as text: the same after the same writes whatever the keys. */
+static char *
+store_state (HbStore *store, const char *path)
+{
+  GString *s = g_string_new (NULL);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) changes = hb_store_changes_sync (store, 0, 0, NULL, &error);
+  g_autoptr (GPtrArray) texts = NULL;
+  g_autofree char *changes_text = NULL;
+  const char *values[] = { "note", "note2", "note4",     "other", "stem", "typ\xc3\xa9",
+                           "type", "s",     "p\xc3\xa9", "q",     "gone", NULL };
+
+  g_assert_no_error (error);
+  changes_text = hb_test_to_string (changes);
+  g_string_append_printf (s, "seq %" G_GUINT64_FORMAT "\nchanges %s\n",
+                          hb_store_get_update_seq (store), changes_text);
+  g_string_append_printf (
+      s, "counts %" G_GINT64_FORMAT " %" G_GINT64_FORMAT "\n",
+      hb_test_sql_int (path, "SELECT value FROM hb_meta WHERE key = 'doc_count'"),
+      hb_test_sql_int (path, "SELECT value FROM hb_meta"
+                             " WHERE key = 'deleted_doc_count'"));
+  texts = hb_store_get_many_json_sync (
+      store, revision_ids, HB_GET_FLAGS_CONFLICTS | HB_GET_FLAGS_REVISIONS | HB_GET_FLAGS_DELETED,
+      NULL, &error);
+  g_assert_no_error (error);
+  for (guint i = 0; i < texts->len; i++)
+    {
+      gsize len;
+      const char *text = g_bytes_get_data (g_ptr_array_index (texts, i), &len);
+      g_autoptr (JsonNode) doc
+          = hb_store_get_sync (store, revision_ids[i], NULL, HB_GET_FLAGS_CONFLICTS, NULL, NULL);
+
+      g_string_append_printf (s, "doc %.*s\n", (int)len, text);
+      /* Every leaf's body, byte for byte through the canonical form. */
+      if (doc != NULL && json_object_has_member (json_node_get_object (doc), "_conflicts"))
+        {
+          JsonArray *conflicts
+              = json_object_get_array_member (json_node_get_object (doc), "_conflicts");
+
+          for (guint c = 0; c < json_array_get_length (conflicts); c++)
+            {
+              const char *rev = json_array_get_string_element (conflicts, c);
+              g_autoptr (JsonNode) leaf = hb_store_get_sync (store, revision_ids[i], rev,
+                                                             HB_GET_FLAGS_NONE, NULL, &error);
+              g_autofree char *leaf_text = NULL;
+
+              g_assert_no_error (error);
+              leaf_text = hb_json_to_canonical (leaf, NULL);
+              g_string_append_printf (s, "leaf %s\n", leaf_text);
+            }
+        }
+    }
+  for (guint f = HB_INDEX_FIELD_TYPE; f <= HB_INDEX_FIELD_PATIENT_ID; f++)
+    for (guint v = 0; values[v] != NULL; v++)
+      {
+        g_autoptr (GPtrArray) found = hb_store_find_sync (store, f, values[v], NULL, &error);
+
+        g_assert_no_error (error);
+        g_string_append_printf (s, "find %u %s:", f, values[v]);
+        for (guint i = 0; i < found->len; i++)
+          {
+            g_autofree char *doc = hb_test_to_string (g_ptr_array_index (found, i));
+
+            g_string_append_printf (s, " %s", doc);
+          }
+        g_string_append_c (s, '\n');
+      }
+  return g_string_free (s, FALSE);
+}
+
+static void
+test_put_revisions_json (Fixture *f, gconstpointer data)
+{
+  g_autofree char *tree_dir = NULL;
+  g_autoptr (HbStore) tree_store = hb_test_store_new (&tree_dir);
+  g_autofree char *tree_path = g_build_filename (tree_dir, "store.db", NULL);
+  guint i = 0, batch = 0;
+  g_autofree char *tree_state = NULL;
+  g_autofree char *text_state = NULL;
+  g_autoptr (GString) states = g_string_new (NULL);
+
+  while (i < G_N_ELEMENTS (revision_batches))
+    {
+      g_autoptr (GPtrArray) docs = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
+      g_autoptr (GPtrArray) texts = g_ptr_array_new_with_free_func ((GDestroyNotify)g_bytes_unref);
+      g_autoptr (GPtrArray) tree_results = NULL;
+      g_autoptr (GPtrArray) text_results = NULL;
+      g_autoptr (GArray) text_only = g_array_new (FALSE, FALSE, sizeof (guint));
+      g_autoptr (GError) error = NULL;
+      g_autofree char *tree_string = NULL;
+      g_autofree char *text_string = NULL;
+
+      if (batch++ == 2)
+        {
+          g_assert_true (hb_store_set_revs_limit (tree_store, 2, &error));
+          g_assert_true (hb_store_set_revs_limit (f->store, 2, &error));
+        }
+      for (; revision_batches[i].text != NULL; i++)
+        {
+          const char *text = revision_batches[i].text;
+
+          g_ptr_array_add (texts, g_bytes_new (text, strlen (text)));
+          if (revision_batches[i].text_only)
+            {
+              guint at = texts->len - 1;
+
+              g_array_append_val (text_only, at);
+            }
+          else
+            g_ptr_array_add (docs, hb_test_json (text));
+        }
+      i++;
+
+      tree_results = hb_store_bulk_docs_sync (tree_store, docs, FALSE, NULL, &error);
+      g_assert_no_error (error);
+      text_results = hb_store_put_revisions_json_sync (f->store, texts, NULL, &error);
+      g_assert_no_error (error);
+      g_assert_cmpuint (text_results->len, ==, texts->len);
+      /* The texts the tree path cannot be given are bad requests without an id. */
+      for (guint k = text_only->len; k-- > 0;)
+        {
+          guint at = g_array_index (text_only, guint, k);
+          JsonObject *r = json_node_get_object (g_ptr_array_index (text_results, at));
+
+          g_assert_cmpstr (json_object_get_string_member (r, "error"), ==, "bad_request");
+          g_assert_false (json_object_has_member (r, "id"));
+          g_ptr_array_remove_index (text_results, at);
+        }
+      tree_string = results_string (tree_results);
+      text_string = results_string (text_results);
+      g_assert_cmpstr (text_string, ==, tree_string);
+
+      g_free (tree_state);
+      g_free (text_state);
+      tree_state = store_state (tree_store, tree_path);
+      text_state = store_state (f->store, f->path);
+      g_assert_cmpstr (text_state, ==, tree_state);
+      g_string_append (states, text_state);
+    }
+
+  /* The table reaches what it means to: conflicts, a stemmed history, an indexed escape, the
+   * body of numbers and escapes. */
+  if (g_test_verbose ())
+    g_test_message ("%s", states->str);
+  g_assert_nonnull (strstr (states->str, "_conflicts"));
+  g_assert_nonnull (strstr (states->str, "\"ids\":[\"eeeeeeee\",\"dddddddd\"],\"start\":5"));
+  g_assert_nonnull (strstr (states->str, "find 0 typ\xc3\xa9: {"));
+  g_assert_nonnull (strstr (states->str, "\"a\":[100,0,0,\"x\u00e9\\n\"],\"b\":1,"));
+
+  hb_store_close (tree_store);
+  hb_test_rmdir (tree_dir);
+}
+
 int
 main (int argc, char *argv[])
 {
@@ -1725,6 +2064,8 @@ main (int argc, char *argv[])
   ADD ("/store/review/tampered-columns", test_tampered_columns);
   ADD ("/store/review/corrupt-records-removable", test_corrupt_records_can_be_removed);
   ADD ("/store/review/damaged-document-writes-nothing", test_damaged_document_writes_nothing);
+  g_test_add_func ("/store/text/canonical", test_text_canonical);
+  ADD ("/store/text/put-revisions", test_put_revisions_json);
 #undef ADD
 
   {
