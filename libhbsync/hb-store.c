@@ -3395,6 +3395,19 @@ result_to_error (JsonNode *result, GError **error)
   return FALSE;
 }
 
+/* One write transaction over args' documents or texts: their results, or NULL. */
+static GPtrArray *
+bulk_write (HbStore *self, BulkArgs *args, GCancellable *cancellable, GError **error)
+{
+  args->results = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
+  if (!run_write (self, write_docs, args, cancellable, error))
+    {
+      g_clear_pointer (&args->results, g_ptr_array_unref);
+      return NULL;
+    }
+  return args->results;
+}
+
 /**
  * hb_store_bulk_docs_sync:
  * @self: a store
@@ -3420,13 +3433,7 @@ hb_store_bulk_docs_sync (
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (docs != NULL, NULL);
 
-  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
-  if (!run_write (self, write_docs, &args, cancellable, error))
-    {
-      g_ptr_array_unref (args.results);
-      return NULL;
-    }
-  return args.results;
+  return bulk_write (self, &args, cancellable, error);
 }
 
 /**
@@ -3458,13 +3465,7 @@ hb_store_put_revisions_json_sync (HbStore *self,
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (texts != NULL, NULL);
 
-  args.results = g_ptr_array_new_with_free_func ((GDestroyNotify)json_node_unref);
-  if (!run_write (self, write_docs, &args, cancellable, error))
-    {
-      g_ptr_array_unref (args.results);
-      return NULL;
-    }
-  return args.results;
+  return bulk_write (self, &args, cancellable, error);
 }
 
 /**
