@@ -1106,13 +1106,12 @@ test_newer_schema_refused (Fixture *f, gconstpointer data)
 
 /* The WAL is checkpointed while the store is open, off the writer's path: after some 16 MiB of
  * writes (about 4,000 pages, four times the checkpoint threshold) the main file holds most of
- * them and the WAL has not grown to the size at which the writer would checkpoint by itself. */
+ * them. Without a checkpoint it would still be a few pages: every page would be in the WAL. */
 static void
 test_background_checkpoint (Fixture *f, gconstpointer data)
 {
   g_autoptr (GRand) rand = g_rand_new_with_seed (11);
-  g_autofree char *wal = g_strconcat (f->path, "-wal", NULL);
-  GStatBuf db_stat = { 0 }, wal_stat = { 0 };
+  GStatBuf db_stat = { 0 };
   gint64 deadline;
 
   for (guint b = 0; b < 40; b++)
@@ -1142,8 +1141,6 @@ test_background_checkpoint (Fixture *f, gconstpointer data)
     }
   while (g_get_monotonic_time () < deadline);
   g_assert_cmpint (db_stat.st_size, >, 8 * 1024 * 1024);
-  g_assert_cmpint (g_stat (wal, &wal_stat), ==, 0);
-  g_assert_cmpint (wal_stat.st_size, <, 8000 * (4096 + 24));
 }
 
 /* A store written by the first schema (tests/data/store-v1.db, made with the release that had
