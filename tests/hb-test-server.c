@@ -278,6 +278,23 @@ hb_test_proxy_command (HbTestProxy *proxy, const char *json_line, GError **error
   return g_steal_pointer (&root);
 }
 
+JsonNode *
+hb_test_proxy_cmd (HbTestProxy *proxy, const char *format, ...)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *line = NULL;
+  JsonNode *reply;
+  va_list args;
+
+  va_start (args, format);
+  line = g_strdup_vprintf (format, args);
+  va_end (args);
+  reply = hb_test_proxy_command (proxy, line, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (reply);
+  return reply;
+}
+
 /* ---- assertions about a server's and a store's documents ---------------------------------- */
 
 /* One session for the process, never freed: tests end with the process. */

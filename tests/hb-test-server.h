@@ -41,6 +41,11 @@ HbTestProxy *hb_test_proxy_start (const char *target_url, GError **error);
  * G_IO_ERROR_FAILED error carrying the text; no reply within 15 s is G_IO_ERROR_TIMED_OUT. */
 JsonNode *hb_test_proxy_command (HbTestProxy *proxy, const char *json_line, GError **error);
 
+/* hb_test_proxy_command() with the line formatted from format; aborts the test unless the
+ * proxy answers ok. PROXY_DO() drops the answer. */
+JsonNode *hb_test_proxy_cmd (HbTestProxy *proxy, const char *format, ...) G_GNUC_PRINTF (2, 3);
+#define PROXY_DO(proxy, ...) json_node_unref (hb_test_proxy_cmd ((proxy), __VA_ARGS__))
+
 /* Like hb_test_server_stop(). */
 void hb_test_proxy_stop (HbTestProxy *proxy);
 

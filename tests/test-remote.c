@@ -2106,32 +2106,11 @@ proxy_teardown (ProxyFixture *f, gconstpointer data)
   hb_test_server_stop (f->server);
 }
 
-static JsonNode *proxy_cmd (HbTestProxy *proxy, const char *format, ...) G_GNUC_PRINTF (2, 3);
-
-/* Sends one command to the proxy; aborts the test unless it answers ok. */
-static JsonNode *
-proxy_cmd (HbTestProxy *proxy, const char *format, ...)
-{
-  g_autoptr (GError) error = NULL;
-  g_autofree char *line = NULL;
-  JsonNode *reply;
-  va_list args;
-
-  va_start (args, format);
-  line = g_strdup_vprintf (format, args);
-  va_end (args);
-  reply = hb_test_proxy_command (proxy, line, &error);
-  g_assert_no_error (error);
-  return reply;
-}
-
-#define PROXY_DO(proxy, ...) json_node_unref (proxy_cmd ((proxy), __VA_ARGS__))
-
 /* How many requests of `route` the proxy saw, or answered with `status` when route is NULL. */
 static gint64
 proxy_count (ProxyFixture *f, const char *route, const char *status)
 {
-  g_autoptr (JsonNode) reply = proxy_cmd (f->proxy, "{\"cmd\": \"stats\"}");
+  g_autoptr (JsonNode) reply = hb_test_proxy_cmd (f->proxy, "{\"cmd\": \"stats\"}");
   JsonObject *stats = json_object_get_object_member (json_node_get_object (reply), "stats");
 
   return json_object_get_int_member_with_default (
@@ -2432,6 +2411,24 @@ test_parse_strict_json (void)
 
 #define T(s) (const guint8 *)(s), strlen (s)
 
+/* _bulk_get answers every reader of them refuses (the tree parser and the walker alike). */
+static const char *const bad_bulk_get[] = {
+  "[]",
+  "{}",
+  "{\"results\":[{}]}",
+  "{\"results\":[{\"id\":\"a\"}]}",
+  "{\"results\":[{\"id\":\"a\",\"docs\":[{}]}]}",
+  "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":{},\"error\":{}}]}]}",
+  "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":{\"_id\":\"a\"}}]}]}",
+  "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":[]}]}]}",
+  "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":null}]}]}",
+  "{\"results\":[{\"id\":\"a\",\"docs\":[{\"error\":\"not_found\"}]}]}",
+  "{\"results\":[{\"id\":\"a\",\"docs\":[{\"error\":{\"rev\":\"1-a\"}}]}]}",
+  "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":{\"_id\":\"a\",\"_rev\":\"1-a\",\"_rev\":2}}]}]"
+  "}",
+  "{\"results\":[{\"id\":\"a\",\"docs\":[]}]} x",
+};
+
 static void
 test_parse_shapes (void)
 {
@@ -2470,18 +2467,6 @@ test_parse_shapes (void)
   };
   static const char *const bad_bulk_docs[] = {
     "{}", "[1]", "[[]]", "[{\"id\":1}]", "[{\"error\":{}}]",
-  };
-  static const char *const bad_bulk_get[] = {
-    "[]",
-    "{}",
-    "{\"results\":[{}]}",
-    "{\"results\":[{\"id\":\"a\"}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{}]}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":{},\"error\":{}}]}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":{\"_id\":\"a\"}}]}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":[]}]}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"error\":\"not_found\"}]}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"error\":{\"rev\":\"1-a\"}}]}]}",
   };
   static const char *const bad_open_revs[] = {
     "{}",
@@ -2556,22 +2541,6 @@ test_parse_shapes (void)
 static void
 test_parse_walked (void)
 {
-  static const char *const bad_bulk_get[] = {
-    "[]",
-    "{}",
-    "{\"results\":[{}]}",
-    "{\"results\":[{\"id\":\"a\"}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{}]}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":{},\"error\":{}}]}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":{\"_id\":\"a\"}}]}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":[]}]}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":null}]}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"error\":\"not_found\"}]}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"error\":{\"rev\":\"1-a\"}}]}]}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":{\"_id\":\"a\",\"_rev\":\"1-a\",\"_rev\":2}}]}]"
-    "}",
-    "{\"results\":[{\"id\":\"a\",\"docs\":[]}]} x",
-  };
   const char *answer
       = "{\"results\": [ {\"id\":\"a\",\"docs\":[ {\"ok\": {\"_id\":\"a\", \"_rev\":\"1-x\","
         "\"_rev\":\"2-b\",\"text\":\"\\u00e9\\ud83d\\ude00 \\\"q\\\" \\n\",\"n\":[1.5e3,{}]} },"

@@ -279,33 +279,11 @@ assert_trees_equal (GHashTable *a, GHashTable *b)
 
 /* ---- more plumbing --------------------------------------------------------------------- */
 
-static JsonNode *proxy_cmd (HbTestProxy *proxy, const char *format, ...) G_GNUC_PRINTF (2, 3);
-
-/* Sends one command to the proxy; aborts the test unless it answers ok. */
-static JsonNode *
-proxy_cmd (HbTestProxy *proxy, const char *format, ...)
-{
-  g_autoptr (GError) error = NULL;
-  g_autofree char *line = NULL;
-  JsonNode *reply;
-  va_list args;
-
-  va_start (args, format);
-  line = g_strdup_vprintf (format, args);
-  va_end (args);
-  reply = hb_test_proxy_command (proxy, line, &error);
-  g_assert_no_error (error);
-  g_assert_nonnull (reply);
-  return reply;
-}
-
-#define PROXY_DO(proxy, ...) json_node_unref (proxy_cmd ((proxy), __VA_ARGS__))
-
 /* The proxy's statistics: the "stats" object of the reply, kept alive by *out_root. */
 static JsonObject *
 proxy_stats (HbTestProxy *proxy, JsonNode **out_root)
 {
-  *out_root = proxy_cmd (proxy, "{\"cmd\": \"stats\"}");
+  *out_root = hb_test_proxy_cmd (proxy, "{\"cmd\": \"stats\"}");
   return json_object_get_object_member (json_node_get_object (*out_root), "stats");
 }
 
@@ -2320,9 +2298,9 @@ test_transient (Fixture *f, gconstpointer data)
   /* Three 503s, then a connection dropped in the middle of an answer: retried, complete. */
   write_notes (f->store, "note:", 0, 100, 200);
   hb_replicator_set_batch_size (rp->r, 20);
-  fault = proxy_cmd (f->proxy, "{\"cmd\": \"fault\", \"fault\": {\"action\": \"status\", "
-                               "\"status\": 503, \"method\": \"POST\", "
-                               "\"path\": \"/_bulk_docs$\", \"count\": 3}}");
+  fault = hb_test_proxy_cmd (f->proxy, "{\"cmd\": \"fault\", \"fault\": {\"action\": \"status\", "
+                                       "\"status\": 503, \"method\": \"POST\", "
+                                       "\"path\": \"/_bulk_docs$\", \"count\": 3}}");
   rp->on_progress = command_at_progress;
   rp->on_progress_data = &drop;
   /* On a context of its own: the retries' timers must run there too. */

@@ -486,33 +486,11 @@ same_leaves (GHashTable *a, GHashTable *b)
 
 /* ---- the proxy ------------------------------------------------------------------------- */
 
-static JsonNode *proxy_cmd (HbTestProxy *proxy, const char *format, ...) G_GNUC_PRINTF (2, 3);
-
-/* Sends one command to the proxy; aborts the test unless it answers ok. */
-static JsonNode *
-proxy_cmd (HbTestProxy *proxy, const char *format, ...)
-{
-  g_autoptr (GError) error = NULL;
-  g_autofree char *line = NULL;
-  JsonNode *reply;
-  va_list args;
-
-  va_start (args, format);
-  line = g_strdup_vprintf (format, args);
-  va_end (args);
-  reply = hb_test_proxy_command (proxy, line, &error);
-  g_assert_no_error (error);
-  g_assert_nonnull (reply);
-  return reply;
-}
-
-#define PROXY_DO(proxy, ...) json_node_unref (proxy_cmd ((proxy), __VA_ARGS__))
-
 /* The proxy's statistics: the "stats" object of the reply, kept alive by *out_root. */
 static JsonObject *
 proxy_stats (HbTestProxy *proxy, JsonNode **out_root)
 {
-  *out_root = proxy_cmd (proxy, "{\"cmd\": \"stats\"}");
+  *out_root = hb_test_proxy_cmd (proxy, "{\"cmd\": \"stats\"}");
   return json_object_get_object_member (json_node_get_object (*out_root), "stats");
 }
 
@@ -520,7 +498,7 @@ proxy_stats (HbTestProxy *proxy, JsonNode **out_root)
 static gboolean
 faults_exhausted (HbTestProxy *proxy)
 {
-  g_autoptr (JsonNode) reply = proxy_cmd (proxy, "{\"cmd\": \"config\", \"rules\": {}}");
+  g_autoptr (JsonNode) reply = hb_test_proxy_cmd (proxy, "{\"cmd\": \"config\", \"rules\": {}}");
   JsonArray *faults = json_object_get_array_member (
       json_object_get_object_member (json_node_get_object (reply), "rules"), "faults");
 
@@ -716,7 +694,7 @@ dump_proxy (Fixture *f)
 
   if (g_getenv ("HB_TEST_DUMP") == NULL || f->proxy == NULL)
     return;
-  dump = proxy_cmd (f->proxy, "{\"cmd\": \"stats\"}");
+  dump = hb_test_proxy_cmd (f->proxy, "{\"cmd\": \"stats\"}");
   reqs = json_object_get_array_member (
       json_object_get_object_member (json_node_get_object (dump), "stats"), "requests");
   for (guint i = 0; i < json_array_get_length (reqs); i++)
