@@ -76,8 +76,6 @@ void hb_mac_compute (HbMac *mac, const guint8 *data, gsize data_len, guint8 out[
 void hb_mac_add (HbMac *mac, const guint8 *data, gsize data_len);
 void hb_mac_finish (HbMac *mac, guint8 out[HB_MAC_LEN]);
 
-void hb_hmac_sha256 (
-    const guint8 *key, gsize key_len, const guint8 *data, gsize data_len, guint8 out[HB_MAC_LEN]);
 void hb_sha256 (const guint8 *data, gsize len, guint8 out[32]);
 /* SHA-256 of the concatenation of n pieces (data[i], len[i]), without copying them. */
 void hb_sha256_pieces (const guint8 *const *data, const gsize *len, guint n, guint8 out[32]);

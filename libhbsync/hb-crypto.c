@@ -294,14 +294,6 @@ hb_mac_compute (HbMac *mac, const guint8 *data, gsize data_len, guint8 out[HB_MA
 }
 
 void
-hb_hmac_sha256 (
-    const guint8 *key, gsize key_len, const guint8 *data, gsize data_len, guint8 out[HB_MAC_LEN])
-{
-  if (gnutls_hmac_fast (GNUTLS_MAC_SHA256, key, key_len, data, data_len, out) < 0)
-    g_error ("HMAC-SHA256 failed");
-}
-
-void
 hb_sha256 (const guint8 *data, gsize len, guint8 out[32])
 {
   if (gnutls_hash_fast (GNUTLS_DIG_SHA256, data, len, out) < 0)
