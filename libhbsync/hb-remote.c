@@ -2254,6 +2254,17 @@ hb_remote_revs_diff_finish (HbRemote *self, GAsyncResult *result, GError **error
   return finish_pointer (self, result, hb_remote_revs_diff_async, error);
 }
 
+/* A replication write: new_edits false, and said first, so a prefix tells it. */
+static gboolean
+inserts_revisions (GBytes *body)
+{
+  static const char prefix[] = "{\"new_edits\":false,";
+  gsize len;
+  const char *data = g_bytes_get_data (body, &len);
+
+  return len >= sizeof prefix - 1 && memcmp (data, prefix, sizeof prefix - 1) == 0;
+}
+
 static gpointer
 answer_bulk_docs (Request *req, const guint8 *data, gsize len, GError **error)
 {
@@ -2270,6 +2281,11 @@ answer_bulk_docs (Request *req, const guint8 *data, gsize len, GError **error)
  *
  * Writes documents (`POST _bulk_docs`). A request too large for the server fails with
  * %HB_REMOTE_ERROR_TOO_LARGE; documents refused one by one are not a failure of the request.
+ *
+ * A body that begins `{"new_edits":false` (as the replicator writes it) only inserts revisions
+ * with their ids, so sending it twice changes nothing: it may go on a kept-alive connection and
+ * is sent again if that connection turns out to be closed. Any other body is sent once, on a new
+ * connection, as libsoup does for every POST it is not told is idempotent.
  */
 void
 hb_remote_bulk_docs_async (HbRemote *self,
@@ -2285,7 +2301,7 @@ hb_remote_bulk_docs_async (HbRemote *self,
 
   task = request_task (self, "_bulk_docs", answer_bulk_docs, (GDestroyNotify)g_ptr_array_unref,
                        hb_remote_bulk_docs_async, cancellable, callback, user_data);
-  send_request (self, task, "POST", "_bulk_docs", body, FALSE);
+  send_request (self, task, "POST", "_bulk_docs", body, inserts_revisions (body));
 }
 
 /**

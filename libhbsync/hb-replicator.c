@@ -5,7 +5,8 @@
  *   reader  source changes → target revs_diff → read the missing revisions (the store's
  *           plaintext for a push, `_bulk_get` for a pull) → the sync cache → closed batches
  *   writer  a closed batch → `_bulk_docs` new_edits:false (push) or one store transaction
- *           (pull) → entries marked written and wiped → the checkpoint moves on
+ *           (pull) → entries marked written and wiped → the checkpoint moves on; a push keeps
+ *           PUSH_WRITERS batches in flight, so the server always has the next one queued
  *   checkpoint  `_local/<replication id>` on both sides, one write at a time, coalesced
  *
  * The reader runs ahead of the writer by at most MAX_QUEUED batches, so the network is busy
@@ -13,7 +14,9 @@
  * cache has no room, so the reader never waits for room its own batch holds.
  *
  * A checkpoint names a source sequence only when every revision of every change up to it has
- * been written, so a run that stops anywhere resumes without losing or resending a batch. */
+ * been written: batches written out of order wait for the earlier ones before the checkpoint
+ * moves past them. So a run that stops anywhere resumes without losing a batch, and resends at
+ * most the batches that were in flight. */
 
 #include <string.h>
 
@@ -28,6 +31,10 @@
 #define DEFAULT_BATCH_BYTES (G_GUINT64_CONSTANT (4) * 1024 * 1024)
 #define REPLICATION_ID_VERSION 1
 #define MAX_QUEUED 2
+/* `_bulk_docs` requests in flight during a push. With one, the server idles while the client
+ * takes in an answer and sends the next batch; a second keeps it busy. The store takes one
+ * write at a time, so a pull writes one batch at a time. */
+#define PUSH_WRITERS 2
 #define READ_CHUNK 50
 #define MAX_HISTORY 50
 #define MAX_ATTEMPTS 5
@@ -129,6 +136,8 @@ G_DEFINE_BOXED_TYPE (HbReplicationResult,
 
 /* ---- a run ----------------------------------------------------------------------------- */
 
+typedef struct _Run Run;
+
 /* One revision in a batch: its plaintext is in the cache under (id, rev). */
 typedef struct
 {
@@ -156,19 +165,31 @@ doc_ref_new (const char *id, const char *rev)
   return ref;
 }
 
+typedef enum
+{
+  BATCH_READY,   /* to be sent (again) */
+  BATCH_SENDING, /* its write is under way */
+  BATCH_WAITING, /* for a retry of its write */
+  BATCH_DONE,    /* written or refused; waits for the batches before it */
+} BatchState;
+
 typedef struct
 {
+  Run *run;
   GPtrArray *docs; /* DocRef */
   guint64 bytes;
   /* The source sequence this batch completes, or NULL when more of its page follows. */
   JsonNode *seq;
+  BatchState state;
+  guint attempts;
 } Batch;
 
 static Batch *
-batch_new (void)
+batch_new (Run *run)
 {
   Batch *batch = g_new0 (Batch, 1);
 
+  batch->run = run;
   batch->docs = g_ptr_array_new_with_free_func (doc_ref_free);
   return batch;
 }
@@ -210,7 +231,7 @@ typedef enum
   N_LANES
 } Lane;
 
-typedef struct
+struct _Run
 {
   HbReplicator *self;
   GTask *task;
@@ -273,9 +294,8 @@ typedef struct
   GHashTable *inflight;
 
   /* Writer. */
-  gboolean writer_busy;
   gboolean writer_kicked;
-  Batch *writing;
+  GQueue writing; /* Batch, in source order: from the first one not yet written on */
 
   /* Checkpoints. */
   GCancellable *checkpoint_cancellable; /* cancelled when the run fails, or CHECKPOINT_GRACE_MS
@@ -289,7 +309,7 @@ typedef struct
 
   HbReplicationResult counts;
   gint64 pending;
-} Run;
+};
 
 static void
 run_free (Run *run)
@@ -327,7 +347,7 @@ run_free (Run *run)
   g_clear_pointer (&run->fetched, g_ptr_array_unref);
   g_clear_error (&run->open_revs_error);
   g_clear_pointer (&run->current, batch_free);
-  g_clear_pointer (&run->writing, batch_free);
+  g_queue_clear_full (&run->writing, batch_free);
   g_queue_clear_full (&run->batches, batch_free);
   g_clear_pointer (&run->inflight, g_hash_table_unref);
   g_free (run->counts.last_seq);
@@ -371,7 +391,8 @@ inflight_remove (Run *run, DocRef *ref)
 static void
 forget_batch (Run *run, Batch *batch)
 {
-  if (batch == NULL)
+  /* A written batch has left the cache already. */
+  if (batch == NULL || batch->state == BATCH_DONE)
     return;
   for (guint i = 0; i < batch->docs->len; i++)
     {
@@ -381,15 +402,33 @@ forget_batch (Run *run, Batch *batch)
     }
 }
 
+/* The task returns from an idle of its own: the run's last step is usually deep in its own
+ * call chain, which must not see the caller's callback free the run under it. */
+static gboolean
+return_idle (gpointer data)
+{
+  GTask *task = data;
+  Run *run = g_task_get_task_data (task);
+
+  if (run->error == NULL)
+    g_task_return_pointer (task, hb_replication_result_copy (&run->counts),
+                           (GDestroyNotify)hb_replication_result_free);
+  else
+    g_task_return_error (task, g_steal_pointer (&run->error));
+  return G_SOURCE_REMOVE;
+}
+
 static void
 run_complete (Run *run)
 {
   HbReplicator *self = run->self;
   GTask *task = run->task;
+  GSource *idle;
 
   run->finished = TRUE;
   forget_batch (run, run->current);
-  forget_batch (run, run->writing);
+  for (GList *l = run->writing.head; l != NULL; l = l->next)
+    forget_batch (run, l->data);
   for (GList *l = run->batches.head; l != NULL; l = l->next)
     forget_batch (run, l->data);
   self->running = FALSE;
@@ -401,11 +440,7 @@ run_complete (Run *run)
   self->last_result = hb_replication_result_copy (&run->counts);
 
   if (run->error == NULL)
-    {
-      set_state (self, HB_REPLICATOR_STATE_COMPLETE);
-      g_task_return_pointer (task, hb_replication_result_copy (&run->counts),
-                             (GDestroyNotify)hb_replication_result_free);
-    }
+    set_state (self, HB_REPLICATOR_STATE_COMPLETE);
   else
     {
       gboolean cancelled
@@ -418,9 +453,13 @@ run_complete (Run *run)
           g_set_error_literal (&run->error, G_IO_ERROR, G_IO_ERROR_CANCELLED,
                                "The replication was cancelled");
         }
-      g_task_return_error (task, g_steal_pointer (&run->error));
     }
-  g_object_unref (task);
+  /* The idle takes over the run's reference to the task. */
+  idle = g_idle_source_new ();
+  g_source_set_callback (idle, return_idle, task, g_object_unref);
+  g_source_set_static_name (idle, "[hbsync] replication done");
+  g_source_attach (idle, g_task_get_context (task));
+  g_source_unref (idle);
 }
 
 static gboolean run_idle (Run *run);
@@ -508,6 +547,7 @@ typedef struct
   Run *run;
   Lane lane;
   void (*step) (Run *run);
+  Batch *batch; /* the writer's: the batch whose write is retried */
 } Retry;
 
 static gboolean
@@ -519,6 +559,8 @@ retry_fire (gpointer data)
 
   if (retry->lane == LANE_READER)
     run->reader_waiting = FALSE;
+  if (retry->batch != NULL)
+    retry->batch->state = BATCH_READY;
   g_free (retry);
   if (!op_end (run, NULL))
     return G_SOURCE_REMOVE;
@@ -533,30 +575,34 @@ retry_fire (gpointer data)
   return G_SOURCE_REMOVE;
 }
 
-/* A failed request of a lane: transient errors are retried with exponential backoff and
- * jitter; after MAX_ATTEMPTS, or for any other error, the run fails. Returns TRUE if a retry
- * was scheduled. Always takes *error. */
+/* A failed request: transient errors are retried with exponential backoff and jitter; after
+ * MAX_ATTEMPTS (counted in *attempts), or for any other error, the run fails. Returns TRUE if
+ * a retry was scheduled. Always takes *error. */
 static gboolean
-retry_or_fail (Run *run, Lane lane, GError **error, void (*step) (Run *run))
+schedule_retry (
+    Run *run, Lane lane, guint *attempts, Batch *batch, GError **error, void (*step) (Run *run))
 {
-  if (hb_remote_error_is_transient (*error) && run->attempts[lane] + 1 < MAX_ATTEMPTS
+  if (hb_remote_error_is_transient (*error) && *attempts + 1 < MAX_ATTEMPTS
       && !g_cancellable_is_cancelled (run->cancellable))
     {
-      guint delay = MIN (RETRY_MAX_MS, RETRY_BASE_MS << run->attempts[lane]);
+      guint delay = MIN (RETRY_MAX_MS, RETRY_BASE_MS << *attempts);
       Retry *retry = g_new (Retry, 1);
       GSource *timeout;
 
       delay = delay / 2 + g_random_int_range (0, (gint)delay / 2 + 1);
-      run->attempts[lane]++;
+      (*attempts)++;
       g_debug ("Retrying after %u ms: %s", delay, (*error)->message);
       g_clear_error (error);
       retry->run = run;
       retry->lane = lane;
       retry->step = step;
+      retry->batch = batch;
       /* The reader is not idle while it waits to retry: a finished batch must not start the
        * same request again beside it. */
       if (lane == LANE_READER)
         run->reader_waiting = TRUE;
+      if (batch != NULL)
+        batch->state = BATCH_WAITING;
       op_begin (run);
       /* On the run's context, where everything else of it runs. */
       timeout = g_timeout_source_new (delay);
@@ -568,6 +614,12 @@ retry_or_fail (Run *run, Lane lane, GError **error, void (*step) (Run *run))
   run_fail (run, g_steal_pointer (error));
   maybe_finish (run);
   return FALSE;
+}
+
+static gboolean
+retry_or_fail (Run *run, Lane lane, GError **error, void (*step) (Run *run))
+{
+  return schedule_retry (run, lane, &run->attempts[lane], NULL, error, step);
 }
 
 static void emit_progress (Run *run);
@@ -862,15 +914,16 @@ static gboolean
 run_draining (Run *run)
 {
   return run->error != NULL
-         || (run->reader_done && g_queue_is_empty (&run->batches) && !run->writer_busy);
+         || (run->reader_done && g_queue_is_empty (&run->batches)
+             && g_queue_is_empty (&run->writing));
 }
 
 static gboolean
 run_idle (Run *run)
 {
   return run->reader_done && !run->reader_busy && run->current == NULL
-         && g_queue_is_empty (&run->batches) && !run->writer_busy && !run->checkpoint_busy
-         && !run->checkpoint_dirty;
+         && g_queue_is_empty (&run->batches) && g_queue_is_empty (&run->writing)
+         && !run->checkpoint_busy && !run->checkpoint_dirty;
 }
 
 /* ---- batches --------------------------------------------------------------------------- */
@@ -916,7 +969,7 @@ close_batch (Run *run, JsonNode *seq)
 
   run->current = NULL;
   if (batch == NULL)
-    batch = batch_new ();
+    batch = batch_new (run);
   if (seq != NULL)
     batch->seq = json_node_copy (seq);
   if (batch->docs->len == 0 && batch->seq == NULL)
@@ -932,7 +985,7 @@ static Batch *
 current_batch (Run *run)
 {
   if (run->current == NULL)
-    run->current = batch_new ();
+    run->current = batch_new (run);
   return run->current;
 }
 
@@ -1806,12 +1859,12 @@ emit_progress (Run *run)
                  run->counts.docs_written, run->counts.doc_write_failures, run->pending);
 }
 
-/* The batch is written (or refused): its plaintext leaves the cache and the checkpoint may
- * move to its sequence. */
+/* The batch is written (or refused): its plaintext leaves the cache, and the checkpoint moves
+ * to the sequence of the newest batch that every earlier one has been written before. */
 static void
-batch_done (Run *run)
+batch_done (Batch *batch)
 {
-  Batch *batch = g_steal_pointer (&run->writing);
+  Run *run = batch->run;
 
   for (guint i = 0; i < batch->docs->len; i++)
     {
@@ -1823,14 +1876,19 @@ batch_done (Run *run)
     }
   if (batch->docs->len > 0)
     run->counts.batches++;
-  if (batch->seq != NULL)
+  batch->state = BATCH_DONE;
+  while (!g_queue_is_empty (&run->writing)
+         && ((Batch *)g_queue_peek_head (&run->writing))->state == BATCH_DONE)
     {
-      g_clear_pointer (&run->checkpoint_seq, json_node_unref);
-      run->checkpoint_seq = json_node_copy (batch->seq);
+      Batch *first = g_queue_pop_head (&run->writing);
+
+      if (first->seq != NULL)
+        {
+          g_clear_pointer (&run->checkpoint_seq, json_node_unref);
+          run->checkpoint_seq = json_node_copy (first->seq);
+        }
+      batch_free (first);
     }
-  batch_free (batch);
-  run->writer_busy = FALSE;
-  run->attempts[LANE_WRITER] = 0;
   emit_progress (run);
   checkpoint_step (run);
   writer_step (run);
@@ -1876,13 +1934,12 @@ push_body (Run *run, Batch *batch)
   return g_bytes_new_with_free_func (body->data, body->len, wipe_byte_array, body);
 }
 
-static void push_write (Run *run);
-
+/* 413: the batch is sent again as two halves, in its place in the source order. */
 static void
-split_batch (Run *run)
+split_batch (Batch *batch)
 {
-  Batch *batch = g_steal_pointer (&run->writing);
-  Batch *second = batch_new ();
+  Run *run = batch->run;
+  Batch *second = batch_new (run);
   guint half = batch->docs->len / 2;
 
   /* The second half keeps the sequence: the page is complete only when both are written. */
@@ -1893,19 +1950,19 @@ split_batch (Run *run)
     }
   g_ptr_array_set_size (batch->docs, half);
   second->seq = g_steal_pointer (&batch->seq);
-  g_queue_push_head (&run->batches, second);
-  g_queue_push_head (&run->batches, batch);
-  run->writer_busy = FALSE;
+  batch->state = BATCH_READY;
+  second->state = BATCH_READY;
+  g_queue_insert_after (&run->writing, g_queue_find (&run->writing, batch), second);
   writer_step (run);
 }
 
 static void
 on_bulk_docs (GObject *source, GAsyncResult *result, gpointer data)
 {
-  Run *run = data;
+  Batch *batch = data;
+  Run *run = batch->run;
   g_autoptr (GError) error = NULL;
   g_autoptr (GPtrArray) results = hb_remote_bulk_docs_finish (HB_REMOTE (source), result, &error);
-  Batch *batch = run->writing;
   guint failed = 0;
 
   if (error != NULL && g_error_matches (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_TOO_LARGE))
@@ -1915,18 +1972,18 @@ on_bulk_docs (GObject *source, GAsyncResult *result, gpointer data)
         return;
       if (batch->docs->len > 1)
         {
-          split_batch (run);
+          split_batch (batch);
           return;
         }
       /* One document the server will never take: skipped and counted. */
       run->counts.doc_write_failures++;
-      batch_done (run);
+      batch_done (batch);
       return;
     }
   if (error != NULL && hb_remote_error_is_transient (error))
     {
       if (op_end (run, NULL))
-        retry_or_fail (run, LANE_WRITER, &error, push_write);
+        schedule_retry (run, LANE_WRITER, &batch->attempts, batch, &error, writer_step);
       return;
     }
   if (!op_end (run, &error))
@@ -1948,13 +2005,14 @@ on_bulk_docs (GObject *source, GAsyncResult *result, gpointer data)
   failed = MIN (failed, batch->docs->len);
   run->counts.doc_write_failures += failed;
   run->counts.docs_written += batch->docs->len - failed;
-  batch_done (run);
+  batch_done (batch);
 }
 
 static void
-push_write (Run *run)
+push_write (Batch *batch)
 {
-  g_autoptr (GBytes) body = push_body (run, run->writing);
+  Run *run = batch->run;
+  g_autoptr (GBytes) body = push_body (run, batch);
 
   if (body == NULL)
     {
@@ -1964,7 +2022,7 @@ push_write (Run *run)
       return;
     }
   op_begin (run);
-  hb_remote_bulk_docs_async (run->self->remote, body, run->cancellable, on_bulk_docs, run);
+  hb_remote_bulk_docs_async (run->self->remote, body, run->cancellable, on_bulk_docs, batch);
 }
 
 typedef struct
@@ -2004,10 +2062,10 @@ pull_write_thread (GTask *task, gpointer source, gpointer data, GCancellable *ca
 static void
 on_pull_written (GObject *source, GAsyncResult *result, gpointer data)
 {
-  Run *run = data;
+  Batch *batch = data;
+  Run *run = batch->run;
   g_autoptr (GError) error = NULL;
   g_autoptr (GPtrArray) results = g_task_propagate_pointer (G_TASK (result), &error);
-  Batch *batch = run->writing;
   guint failed = 0;
 
   if (!op_end (run, &error))
@@ -2023,13 +2081,13 @@ on_pull_written (GObject *source, GAsyncResult *result, gpointer data)
   failed = MIN (failed, batch->docs->len);
   run->counts.doc_write_failures += failed;
   run->counts.docs_written += batch->docs->len - failed;
-  batch_done (run);
+  batch_done (batch);
 }
 
 static void
-pull_write (Run *run)
+pull_write (Batch *batch)
 {
-  Batch *batch = run->writing;
+  Run *run = batch->run;
   g_autoptr (GTask) task = NULL;
   PullWrite *w = g_new0 (PullWrite, 1);
 
@@ -2050,7 +2108,7 @@ pull_write (Run *run)
         }
       g_ptr_array_add (w->texts, text);
     }
-  task = g_task_new (NULL, run->cancellable, on_pull_written, run);
+  task = g_task_new (NULL, run->cancellable, on_pull_written, batch);
   g_task_set_task_data (task, w, pull_write_free);
   /* The result is handled even when cancelled meanwhile: the transaction may have committed. */
   g_task_set_check_cancellable (task, FALSE);
@@ -2059,22 +2117,58 @@ pull_write (Run *run)
 }
 
 static void
-writer_step (Run *run)
+start_write (Batch *batch)
 {
-  if (run->error != NULL || run->writer_busy || g_queue_is_empty (&run->batches))
-    return;
-  run->writing = g_queue_pop_head (&run->batches);
-  run->writer_busy = TRUE;
-  if (run->writing->docs->len == 0)
+  batch->state = BATCH_SENDING;
+  if (batch->docs->len == 0)
     {
       /* A page with nothing missing: only the checkpoint moves. */
-      batch_done (run);
+      batch_done (batch);
       return;
     }
-  if (run->push)
-    push_write (run);
+  if (batch->run->push)
+    push_write (batch);
   else
-    pull_write (run);
+    pull_write (batch);
+}
+
+/* Starts the writes there is room for: batches to send again first, then queued ones. */
+static void
+writer_step (Run *run)
+{
+  guint limit = run->push ? PUSH_WRITERS : 1;
+  guint open = 0, sending = 0;
+
+  if (run->error != NULL)
+    return;
+  for (GList *l = run->writing.head; l != NULL; l = l->next)
+    {
+      Batch *batch = l->data;
+
+      open += batch->state != BATCH_DONE;
+      sending += batch->state == BATCH_SENDING;
+    }
+  for (GList *l = run->writing.head; l != NULL && sending < limit; l = l->next)
+    {
+      Batch *batch = l->data;
+
+      if (batch->state == BATCH_READY)
+        {
+          sending++;
+          start_write (batch);
+          /* A write that completed at once may have freed the list under this loop. */
+          writer_step (run);
+          return;
+        }
+    }
+  if (open < limit && !g_queue_is_empty (&run->batches))
+    {
+      Batch *batch = g_queue_pop_head (&run->batches);
+
+      g_queue_push_tail (&run->writing, batch);
+      start_write (batch);
+      writer_step (run);
+    }
 }
 
 /* ---- starting a run -------------------------------------------------------------------- */

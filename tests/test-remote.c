@@ -1306,6 +1306,35 @@ test_connection_reuse (Fixture *f, gconstpointer data)
   g_assert_cmpuint (g_hash_table_size (f->ports), ==, 1);
 }
 
+/* libsoup sends a POST on a new connection unless told it is idempotent: replication writes
+ * (new_edits false) are, and share one kept-alive connection; other writes are not. */
+static void
+test_bulk_docs_connections (Fixture *f, gconstpointer data)
+{
+  f->status = 201;
+  answer (f, "[]");
+  for (guint i = 0; i < 10; i++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (GPtrArray) results = bulk_docs (
+          f, "{\"new_edits\":false,\"docs\":[{\"_id\":\"a\",\"_rev\":\"1-x\"}]}", &error);
+
+      g_assert_no_error (error);
+    }
+  g_assert_cmpuint (f->n_requests, ==, 10);
+  g_assert_cmpuint (g_hash_table_size (f->ports), ==, 1);
+
+  for (guint i = 0; i < 3; i++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (GPtrArray) results = bulk_docs (f, "{\"docs\":[{\"_id\":\"b\"}]}", &error);
+
+      g_assert_no_error (error);
+    }
+  g_assert_cmpuint (f->n_requests, ==, 13);
+  g_assert_cmpuint (g_hash_table_size (f->ports), ==, 4);
+}
+
 static void
 run_concurrent (Fixture *f, guint n)
 {
@@ -2764,6 +2793,7 @@ main (int argc, char *argv[])
   ADD ("/remote/couch/open-revs-fallback", test_open_revs_fallback);
   g_test_add_func ("/remote/couch/id-escaping", test_id_escaping);
   ADD ("/remote/connection/reuse", test_connection_reuse);
+  ADD ("/remote/connection/bulk-docs", test_bulk_docs_connections);
   ADD ("/remote/connection/max-connections", test_max_connections);
   ADD ("/remote/connection/timeout", test_timeout);
   ADD ("/remote/connection/cancellation", test_cancellation);

@@ -1381,8 +1381,10 @@ test_resume_push (Fixture *f, gconstpointer data)
   g_autoptr (JsonNode) stats1_root = NULL;
   g_autoptr (JsonNode) stats2_root = NULL;
   g_autoptr (GHashTable) acked1 = NULL;
+  g_autoptr (GHashTable) sent1 = NULL;
   g_autoptr (GHashTable) sent2 = NULL;
   g_autoptr (HbReplicationResult) result = NULL;
+  JsonObject *stats1;
   GHashTableIter iter;
   gpointer key, value;
   gsize n;
@@ -1395,12 +1397,14 @@ test_resume_push (Fixture *f, gconstpointer data)
   run_cancelled (rp);
   assert_cache_empty (f->cache);
 
-  /* The checkpoint, on both sides, covers every batch the server took, but at most the one in
-   * flight when the run was cancelled. */
+  /* The checkpoint, on both sides, covers every batch the server took, but at most the ones in
+   * flight when the run was cancelled (a push keeps two writes in flight). */
   ckpt = checkpoint_seq (f->store, f->db_url, rep_id);
   g_assert_cmpint (json_node_get_value_type (ckpt), ==, G_TYPE_INT64);
   n = (gsize)json_node_get_int (ckpt);
-  acked1 = stats_batch_ids (proxy_stats (f->proxy, &stats1_root), "bulk_docs", 201);
+  stats1 = proxy_stats (f->proxy, &stats1_root);
+  acked1 = stats_batch_ids (stats1, "bulk_docs", 201);
+  sent1 = stats_batch_ids (stats1, "bulk_docs", 0);
   g_assert_cmpuint (g_hash_table_size (acked1), >=, rp->at_cancel.written);
   g_hash_table_iter_init (&iter, seqs);
   while (g_hash_table_iter_next (&iter, &key, &value))
@@ -1410,10 +1414,10 @@ test_resume_push (Fixture *f, gconstpointer data)
       else if (g_hash_table_contains (acked1, key))
         not_checkpointed++;
     }
-  /* Every batch written before the cancel is in the checkpoint: at most the one in flight
-   * then is not. */
+  /* Every batch written before the cancel is in the checkpoint: at most the two in flight
+   * then are not. */
   g_assert_cmpuint (RESUME_DOCS - count_seqs_after (seqs, n), >=, rp->at_cancel.written);
-  g_assert_cmpuint (not_checkpointed, <=, RESUME_BATCH);
+  g_assert_cmpuint (not_checkpointed, <=, 2 * RESUME_BATCH);
 
   /* The next run starts at the checkpoint: nothing it covers is checked or sent again. */
   PROXY_DO (f->proxy, "{\"cmd\": \"clear-stats\"}");
@@ -1430,10 +1434,12 @@ test_resume_push (Fixture *f, gconstpointer data)
       if (g_hash_table_contains (acked1, key))
         resent++;
     }
-  g_assert_cmpuint (resent, <=, RESUME_BATCH);
+  g_assert_cmpuint (resent, <=, 2 * RESUME_BATCH);
+  /* A write in flight at the cancel may have reached the server unacknowledged: then the
+   * second run's _revs_diff finds it there. */
   g_hash_table_iter_init (&iter, seqs);
   while (g_hash_table_iter_next (&iter, &key, &value))
-    g_assert_true (g_hash_table_contains (acked1, key) || g_hash_table_contains (sent2, key));
+    g_assert_true (g_hash_table_contains (sent1, key) || g_hash_table_contains (sent2, key));
   g_assert_cmpint (server_doc_count (f->db_url), ==, RESUME_DOCS);
   {
     g_autoptr (GHashTable) local = hb_test_store_trees (f->store);
@@ -2294,6 +2300,7 @@ test_transient (Fixture *f, gconstpointer data)
   GHashTableIter iter;
   gpointer key, value;
   gsize n;
+  guint64 written;
 
   /* Three 503s, then a connection dropped in the middle of an answer: retried, complete. */
   write_notes (f->store, "note:", 0, 100, 200);
@@ -2339,12 +2346,15 @@ test_transient (Fixture *f, gconstpointer data)
   {
     g_autoptr (HbReplicationResult) last = hb_replicator_get_last_result (rp->r);
 
-    g_assert_cmpuint (last->docs_written, ==, 40);
+    /* The burst begins once two batches are written; the third was on its way beside the
+     * second (two writes in flight) and may have got through before it. */
+    written = last->docs_written;
+    g_assert_true (written == 40 || written == 60);
   }
   assert_cache_empty (f->cache);
   ckpt = checkpoint_seq (f->store, f->db_url, rep_id);
   n = (gsize)json_node_get_int (ckpt);
-  g_assert_cmpuint (n, ==, 140);
+  g_assert_cmpuint (n, ==, 100 + written);
 
   /* ...and the next one resumes from its checkpoint. */
   PROXY_DO (f->proxy, "{\"cmd\": \"config\", \"rules\": {\"faults\": null}}");
@@ -2352,7 +2362,7 @@ test_transient (Fixture *f, gconstpointer data)
   rp->on_progress = NULL;
   resumed = repl_run_ok (rp);
   g_assert_cmpuint (resumed->missing_checked, ==, count_seqs_after (seqs, n));
-  g_assert_cmpuint (resumed->docs_written, ==, 60);
+  g_assert_cmpuint (resumed->docs_written, ==, 100 - written);
   g_clear_pointer (&stats_root, json_node_unref);
   sent = stats_batch_ids (proxy_stats (f->proxy, &stats_root), "bulk_docs", 0);
   g_hash_table_iter_init (&iter, sent);
