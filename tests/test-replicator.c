@@ -1449,6 +1449,46 @@ test_resume_push (Fixture *f, gconstpointer data)
   assert_cache_empty (f->cache);
 }
 
+/* Two writes in flight: batches written after a slow first one do not move the checkpoint,
+ * which names a sequence only when everything before it is written too. */
+static void
+test_out_of_order_writes (Fixture *f, gconstpointer data)
+{
+  g_autofree char *url = fixture_proxy_url (f);
+  g_autoptr (Repl) rp = repl_new (f->store, f->cache, url, HB_REPLICATION_DIRECTION_PUSH);
+  g_autofree char *rep_id = hb_replicator_get_replication_id (rp->r);
+  g_autoptr (HbReplicationResult) result = NULL;
+  g_autoptr (JsonNode) local = NULL;
+  g_autoptr (JsonNode) remote = NULL;
+  g_autoptr (JsonNode) ckpt = NULL;
+
+  write_notes (f->store, "note:", 0, 100, 200);
+  hb_replicator_set_batch_size (rp->r, 20);
+  PROXY_DO (f->proxy, "{\"cmd\": \"fault\", \"fault\": {\"action\": \"delay\", \"ms\": 3000, "
+                      "\"method\": \"POST\", \"path\": \"/_bulk_docs$\", \"count\": 1}}");
+  /* Cancelled once three later batches are written while the first still waits. */
+  rp->cancel_after = 3;
+  run_cancelled (rp);
+  g_assert_cmpuint (rp->at_cancel.written, ==, 60);
+  local = local_checkpoint (f->store, rep_id);
+  remote = remote_checkpoint (f->db_url, rep_id);
+  g_assert_null (local);
+  g_assert_null (remote);
+  assert_cache_empty (f->cache);
+
+  rp->cancel_after = 0;
+  result = repl_run_ok (rp);
+  g_assert_cmpuint (result->doc_write_failures, ==, 0);
+  ckpt = checkpoint_seq (f->store, f->db_url, rep_id);
+  g_assert_cmpint (json_node_get_int (ckpt), ==, 100);
+  g_assert_cmpint (server_doc_count (f->db_url), ==, 100);
+  {
+    g_autoptr (GHashTable) local_trees = hb_test_store_trees (f->store);
+    g_autoptr (GHashTable) server = server_trees (f->db_url);
+    assert_trees_equal (local_trees, server);
+  }
+}
+
 static void
 test_resume_pull (Fixture *f, gconstpointer data)
 {
@@ -2520,6 +2560,7 @@ main (int argc, char **argv)
   ADD ("pouchdb-interop", test_pouchdb_interop, NULL);
   ADD ("resume/push", test_resume_push, NULL);
   ADD ("resume/pull", test_resume_pull, NULL);
+  ADD ("out-of-order-writes", test_out_of_order_writes, NULL);
   ADD ("opaque-seqs/stable", test_opaque_seqs, "stable");
   ADD ("opaque-seqs/per-call", test_opaque_seqs, "per-call");
   ADD ("too-large", test_too_large, NULL);
