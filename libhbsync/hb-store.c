@@ -163,10 +163,19 @@ finalize_stmt (gpointer stmt)
   sqlite3_finalize (stmt);
 }
 
+/* Page cache sizes, in KiB. Readers keep what they read across transactions (until a write
+ * invalidates it). The writer's pages are mostly ones it just wrote and will not read again:
+ * a big cache there only grows with every batch, each new page a fresh allocation the kernel
+ * must fault in, which cost a fifth of a bulk write's time; 2 MiB still holds the indexes'
+ * inner pages, which are what its lookups need. */
+#define READER_CACHE_KIB 16384
+#define WRITER_CACHE_KIB 2048
+
 static HbConn *
-conn_open (const char *path, GError **error)
+conn_open (const char *path, guint cache_kib, GError **error)
 {
   HbConn *c = g_new0 (HbConn, 1);
+  g_autofree char *pragmas = NULL;
   int rc = sqlite3_open_v2 (path, &c->db,
                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
 
@@ -180,10 +189,10 @@ conn_open (const char *path, GError **error)
   sqlite3_busy_timeout (c->db, 30000);
   /* temp_store=MEMORY: SQLite's own temp files would otherwise be plaintext-free but still
    * needless writes; FULL: an acknowledged write survives power loss, not just a crash. */
-  if (!conn_exec (c,
-                  "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY;"
-                  "PRAGMA cache_size=-16384;",
-                  error))
+  pragmas = g_strdup_printf ("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                             " PRAGMA temp_store=MEMORY; PRAGMA cache_size=-%u;",
+                             cache_kib);
+  if (!conn_exec (c, pragmas, error))
     {
       conn_free (c);
       return NULL;
@@ -246,7 +255,7 @@ reader_acquire (HbStore *self, GError **error)
   c = self->readers->len > 0 ? g_ptr_array_steal_index_fast (self->readers, self->readers->len - 1)
                              : NULL;
   g_mutex_unlock (&self->pool_lock);
-  return c != NULL ? c : conn_open (self->path, error);
+  return c != NULL ? c : conn_open (self->path, READER_CACHE_KIB, error);
 }
 
 static void
@@ -2858,7 +2867,7 @@ run_checkpoint (gpointer data, gpointer user_data)
   /* Cleared first: commits made during this checkpoint may queue the next one. */
   g_atomic_int_set (&self->checkpoint_queued, FALSE);
   if (self->checkpoint_conn == NULL)
-    self->checkpoint_conn = conn_open (self->path, NULL);
+    self->checkpoint_conn = conn_open (self->path, WRITER_CACHE_KIB, NULL);
   /* PASSIVE: copies what no reader still needs and never blocks the writer or readers. */
   if (self->checkpoint_conn != NULL)
     (void)sqlite3_wal_checkpoint_v2 (self->checkpoint_conn->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
@@ -3125,7 +3134,7 @@ store_setup (HbStore *self, GError **error)
                            "Unlock the vault before opening the store");
       return FALSE;
     }
-  self->writer = conn_open (self->path, error);
+  self->writer = conn_open (self->path, WRITER_CACHE_KIB, error);
   if (self->writer == NULL)
     return FALSE;
   self->checkpointer = g_thread_pool_new (run_checkpoint, self, 1, FALSE, NULL);

@@ -343,7 +343,7 @@ run_floor (const Corpus *corpus)
     g_error ("sqlite3_open: %s", sqlite3_errmsg (db));
   sql_exec (db, "PRAGMA journal_mode=WAL");
   sql_exec (db, "PRAGMA synchronous=FULL");
-  sql_exec (db, "PRAGMA cache_size=-16384");
+  sql_exec (db, "PRAGMA cache_size=-2048");
   sql_exec (db, "CREATE TABLE hb_meta (key TEXT PRIMARY KEY, value)");
   sql_exec (db, "INSERT INTO hb_meta VALUES ('update_seq', 0)");
   sql_exec (db,
