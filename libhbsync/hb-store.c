@@ -24,6 +24,7 @@
 #include "hb-json-private.h"
 #include "hb-revtree-private.h"
 #include "hb-store-private.h"
+#include "hb-wal-vfs-private.h"
 #include "hb-vault-private.h"
 
 #define SCHEMA_VERSION 2
@@ -177,7 +178,8 @@ conn_open (const char *path, guint cache_kib, GError **error)
   HbConn *c = g_new0 (HbConn, 1);
   g_autofree char *pragmas = NULL;
   int rc = sqlite3_open_v2 (path, &c->db,
-                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                            hb_wal_vfs_name ());
 
   c->stmts = g_hash_table_new_full (NULL, NULL, NULL, finalize_stmt);
   if (rc != SQLITE_OK)
