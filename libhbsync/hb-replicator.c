@@ -225,6 +225,26 @@ fetched_free (gpointer data)
 
 typedef enum
 {
+  NEXT_DIFFING,  /* the store's revs_diff is asked */
+  NEXT_FETCHING, /* its `_bulk_get` is under way */
+  NEXT_READY,    /* its revisions are here */
+  NEXT_FAILED,   /* its `_bulk_get` failed: the reader fetches the page itself */
+} NextState;
+
+/* The page after the one being fetched, fetched ahead (see maybe_prefetch). */
+typedef struct
+{
+  HbRemoteChanges *changes;
+  JsonNode *since;    /* the sequence it follows: the current page's */
+  GPtrArray *order;   /* its ids, in page order */
+  GPtrArray *missing; /* DocRef */
+  GPtrArray *fetched; /* Fetched, when ready */
+  NextState state;
+  gboolean wanted; /* the reader waits for it */
+} NextPage;
+
+typedef enum
+{
   LANE_READER,
   LANE_WRITER,
   LANE_CHECKPOINT,
@@ -289,6 +309,8 @@ struct _Run
   gboolean ahead_busy;
   gboolean ahead_wanted; /* the reader waits for it */
   HbRemoteChanges *ahead;
+  NextPage *next;
+  guint64 last_page_bytes; /* what the last page placed weighed */
   /* "id\nrev" of every revision this run holds in the cache, in a batch not yet written:
    * `latest=true` can bring the same revision in two pages, and one cache entry serves both. */
   GHashTable *inflight;
@@ -310,6 +332,8 @@ struct _Run
   HbReplicationResult counts;
   gint64 pending;
 };
+
+static void next_page_free (NextPage *next);
 
 static void
 run_free (Run *run)
@@ -344,6 +368,7 @@ run_free (Run *run)
   g_clear_pointer (&run->page_seq, json_node_unref);
   g_clear_pointer (&run->ahead_since, json_node_unref);
   g_clear_pointer (&run->ahead, hb_remote_changes_free);
+  g_clear_pointer (&run->next, next_page_free);
   g_clear_pointer (&run->fetched, g_ptr_array_unref);
   g_clear_error (&run->open_revs_error);
   g_clear_pointer (&run->current, batch_free);
@@ -1059,6 +1084,13 @@ place_fetched (Run *run)
       run->counts.docs_read++;
       run->fetched_pos++;
     }
+  run->last_page_bytes = 0;
+  for (guint i = 0; i < run->fetched->len; i++)
+    {
+      Fetched *f = g_ptr_array_index (run->fetched, i);
+
+      run->last_page_bytes += f->text != NULL ? g_bytes_get_size (f->text) : 0;
+    }
   g_clear_pointer (&run->fetched, g_ptr_array_unref);
   run->fetched_pos = 0;
   return TRUE;
@@ -1141,11 +1173,11 @@ compare_strings (gconstpointer a, gconstpointer b)
 }
 
 /* The missing revisions of an answer, in the order the page listed the documents. */
-static void
-set_page_missing (Run *run, GPtrArray *order, GHashTable *missing_by_id)
+static GPtrArray *
+page_missing_from (Run *run, GPtrArray *order, GHashTable *missing_by_id)
 {
-  run->page_missing = g_ptr_array_new_with_free_func (doc_ref_free);
-  run->page_pos = 0;
+  GPtrArray *missing = g_ptr_array_new_with_free_func (doc_ref_free);
+
   for (guint i = 0; i < order->len; i++)
     {
       const char *id = g_ptr_array_index (order, i);
@@ -1154,16 +1186,46 @@ set_page_missing (Run *run, GPtrArray *order, GHashTable *missing_by_id)
       if (revs == NULL)
         continue;
       for (guint r = 0; r < revs->len; r++)
-        g_ptr_array_add (run->page_missing, doc_ref_new (id, g_ptr_array_index (revs, r)));
+        g_ptr_array_add (missing, doc_ref_new (id, g_ptr_array_index (revs, r)));
       run->counts.missing_found += revs->len;
       g_hash_table_remove (missing_by_id, id);
     }
+  return missing;
+}
+
+static void
+set_page_missing (Run *run, GPtrArray *order, GHashTable *missing_by_id)
+{
+  run->page_missing = page_missing_from (run, order, missing_by_id);
+  run->page_pos = 0;
 }
 
 static GHashTable *
 missing_table_new (void)
 {
   return g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_ptr_array_unref);
+}
+
+/* The missing revisions of a page from the store's revs_diff answer. */
+static GPtrArray *
+page_missing_from_diff (Run *run, GPtrArray *order, JsonNode *diff)
+{
+  g_autoptr (GHashTable) missing = missing_table_new ();
+  JsonObjectIter iter;
+  const char *id;
+  JsonNode *entry;
+
+  json_object_iter_init (&iter, json_node_get_object (diff));
+  while (json_object_iter_next (&iter, &id, &entry))
+    {
+      JsonArray *list = json_object_get_array_member (json_node_get_object (entry), "missing");
+      GPtrArray *revs = g_ptr_array_new_with_free_func (g_free);
+
+      for (guint i = 0; i < json_array_get_length (list); i++)
+        g_ptr_array_add (revs, g_strdup (json_array_get_string_element (list, i)));
+      g_hash_table_insert (missing, g_strdup (id), revs);
+    }
+  return page_missing_from (run, order, missing);
 }
 
 static void
@@ -1353,7 +1415,7 @@ add_fetched_revision (Run *run, HbRemoteRevision *revision)
 /* A revision of a `_bulk_get` answer, its text cached as the server sent it: no tree is built
  * and nothing is serialized again; the store reads it once. */
 static void
-add_fetched_raw (Run *run, HbRemoteRawRevision *revision)
+add_fetched_raw (GPtrArray *fetched, HbRemoteRawRevision *revision)
 {
   Fetched *f = g_new0 (Fetched, 1);
 
@@ -1361,7 +1423,7 @@ add_fetched_raw (Run *run, HbRemoteRawRevision *revision)
   f->rev = g_steal_pointer (&revision->rev);
   if (revision->error == NULL)
     f->text = g_steal_pointer (&revision->text);
-  g_ptr_array_add (run->fetched, f);
+  g_ptr_array_add (fetched, f);
 }
 
 static void on_bulk_get (GObject *source, GAsyncResult *result, gpointer data);
@@ -1438,6 +1500,29 @@ pull_open_revs (Run *run)
     }
 }
 
+static GBytes *
+bulk_get_body (GPtrArray *missing)
+{
+  GString *body = g_string_new ("{\"docs\":[");
+
+  for (guint i = 0; i < missing->len; i++)
+    {
+      DocRef *ref = g_ptr_array_index (missing, i);
+
+      if (i > 0)
+        g_string_append_c (body, ',');
+      g_string_append (body, "{\"id\":");
+      hb_json_append_string (body, ref->id);
+      g_string_append (body, ",\"rev\":");
+      hb_json_append_string (body, ref->rev);
+      g_string_append_c (body, '}');
+    }
+  g_string_append (body, "]}");
+  return g_string_free_to_bytes (body);
+}
+
+static void maybe_prefetch (Run *run);
+
 static void
 pull_fetch (Run *run)
 {
@@ -1460,26 +1545,12 @@ pull_fetch (Run *run)
       return;
     }
   {
-    GString *body = g_string_new ("{\"docs\":[");
-    g_autoptr (GBytes) bytes = NULL;
+    g_autoptr (GBytes) body = bulk_get_body (run->page_missing);
 
-    for (guint i = 0; i < run->page_missing->len; i++)
-      {
-        DocRef *ref = g_ptr_array_index (run->page_missing, i);
-
-        if (i > 0)
-          g_string_append_c (body, ',');
-        g_string_append (body, "{\"id\":");
-        hb_json_append_string (body, ref->id);
-        g_string_append (body, ",\"rev\":");
-        hb_json_append_string (body, ref->rev);
-        g_string_append_c (body, '}');
-      }
-    g_string_append (body, "]}");
-    bytes = g_string_free_to_bytes (body);
     op_begin (run);
-    hb_remote_bulk_get_raw_async (run->self->remote, bytes, run->cancellable, on_bulk_get, run);
+    hb_remote_bulk_get_raw_async (run->self->remote, body, run->cancellable, on_bulk_get, run);
   }
+  maybe_prefetch (run);
 }
 
 static void
@@ -1517,7 +1588,7 @@ on_bulk_get (GObject *source, GAsyncResult *result, gpointer data)
     return;
   run->attempts[LANE_READER] = 0;
   for (guint i = 0; i < results->len; i++)
-    add_fetched_raw (run, g_ptr_array_index (results, i));
+    add_fetched_raw (run->fetched, g_ptr_array_index (results, i));
   run->page_pos = run->page_missing->len;
   run->reader_busy = FALSE;
   reader_step (run);
@@ -1529,25 +1600,12 @@ on_pull_revs_diff (GObject *source, GAsyncResult *result, gpointer data)
   Run *run = data;
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) diff = hb_store_revs_diff_finish (HB_STORE (source), result, &error);
-  g_autoptr (GHashTable) missing = missing_table_new ();
   g_autoptr (GPtrArray) order = g_object_steal_data (G_OBJECT (run->task), "order");
-  JsonObjectIter iter;
-  const char *id;
-  JsonNode *entry;
 
   if (!op_end (run, &error))
     return;
-  json_object_iter_init (&iter, json_node_get_object (diff));
-  while (json_object_iter_next (&iter, &id, &entry))
-    {
-      JsonArray *list = json_object_get_array_member (json_node_get_object (entry), "missing");
-      GPtrArray *revs = g_ptr_array_new_with_free_func (g_free);
-
-      for (guint i = 0; i < json_array_get_length (list); i++)
-        g_ptr_array_add (revs, g_strdup (json_array_get_string_element (list, i)));
-      g_hash_table_insert (missing, g_strdup (id), revs);
-    }
-  set_page_missing (run, order, missing);
+  run->page_missing = page_missing_from_diff (run, order, diff);
+  run->page_pos = 0;
   run->reader_busy = FALSE;
   if (run->page_missing->len == 0)
     {
@@ -1638,6 +1696,8 @@ on_changes_ahead (GObject *source, GAsyncResult *result, gpointer data)
       run->reader_busy = FALSE;
       reader_step (run);
     }
+  else
+    maybe_prefetch (run);
   /* Or nobody needs it any more, and it was what the run waited for. */
   maybe_finish (run);
 }
@@ -1671,9 +1731,16 @@ take_changes_ahead (Run *run)
   return TRUE;
 }
 
+static void promote_next_page (Run *run);
+
 static void
 pull_changes_request (Run *run)
 {
+  if (run->next != NULL && run->since != NULL && json_node_equal (run->next->since, run->since))
+    {
+      promote_next_page (run);
+      return;
+    }
   if (take_changes_ahead (run))
     return;
   run->reader_busy = TRUE;
@@ -1707,12 +1774,77 @@ on_pull_changes (GObject *source, GAsyncResult *result, gpointer data)
   pull_changes_arrived (run, changes);
 }
 
+/* What a `_changes` page asks: the ids of its rows in page order (the feed's own and `_local/`
+ * rows, and rows without revisions, left out) and, when the store held something, the store's
+ * revs_diff request for them (*diff); when it held nothing, every revision is missing
+ * (*missing). Counts the revisions checked. */
+static GPtrArray *
+page_request (Run *run, HbRemoteChanges *changes, JsonNode **diff, GHashTable **missing)
+{
+  g_autoptr (JsonBuilder) b = NULL;
+  GPtrArray *order = g_ptr_array_new_with_free_func (g_free);
+
+  *diff = NULL;
+  *missing = NULL;
+  if (run->store_empty)
+    *missing = missing_table_new ();
+  else
+    {
+      b = json_builder_new ();
+      json_builder_begin_object (b);
+    }
+  for (guint i = 0; i < changes->results->len; i++)
+    {
+      HbRemoteChange *change = g_ptr_array_index (changes->results, i);
+      GPtrArray *revs = NULL;
+
+      /* After a failover a feed may repeat a row: the second one adds nothing. */
+      if (change->id == NULL || change->revs == NULL || g_str_has_prefix (change->id, "_local/"))
+        continue;
+      if (b != NULL)
+        {
+          json_builder_set_member_name (b, change->id);
+          json_builder_begin_array (b);
+        }
+      else
+        revs = g_ptr_array_new_with_free_func (g_free);
+      for (guint r = 0; change->revs[r] != NULL; r++)
+        {
+          if (b != NULL)
+            json_builder_add_string_value (b, change->revs[r]);
+          else
+            g_ptr_array_add (revs, g_strdup (change->revs[r]));
+          run->counts.missing_checked++;
+        }
+      if (b != NULL)
+        json_builder_end_array (b);
+      else
+        g_hash_table_insert (*missing, g_strdup (change->id), revs);
+      g_ptr_array_add (order, g_strdup (change->id));
+    }
+  if (b != NULL)
+    {
+      json_builder_end_object (b);
+      *diff = json_builder_get_root (b);
+    }
+  return order;
+}
+
+static void
+send_changes_ahead (Run *run, JsonNode *since)
+{
+  g_clear_pointer (&run->ahead_since, json_node_unref);
+  run->ahead_since = json_node_copy (since);
+  run->ahead_busy = TRUE;
+  changes_send (run, run->ahead_since, on_changes_ahead);
+}
+
 /* A page of `_changes` since run->since (the reader is busy with it). */
 static void
 pull_changes_arrived (Run *run, HbRemoteChanges *changes)
 {
-  g_autoptr (JsonBuilder) b = NULL;
   g_autoptr (JsonNode) request = NULL;
+  g_autoptr (GHashTable) missing = NULL;
   GPtrArray *order;
 
   run->attempts[LANE_READER] = 0;
@@ -1732,62 +1864,13 @@ pull_changes_arrived (Run *run, HbRemoteChanges *changes)
   run->page_seq = json_node_copy (changes->last_seq);
   /* The next page, while this one's revisions are read. */
   if (!run->ahead_busy && run->ahead == NULL && !JSON_NODE_HOLDS_NULL (run->page_seq))
-    {
-      g_clear_pointer (&run->ahead_since, json_node_unref);
-      run->ahead_since = json_node_copy (run->page_seq);
-      run->ahead_busy = TRUE;
-      changes_send (run, run->ahead_since, on_changes_ahead);
-    }
+    send_changes_ahead (run, run->page_seq);
 
-  /* The store's revs_diff is asked only when the store held something. */
-  if (!run->store_empty)
+  order = page_request (run, changes, &request, &missing);
+  if (missing != NULL)
     {
-      b = json_builder_new ();
-      json_builder_begin_object (b);
-    }
-  order = g_ptr_array_new_with_free_func (g_free);
-  for (guint i = 0; i < changes->results->len; i++)
-    {
-      HbRemoteChange *change = g_ptr_array_index (changes->results, i);
-
-      /* After a failover a feed may repeat a row: the second one adds nothing. */
-      if (change->id == NULL || change->revs == NULL || g_str_has_prefix (change->id, "_local/"))
-        continue;
-      if (b != NULL)
-        {
-          json_builder_set_member_name (b, change->id);
-          json_builder_begin_array (b);
-        }
-      for (guint r = 0; change->revs[r] != NULL; r++)
-        {
-          if (b != NULL)
-            json_builder_add_string_value (b, change->revs[r]);
-          run->counts.missing_checked++;
-        }
-      if (b != NULL)
-        json_builder_end_array (b);
-      g_ptr_array_add (order, g_strdup (change->id));
-    }
-  if (b != NULL)
-    json_builder_end_object (b);
-  if (run->store_empty)
-    {
-      g_autoptr (GHashTable) missing = missing_table_new ();
       g_autoptr (GPtrArray) page_order = order;
 
-      for (guint i = 0; i < changes->results->len; i++)
-        {
-          HbRemoteChange *change = g_ptr_array_index (changes->results, i);
-          GPtrArray *revs;
-
-          if (change->id == NULL || change->revs == NULL
-              || g_str_has_prefix (change->id, "_local/"))
-            continue;
-          revs = g_ptr_array_new_with_free_func (g_free);
-          for (guint r = 0; change->revs[r] != NULL; r++)
-            g_ptr_array_add (revs, g_strdup (change->revs[r]));
-          g_hash_table_insert (missing, g_strdup (change->id), revs);
-        }
       set_page_missing (run, page_order, missing);
       run->reader_busy = FALSE;
       if (run->page_missing->len == 0)
@@ -1796,10 +1879,178 @@ pull_changes_arrived (Run *run, HbRemoteChanges *changes)
         pull_fetch (run);
       return;
     }
-  request = json_builder_get_root (b);
   g_object_set_data_full (G_OBJECT (run->task), "order", order, (GDestroyNotify)g_ptr_array_unref);
   op_begin (run);
   hb_store_revs_diff_async (run->self->store, request, run->cancellable, on_pull_revs_diff, run);
+}
+
+/* ---- the reader: the next page, fetched ahead ----------------------------------------- */
+
+/* While a page's `_bulk_get` is under way, the page after it (already read ahead from the feed)
+ * is fetched too, so the server has the next request in hand the moment it answers one
+ * instead of idling while the client takes the answer in. Its revisions wait outside the cache
+ * until the reader reaches the page, so this is done only while the cache has room for two
+ * more pages: the bound still holds, and a full cache makes the reader go one page at a
+ * time. */
+static gboolean
+cache_has_room_for_pages (Run *run)
+{
+  HbSyncCache *cache = run->self->cache;
+  guint64 page_bytes = MAX (run->last_page_bytes, 1);
+  guint page_docs = MAX (run->self->batch_size, 1);
+
+  return hb_sync_cache_get_bytes (cache) + 2 * page_bytes <= hb_sync_cache_get_max_bytes (cache)
+         && hb_sync_cache_get_unwritten_count (cache) + 2 * page_docs
+                <= hb_sync_cache_get_max_documents (cache);
+}
+
+static void
+next_page_free (NextPage *next)
+{
+  if (next == NULL)
+    return;
+  g_clear_pointer (&next->changes, hb_remote_changes_free);
+  g_clear_pointer (&next->since, json_node_unref);
+  g_clear_pointer (&next->order, g_ptr_array_unref);
+  g_clear_pointer (&next->missing, g_ptr_array_unref);
+  g_clear_pointer (&next->fetched, g_ptr_array_unref);
+  g_free (next);
+}
+
+static void promote_next_page (Run *run);
+
+/* The next page's part is done (fetched, or failed so the reader fetches it itself). */
+static void
+next_page_settled (Run *run, NextState state)
+{
+  run->next->state = state;
+  if (run->next->wanted)
+    promote_next_page (run);
+}
+
+static void
+on_next_bulk_get (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) results
+      = hb_remote_bulk_get_raw_finish (HB_REMOTE (source), result, &error);
+  NextPage *next = run->next;
+
+  /* Any failure is left to the reader, which asks again with its retries and fallbacks. */
+  if (!op_end (run, NULL))
+    return;
+  if (error != NULL)
+    {
+      next_page_settled (run, NEXT_FAILED);
+      return;
+    }
+  next->fetched = g_ptr_array_new_with_free_func (fetched_free);
+  for (guint i = 0; i < results->len; i++)
+    add_fetched_raw (next->fetched, g_ptr_array_index (results, i));
+  next_page_settled (run, NEXT_READY);
+}
+
+static void
+next_page_fetch (Run *run)
+{
+  NextPage *next = run->next;
+  g_autoptr (GBytes) body = NULL;
+
+  if (next->missing->len == 0)
+    {
+      next->fetched = g_ptr_array_new_with_free_func (fetched_free);
+      next_page_settled (run, NEXT_READY);
+      return;
+    }
+  next->state = NEXT_FETCHING;
+  body = bulk_get_body (next->missing);
+  op_begin (run);
+  hb_remote_bulk_get_raw_async (run->self->remote, body, run->cancellable, on_next_bulk_get, run);
+}
+
+static void
+on_next_revs_diff (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Run *run = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) diff = hb_store_revs_diff_finish (HB_STORE (source), result, &error);
+  NextPage *next = run->next;
+
+  if (!op_end (run, &error))
+    return;
+  next->missing = page_missing_from_diff (run, next->order, diff);
+  next_page_fetch (run);
+}
+
+/* Starts fetching the page read ahead, if it follows the page being fetched now. */
+static void
+maybe_prefetch (Run *run)
+{
+  g_autoptr (JsonNode) request = NULL;
+  g_autoptr (GHashTable) missing = NULL;
+  NextPage *next;
+
+  if (run->error != NULL || run->next != NULL || run->no_bulk_get || run->ahead == NULL
+      || run->page_missing == NULL || run->page_seq == NULL || run->ahead_since == NULL
+      || !json_node_equal (run->ahead_since, run->page_seq) || run->ahead->results->len == 0
+      || run->ahead->last_seq == NULL || JSON_NODE_HOLDS_NULL (run->ahead->last_seq)
+      || !cache_has_room_for_pages (run))
+    return;
+  next = g_new0 (NextPage, 1);
+  next->changes = g_steal_pointer (&run->ahead);
+  next->since = g_steal_pointer (&run->ahead_since);
+  next->state = NEXT_DIFFING;
+  run->next = next;
+  /* And the page after it, from the feed. */
+  send_changes_ahead (run, next->changes->last_seq);
+  next->order = page_request (run, next->changes, &request, &missing);
+  if (missing != NULL)
+    {
+      next->missing = page_missing_from (run, next->order, missing);
+      next_page_fetch (run);
+      return;
+    }
+  op_begin (run);
+  hb_store_revs_diff_async (run->self->store, request, run->cancellable, on_next_revs_diff, run);
+}
+
+/* The reader reached the page fetched ahead: it becomes the current page, at once if its
+ * revisions are here, or when they arrive. */
+static void
+promote_next_page (Run *run)
+{
+  NextPage *next = run->next;
+
+  run->reader_busy = TRUE;
+  if (next->state == NEXT_DIFFING || next->state == NEXT_FETCHING)
+    {
+      next->wanted = TRUE;
+      return;
+    }
+  run->next = NULL;
+  run->attempts[LANE_READER] = 0;
+  run->pending = next->changes->pending;
+  g_clear_pointer (&run->page_seq, json_node_unref);
+  run->page_seq = json_node_copy (next->changes->last_seq);
+  run->page_missing = g_steal_pointer (&next->missing);
+  run->page_pos = 0;
+  run->reader_busy = FALSE;
+  if (next->state == NEXT_READY)
+    {
+      run->fetched = g_steal_pointer (&next->fetched);
+      run->fetched_pos = 0;
+      run->page_pos = run->page_missing->len;
+      next_page_free (next);
+      reader_step (run);
+      maybe_prefetch (run);
+      return;
+    }
+  next_page_free (next);
+  if (run->page_missing->len == 0)
+    reader_step (run);
+  else
+    pull_fetch (run);
 }
 
 /* ---- the reader ------------------------------------------------------------------------ */

@@ -2311,6 +2311,68 @@ count_dropped (JsonObject *stats, const char *route)
   return n;
 }
 
+static gint64
+stats_max_in_flight (JsonObject *stats, const char *kind)
+{
+  return json_object_get_int_member (json_object_get_object_member (stats, kind), "max_in_flight");
+}
+
+/* A push keeps two `_bulk_docs` in flight and a pull two `_bulk_get` (the page after the one
+ * being fetched); with answers slowed down, the proxy sees both at once. A `_bulk_get` of the
+ * pull fails once on the way: fetched ahead or not, the page is read again, and nothing is
+ * lost or written twice. */
+static void
+test_pipelined (Fixture *f, gconstpointer data)
+{
+  g_autofree char *url = fixture_proxy_url (f);
+  g_autoptr (Repl) push = repl_new (f->store, f->cache, url, HB_REPLICATION_DIRECTION_PUSH);
+  g_autoptr (HbReplicationResult) pushed = NULL;
+  g_autoptr (HbReplicationResult) pulled = NULL;
+  g_autoptr (JsonNode) stats_root = NULL;
+  g_autofree char *dir2 = NULL;
+  g_autoptr (HbStore) store2 = hb_test_store_new (&dir2);
+  g_autoptr (Repl) pull = NULL;
+  g_autoptr (JsonNode) fault = NULL;
+  JsonObject *stats;
+
+  write_notes (f->store, "note:", 0, 600, 300);
+  hb_replicator_set_batch_size (push->r, 50);
+  PROXY_DO (f->proxy, "{\"cmd\": \"fault\", \"fault\": {\"action\": \"delay\", \"ms\": 150, "
+                      "\"method\": \"POST\", \"path\": \"/_bulk_docs$\", \"count\": 100}}");
+  pushed = repl_run_ok (push);
+  g_assert_cmpuint (pushed->docs_written, ==, 600);
+  stats = proxy_stats (f->proxy, &stats_root);
+  g_assert_cmpint (stats_max_in_flight (stats, "bulk_docs"), ==, 2);
+  g_assert_cmpint (server_doc_count (f->db_url), ==, 600);
+
+  PROXY_DO (f->proxy, "{\"cmd\": \"config\", \"rules\": {\"faults\": null}}");
+  PROXY_DO (f->proxy, "{\"cmd\": \"clear-stats\"}");
+  PROXY_DO (f->proxy, "{\"cmd\": \"fault\", \"fault\": {\"action\": \"delay\", \"ms\": 150, "
+                      "\"method\": \"POST\", \"path\": \"/_bulk_get$\", \"count\": 100}}");
+  fault = hb_test_proxy_cmd (f->proxy, "{\"cmd\": \"fault\", \"fault\": {\"action\": \"status\", "
+                                       "\"status\": 503, \"method\": \"POST\", "
+                                       "\"path\": \"/_bulk_get$\", \"skip\": 4, \"count\": 1}}");
+  pull = repl_new (store2, f->cache, url, HB_REPLICATION_DIRECTION_PULL);
+  hb_replicator_set_batch_size (pull->r, 50);
+  pulled = repl_run_ok (pull);
+  g_assert_cmpuint (pulled->docs_written, ==, 600);
+  g_assert_cmpuint (pulled->doc_write_failures, ==, 0);
+  g_clear_pointer (&stats_root, json_node_unref);
+  stats = proxy_stats (f->proxy, &stats_root);
+  g_assert_cmpint (stats_max_in_flight (stats, "bulk_get"), ==, 2);
+  g_assert_cmpint (
+      fault_hits (stats, json_object_get_int_member (json_node_get_object (fault), "id")), ==, 1);
+  {
+    g_autoptr (GHashTable) local = hb_test_store_trees (f->store);
+    g_autoptr (GHashTable) copy = hb_test_store_trees (store2);
+
+    assert_trees_equal (local, copy);
+  }
+  assert_cache_empty (f->cache);
+  hb_store_close (store2);
+  hb_test_rmdir (dir2);
+}
+
 static void
 test_transient (Fixture *f, gconstpointer data)
 {
@@ -2561,6 +2623,7 @@ main (int argc, char **argv)
   ADD ("resume/push", test_resume_push, NULL);
   ADD ("resume/pull", test_resume_pull, NULL);
   ADD ("out-of-order-writes", test_out_of_order_writes, NULL);
+  ADD ("pipelined", test_pipelined, NULL);
   ADD ("opaque-seqs/stable", test_opaque_seqs, "stable");
   ADD ("opaque-seqs/per-call", test_opaque_seqs, "per-call");
   ADD ("too-large", test_too_large, NULL);

@@ -68,7 +68,8 @@
 //   method (exact, optional), path (a regular expression searched in the path, optional) and
 //   query (a regular expression searched in the raw query string, optional) select the
 //   requests; count K is how many matching requests it acts on (omitted or null: all of them,
-//   until removed). Several faults may act on one request. Actions:
+//   until removed), after letting the first "skip" S of them through (default 0). Several
+//   faults may act on one request. Actions:
 //   "status"    answers {"status": 500|503|..., default 500} with {"error": ..., "reason": ...};
 //               with "forward": true the request is applied upstream first, its answer lost.
 //   "drop"      closes the connection: {"after_bytes": N} after the status line, the headers and
@@ -82,8 +83,9 @@
 // STATS: {"total": N,
 //         "by_route": {"POST /db/_bulk_docs": N, "GET /db/{id}": N, ...},
 //         "by_status": {"201": N, ...},
-//         "bulk_docs": {"requests": N, "docs": N, "batches": [{"ids": [...], "status": S}]},
-//         "bulk_get": {"requests": N, "docs": N, "batches": [{"ids": [...], "status": S}]},
+//         "bulk_docs": {"requests": N, "docs": N, "batches": [{"ids": [...], "status": S}],
+//                       "in_flight": N, "max_in_flight": N},
+//         "bulk_get": {... the same},
 //         "requests": [{"method": M, "url": U, "route": R, "status": S}, ...],  (last 5000)
 //         "faults": [{"id": N, "action": A, "remaining": K|null, "hits": N}, ...]}
 // Routes keep the database name and name every document "{id}": "/db", "/db/_changes",
@@ -131,8 +133,10 @@ function emptyStats() {
     total: 0,
     by_route: {},
     by_status: {},
-    bulk_docs: { requests: 0, docs: 0, batches: [] },
-    bulk_get: { requests: 0, docs: 0, batches: [] },
+    // in_flight / max_in_flight: requests of the kind received and not yet answered, now and
+    // at the most (a client that pipelines its writes or reads shows 2).
+    bulk_docs: { requests: 0, docs: 0, batches: [], in_flight: 0, max_in_flight: 0 },
+    bulk_get: { requests: 0, docs: 0, batches: [], in_flight: 0, max_in_flight: 0 },
     requests: [],
   };
 }
@@ -174,6 +178,7 @@ function normalizeFault(fault) {
     pathRe: fault.path ? new RegExp(fault.path) : null,
     queryRe: fault.query ? new RegExp(fault.query) : null,
     remaining: fault.count === undefined || fault.count === null ? null : Number(fault.count),
+    toSkip: Number(fault.skip || 0),
     hits: 0,
   };
 }
@@ -486,6 +491,10 @@ function takeFaults(method, pathname, query) {
     if (fault.method && fault.method !== method) continue;
     if (fault.pathRe && !fault.pathRe.test(pathname)) continue;
     if (fault.queryRe && !fault.queryRe.test(query)) continue;
+    if (fault.toSkip > 0) {
+      fault.toSkip--;
+      continue;
+    }
     if (fault.remaining !== null) fault.remaining--;
     fault.hits++;
     taken.push(fault);
@@ -579,7 +588,10 @@ function main() {
       kind.docs += ids.length;
       kind.batches.push(batch);
       if (kind.batches.length > MAX_LOG) kind.batches.shift();
+      kind.in_flight++;
+      kind.max_in_flight = Math.max(kind.max_in_flight, kind.in_flight);
       res.on('finish', () => (batch.status = res.statusCode));
+      res.on('close', () => kind.in_flight--);
     }
 
     // Authentication and the proxy's own session endpoint.
