@@ -239,6 +239,7 @@ typedef struct
   GPtrArray *order;   /* its ids, in page order */
   GPtrArray *missing; /* DocRef */
   GPtrArray *fetched; /* Fetched, when ready */
+  GError *error;      /* why its `_bulk_get` failed, when it did */
   NextState state;
   gboolean wanted; /* the reader waits for it */
 } NextPage;
@@ -1914,6 +1915,7 @@ next_page_free (NextPage *next)
   g_clear_pointer (&next->order, g_ptr_array_unref);
   g_clear_pointer (&next->missing, g_ptr_array_unref);
   g_clear_pointer (&next->fetched, g_ptr_array_unref);
+  g_clear_error (&next->error);
   g_free (next);
 }
 
@@ -1942,6 +1944,7 @@ on_next_bulk_get (GObject *source, GAsyncResult *result, gpointer data)
     return;
   if (error != NULL)
     {
+      next->error = g_steal_pointer (&error);
       next_page_settled (run, NEXT_FAILED);
       return;
     }
@@ -2021,6 +2024,7 @@ static void
 promote_next_page (Run *run)
 {
   NextPage *next = run->next;
+  g_autoptr (GError) error = NULL;
 
   run->reader_busy = TRUE;
   if (next->state == NEXT_DIFFING || next->state == NEXT_FETCHING)
@@ -2046,9 +2050,14 @@ promote_next_page (Run *run)
       maybe_prefetch (run);
       return;
     }
+  error = g_steal_pointer (&next->error);
   next_page_free (next);
   if (run->page_missing->len == 0)
     reader_step (run);
+  else if (error != NULL && hb_remote_error_is_transient (error))
+    /* The fetch ahead was this page's first attempt: the reader's is a retry, with backoff,
+     * and counts toward the run's failing. */
+    retry_or_fail (run, LANE_READER, &error, pull_fetch);
   else
     pull_fetch (run);
 }
