@@ -2373,6 +2373,101 @@ test_pipelined (Fixture *f, gconstpointer data)
   hb_test_rmdir (dir2);
 }
 
+/* Pulls the 100 notes of the server, two pages of 50, into a new store, the first _bulk_get
+ * slowed down so that the second page is fetched ahead beside it, and that fetch ahead and
+ * the reader's next @failures requests after it answered 503. Returns the run's result (NULL
+ * with @error set if it failed) and the new store in @store_out, its directory in @dir_out. */
+static HbReplicationResult *
+pull_with_failed_prefetch (
+    Fixture *f, gint failures, HbStore **store_out, char **dir_out, GError **error)
+{
+  g_autofree char *url = fixture_proxy_url (f);
+  HbStore *store = hb_test_store_new (dir_out);
+  g_autoptr (Repl) pull = repl_new (store, f->cache, url, HB_REPLICATION_DIRECTION_PULL);
+  g_autoptr (JsonNode) stats_root = NULL;
+  g_autoptr (JsonNode) fault = NULL;
+  HbReplicationResult *result;
+  JsonObject *stats;
+
+  PROXY_DO (f->proxy, "{\"cmd\": \"config\", \"rules\": {\"faults\": null}}");
+  PROXY_DO (f->proxy, "{\"cmd\": \"clear-stats\"}");
+  PROXY_DO (f->proxy, "{\"cmd\": \"fault\", \"fault\": {\"action\": \"delay\", \"ms\": 400, "
+                      "\"method\": \"POST\", \"path\": \"/_bulk_get$\", \"count\": 1}}");
+  fault = hb_test_proxy_cmd (f->proxy,
+                             "{\"cmd\": \"fault\", \"fault\": {\"action\": \"status\", "
+                             "\"status\": 503, \"method\": \"POST\", \"path\": \"/_bulk_get$\", "
+                             "\"skip\": 1, \"count\": %d}}",
+                             failures);
+  hb_replicator_set_batch_size (pull->r, 50);
+  result = repl_run (pull, error);
+  stats = proxy_stats (f->proxy, &stats_root);
+  /* The second _bulk_get was the fetch ahead: it went out while the first was answered. */
+  g_assert_cmpint (stats_max_in_flight (stats, "bulk_get"), ==, 2);
+  g_assert_cmpint (
+      fault_hits (stats, json_object_get_int_member (json_node_get_object (fault), "id")), ==,
+      failures);
+  *store_out = store;
+  return result;
+}
+
+/* A fetch ahead that fails is its page's first attempt: four failures in a row on that page
+ * are retried through, a fifth fails the run (five attempts), and a run after it completes
+ * the pull without writing anything twice. */
+static void
+test_prefetch_failures (Fixture *f, gconstpointer data)
+{
+  g_autofree char *url = fixture_proxy_url (f);
+  g_autoptr (Repl) push = repl_new (f->store, f->cache, url, HB_REPLICATION_DIRECTION_PUSH);
+  g_autoptr (HbReplicationResult) pushed = NULL;
+  g_autoptr (HbReplicationResult) absorbed = NULL;
+  g_autoptr (HbReplicationResult) failed = NULL;
+  g_autoptr (HbReplicationResult) resumed = NULL;
+  g_autoptr (GHashTable) local = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree char *dir2 = NULL;
+  g_autofree char *dir3 = NULL;
+  HbStore *store2 = NULL;
+  HbStore *store3 = NULL;
+
+  write_notes (f->store, "note:", 0, 100, 200);
+  pushed = repl_run_ok (push);
+  g_assert_cmpuint (pushed->docs_written, ==, 100);
+  local = hb_test_store_trees (f->store);
+
+  absorbed = pull_with_failed_prefetch (f, 4, &store2, &dir2, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (absorbed->docs_written, ==, 100);
+  {
+    g_autoptr (GHashTable) copy = hb_test_store_trees (store2);
+
+    assert_trees_equal (local, copy);
+  }
+
+  failed = pull_with_failed_prefetch (f, 5, &store3, &dir3, &error);
+  g_assert_null (failed);
+  g_assert_error (error, HB_REMOTE_ERROR, HB_REMOTE_ERROR_SERVER);
+  g_clear_error (&error);
+  {
+    g_autoptr (Repl) pull = repl_new (store3, f->cache, url, HB_REPLICATION_DIRECTION_PULL);
+    g_autoptr (GHashTable) copy = NULL;
+
+    PROXY_DO (f->proxy, "{\"cmd\": \"config\", \"rules\": {\"faults\": null}}");
+    hb_replicator_set_batch_size (pull->r, 50);
+    resumed = repl_run_ok (pull);
+    /* The first page was written before the failing one; the run after it writes the rest. */
+    g_assert_cmpuint (resumed->docs_written, ==, 50);
+    copy = hb_test_store_trees (store3);
+    assert_trees_equal (local, copy);
+  }
+  assert_cache_empty (f->cache);
+  hb_store_close (store2);
+  hb_store_close (store3);
+  g_object_unref (store2);
+  g_object_unref (store3);
+  hb_test_rmdir (dir2);
+  hb_test_rmdir (dir3);
+}
+
 static void
 test_transient (Fixture *f, gconstpointer data)
 {
@@ -2633,6 +2728,7 @@ main (int argc, char **argv)
   ADD ("no-bulk-get", test_no_bulk_get, NULL);
   ADD ("filters", test_filters, NULL);
   ADD ("transient", test_transient, NULL);
+  ADD ("prefetch-failures", test_prefetch_failures, NULL);
   ADD ("signals", test_signals, NULL);
 #undef ADD
 
