@@ -1764,6 +1764,62 @@ test_text_canonical (void)
   }
 }
 
+/* Strings are checked and walked sixteen bytes at a time where the CPU allows: a quote, a
+ * backslash or a control character at every position of those blocks and across their ends,
+ * runs of every length around them, and bytes from 0x80 on (compared unsigned) must come out as
+ * byte by byte. */
+static void
+test_text_string_runs (void)
+{
+  static const char *const specials[]
+      = { "\\\"", "\\\\", "\\n", "\\u00e9", "\\ud83d\\ude00", "\xc3\xa9", "\x7f", "/" };
+
+  for (guint before = 0; before < 40; before++)
+    for (guint after = 0; after < 20; after++)
+      {
+        for (guint k = 0; k < G_N_ELEMENTS (specials); k++)
+          {
+            g_autoptr (GString) text = g_string_new ("{\"s\":\"");
+
+            for (guint i = 0; i < before; i++)
+              g_string_append_c (text, (char)('a' + i % 26));
+            g_string_append (text, specials[k]);
+            for (guint i = 0; i < after; i++)
+              g_string_append_c (text, (char)('A' + i % 26));
+            g_string_append (text, "\",\"t\":[\"");
+            g_string_append (text, specials[(k + before) % G_N_ELEMENTS (specials)]);
+            g_string_append (text, "\",1]}");
+            assert_text_canonical (text->str, text->len);
+          }
+        /* A raw control character, and a string the text ends inside of, are refused. */
+        for (guint c = 1; c < 0x20; c += 0x1e)
+          {
+            g_autoptr (GString) text = g_string_new ("[\"");
+
+            for (guint i = 0; i < before; i++)
+              g_string_append_c (text, 'x');
+            g_string_append_c (text, (char)c);
+            for (guint i = 0; i < after; i++)
+              g_string_append_c (text, 'y');
+            g_string_append (text, "\"]");
+            g_assert_nonnull (hb_json_check_strict ((const guint8 *)text->str, text->len));
+          }
+        {
+          g_autoptr (GString) text = g_string_new ("[\"");
+
+          for (guint i = 0; i < before + after; i++)
+            g_string_append_c (text, 'z');
+          g_assert_nonnull (hb_json_check_strict ((const guint8 *)text->str, text->len));
+          g_string_append_c (text, '\\');
+          g_assert_nonnull (hb_json_check_strict ((const guint8 *)text->str, text->len));
+          g_string_append (text, "\"");
+          g_assert_nonnull (hb_json_check_strict ((const guint8 *)text->str, text->len));
+          g_string_append (text, "\"]");
+          assert_text_canonical (text->str, text->len);
+        }
+      }
+}
+
 #define H(c) #c #c #c #c #c #c #c #c
 typedef struct
 {
@@ -2062,6 +2118,7 @@ main (int argc, char *argv[])
   ADD ("/store/review/corrupt-records-removable", test_corrupt_records_can_be_removed);
   ADD ("/store/review/damaged-document-writes-nothing", test_damaged_document_writes_nothing);
   g_test_add_func ("/store/text/canonical", test_text_canonical);
+  g_test_add_func ("/store/text/string-runs", test_text_string_runs);
   ADD ("/store/text/put-revisions", test_put_revisions_json);
 #undef ADD
 
