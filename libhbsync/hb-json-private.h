@@ -17,13 +17,16 @@ char *hb_json_to_canonical (JsonNode *node, gsize *out_len);
 
 /* ---- strict JSON text ---- */
 
+/* g_utf8_validate_len (data, len, NULL), with runs of ASCII passed sixteen bytes at a time. */
+gboolean hb_json_utf8_valid (const guint8 *data, gsize len);
+
 /* Deeper JSON than this is refused before JSON-GLib's recursive parser sees it. */
 #define HB_JSON_MAX_DEPTH 256
 
 /* NULL when @data is one JSON value as RFC 8259 defines it, at most HB_JSON_MAX_DEPTH deep,
  * with no \u0000, integers that fit in gint64 and finite other numbers: exactly what JSON-GLib
  * 1.6 reads faithfully. Else why not, as a predicate ("is not JSON", "holds a NUL character").
- * UTF-8 is not checked here (g_utf8_validate_len()). */
+ * UTF-8 is not checked here (hb_json_utf8_valid()). */
 const char *hb_json_check_strict (const guint8 *data, gsize len);
 
 /* Walking text hb_json_check_strict() accepted, without building a tree. */

@@ -301,6 +301,43 @@ string_run_end (const guint8 *p, const guint8 *end)
   return p;
 }
 
+gboolean
+hb_json_utf8_valid (const guint8 *data, gsize len)
+{
+  const guint8 *p = data, *end = data + len;
+
+  for (;;)
+    {
+      guint n;
+
+#if defined(__SSE2__)
+      const __m128i zero = _mm_setzero_si128 ();
+
+      while (end - p >= 16)
+        {
+          __m128i v = _mm_loadu_si128 ((const __m128i *)p);
+
+          /* A byte from 0x80 on has its top bit set; a NUL compares equal to zero. */
+          if (_mm_movemask_epi8 (_mm_or_si128 (v, _mm_cmpeq_epi8 (v, zero))) != 0)
+            break;
+          p += 16;
+        }
+#endif
+      while (p < end && *p != 0 && *p < 0x80)
+        p++;
+      if (p >= end)
+        return TRUE;
+      if (*p == 0)
+        return FALSE;
+      /* One multi-byte sequence (or a stray byte), judged by GLib's own rules: no overlong
+       * form, no surrogate, nothing past U+10FFFF, no sequence cut short. */
+      n = (guint)g_utf8_skip[*p];
+      if ((gsize)(end - p) < n || !g_utf8_validate_len ((const char *)p, n, NULL))
+        return FALSE;
+      p += n;
+    }
+}
+
 static gboolean
 scan_string (const guint8 **p, const guint8 *end, const char **why)
 {

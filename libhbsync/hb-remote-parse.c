@@ -346,7 +346,7 @@ parse_json (const char *what, const guint8 *data, gsize len, GError **error)
       bad (error, what, "the body is empty");
       return NULL;
     }
-  if (len > G_MAXSSIZE || !g_utf8_validate_len ((const char *)data, len, NULL))
+  if (len > G_MAXSSIZE || !hb_json_utf8_valid (data, len))
     {
       bad (error, what, "the body is not UTF-8 text");
       return NULL;
@@ -786,7 +786,7 @@ checked_object (const char *what, const guint8 *data, gsize len, HbJsonSpan *roo
 
   if (data == NULL || len == 0)
     return bad (error, what, "the body is empty");
-  if (len > G_MAXSSIZE || !g_utf8_validate_len ((const char *)data, len, NULL))
+  if (len > G_MAXSSIZE || !hb_json_utf8_valid (data, len))
     return bad (error, what, "the body is not UTF-8 text");
   if ((why = hb_json_check_strict (data, len)) != NULL)
     return bad (error, what, "the body %s", why);

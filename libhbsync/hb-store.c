@@ -1171,7 +1171,7 @@ parse_incoming_text (const guint8 *data, gsize len, Incoming *in, GError **error
   const char *why;
 
   if (data == NULL || len == 0 || len > G_MAXSSIZE
-      || !g_utf8_validate_len ((const char *)data, len, NULL))
+      || !hb_json_utf8_valid (data, len))
     {
       invalid (error, "%s", "A document must be UTF-8 JSON text");
       return TEXT_INVALID;

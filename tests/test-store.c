@@ -1820,6 +1820,54 @@ test_text_string_runs (void)
       }
 }
 
+/* hb_json_utf8_valid() against g_utf8_validate_len() on random texts: ASCII runs long and
+ * short, whole characters of every length, and bytes that break the rules (stray
+ * continuations, overlong forms, surrogates, past U+10FFFF, NUL, cut-short sequences), each
+ * at every position of the sixteen-byte blocks. */
+static void
+test_text_utf8 (void)
+{
+  static const char *const pieces[] = {
+    "a", "0123456789abcdef", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xf4\x8f\xbf\xbf",
+    "\x80", "\xbf", "\xc0\x80", "\xc1\xbf", "\xe0\x80\x80", "\xed\xa0\x80", "\xed\xbf\xbf",
+    "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xf8\x88\x80\x80\x80", "\xfe", "\xff", "\xc3",
+    "\xe2\x82", "\xf0\x9f\x98", "\xc3(", "\xef\xbf\xbf", "\xef\xb7\x90",
+  };
+  g_autoptr (GRand) rand = g_rand_new_with_seed (2026);
+  guint valid = 0, invalid = 0;
+
+  for (guint round = 0; round < 20000; round++)
+    {
+      g_autoptr (GString) text = g_string_new (NULL);
+      guint n = g_rand_int_range (rand, 0, 12);
+
+      for (guint i = 0; i < n; i++)
+        {
+          guint k = g_rand_int_range (rand, 0, G_N_ELEMENTS (pieces) + 2);
+
+          if (k < 2 || k >= G_N_ELEMENTS (pieces))
+            /* Mostly valid text: ASCII and whole characters. */
+            g_string_append (text, pieces[g_rand_int_range (rand, 0, 6)]);
+          else if (g_rand_int_range (rand, 0, 4) == 0)
+            g_string_append (text, pieces[k]);
+          else
+            g_string_append (text, pieces[g_rand_int_range (rand, 0, 6)]);
+        }
+      if (g_rand_int_range (rand, 0, 40) == 0)
+        g_string_insert_len (text, g_rand_int_range (rand, 0, text->len + 1), "\0", 1);
+      if (hb_json_utf8_valid ((const guint8 *)text->str, text->len))
+        valid++;
+      else
+        invalid++;
+      g_assert_cmpint (hb_json_utf8_valid ((const guint8 *)text->str, text->len), ==,
+                       g_utf8_validate_len (text->str, text->len, NULL));
+    }
+  /* Both kinds, many times over. */
+  g_assert_cmpuint (valid, >, 2000);
+  g_assert_cmpuint (invalid, >, 2000);
+  g_assert_true (hb_json_utf8_valid ((const guint8 *)"", 0));
+}
+
 #define H(c) #c #c #c #c #c #c #c #c
 typedef struct
 {
@@ -2119,6 +2167,7 @@ main (int argc, char *argv[])
   ADD ("/store/review/damaged-document-writes-nothing", test_damaged_document_writes_nothing);
   g_test_add_func ("/store/text/canonical", test_text_canonical);
   g_test_add_func ("/store/text/string-runs", test_text_string_runs);
+  g_test_add_func ("/store/text/utf8", test_text_utf8);
   ADD ("/store/text/put-revisions", test_put_revisions_json);
 #undef ADD
 
