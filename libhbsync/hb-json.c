@@ -8,21 +8,55 @@
 #include "hb-crypto-private.h"
 #include "hb-json-private.h"
 
+/* The first byte from p on (before end) that ends a plain run inside a JSON string: '"', '\\'
+ * or a control character; end if there is none: where a writer must escape, and where the
+ * check and the walks below must look closer. Documents are mostly string text, written once
+ * and read two or three times over on every pull, so sixteen bytes are tested at once where
+ * SSE2 is there (every x86-64). */
+static inline const guint8 *
+string_run_end (const guint8 *p, const guint8 *end)
+{
+#if defined(__SSE2__)
+  const __m128i quote = _mm_set1_epi8 ('"');
+  const __m128i backslash = _mm_set1_epi8 ('\\');
+  const __m128i control_max = _mm_set1_epi8 (0x1f);
+
+  while (end - p >= 16)
+    {
+      __m128i v = _mm_loadu_si128 ((const __m128i *)p);
+      /* v <= 0x1f, unsigned: min(v, 0x1f) == v. */
+      __m128i hit = _mm_or_si128 (_mm_or_si128 (_mm_cmpeq_epi8 (v, quote),
+                                                _mm_cmpeq_epi8 (v, backslash)),
+                                  _mm_cmpeq_epi8 (_mm_min_epu8 (v, control_max), v));
+      int mask = _mm_movemask_epi8 (hit);
+
+      if (mask != 0)
+        return p + __builtin_ctz ((unsigned)mask);
+      p += 16;
+    }
+#endif
+  while (p < end && *p != '"' && *p != '\\' && *p >= 0x20)
+    p++;
+  return p;
+}
+
 void
 hb_json_append_string (GString *out, const char *s)
 {
   static const char hex[] = "0123456789abcdef";
   const guchar *p = (const guchar *)s;
-  const guchar *run = p;
+  const guchar *end = p + strlen (s);
 
   g_string_append_c (out, '"');
-  for (; *p != '\0'; p++)
+  for (;;)
     {
-      if (*p >= 0x20 && *p != '"' && *p != '\\')
-        continue;
-      g_string_append_len (out, (const char *)run, p - run);
-      run = p + 1;
-      switch (*p)
+      /* Plain runs are copied whole, found as the checks below find them. */
+      const guchar *run_end = string_run_end (p, end);
+
+      g_string_append_len (out, (const char *)p, run_end - p);
+      if (run_end >= end)
+        break;
+      switch (*run_end)
         {
           case '"':
             g_string_append (out, "\\\"");
@@ -47,12 +81,12 @@ hb_json_append_string (GString *out, const char *s)
             break;
           default:
             g_string_append (out, "\\u00");
-            g_string_append_c (out, hex[*p >> 4]);
-            g_string_append_c (out, hex[*p & 0xf]);
+            g_string_append_c (out, hex[*run_end >> 4]);
+            g_string_append_c (out, hex[*run_end & 0xf]);
             break;
         }
+      p = run_end + 1;
     }
-  g_string_append_len (out, (const char *)run, p - run);
   g_string_append_c (out, '"');
 }
 
@@ -268,37 +302,6 @@ scan_unicode_escape (const guint8 **p, const guint8 *end, const char **why)
     return FALSE;
   *p += 2;
   return scan_hex4 (p, end, &low) && low >= 0xdc00 && low <= 0xdfff;
-}
-
-/* The first byte from p on (before end) that ends a plain run inside a JSON string: '"', '\\'
- * or a control character; end if there is none. Documents are mostly string text, and the check
- * and the walks below go over every pulled document two or three times, so sixteen bytes are
- * tested at once where SSE2 is there (every x86-64). */
-static inline const guint8 *
-string_run_end (const guint8 *p, const guint8 *end)
-{
-#if defined(__SSE2__)
-  const __m128i quote = _mm_set1_epi8 ('"');
-  const __m128i backslash = _mm_set1_epi8 ('\\');
-  const __m128i control_max = _mm_set1_epi8 (0x1f);
-
-  while (end - p >= 16)
-    {
-      __m128i v = _mm_loadu_si128 ((const __m128i *)p);
-      /* v <= 0x1f, unsigned: min(v, 0x1f) == v. */
-      __m128i hit = _mm_or_si128 (_mm_or_si128 (_mm_cmpeq_epi8 (v, quote),
-                                                _mm_cmpeq_epi8 (v, backslash)),
-                                  _mm_cmpeq_epi8 (_mm_min_epu8 (v, control_max), v));
-      int mask = _mm_movemask_epi8 (hit);
-
-      if (mask != 0)
-        return p + __builtin_ctz ((unsigned)mask);
-      p += 16;
-    }
-#endif
-  while (p < end && *p != '"' && *p != '\\' && *p >= 0x20)
-    p++;
-  return p;
 }
 
 gboolean

@@ -1791,6 +1791,29 @@ test_text_string_runs (void)
             g_string_append (text, "\",1]}");
             assert_text_canonical (text->str, text->len);
           }
+        /* Written (escaped) and read back by JSON-GLib: every character that must be escaped,
+         * at every place. */
+        for (guint c = 1; c < 0x80; c++)
+          {
+            g_autoptr (GString) plain = g_string_new (NULL);
+            g_autoptr (GString) written = g_string_new ("[");
+            g_autoptr (JsonParser) parser = json_parser_new ();
+            JsonArray *array;
+
+            if (c >= 0x20 && c != '"' && c != '\\' && c != 'a' && c != 0x7f)
+              continue;
+            for (guint i = 0; i < before; i++)
+              g_string_append_c (plain, (char)('a' + i % 26));
+            g_string_append_c (plain, (char)c);
+            for (guint i = 0; i < after; i++)
+              g_string_append (plain, i % 7 == 6 ? "\xc3\xa9" : "x");
+            hb_json_append_string (written, plain->str);
+            g_string_append_c (written, ']');
+            g_assert_true (json_parser_load_from_data (parser, written->str, -1, NULL));
+            array = json_node_get_array (json_parser_get_root (parser));
+            g_assert_cmpstr (json_array_get_string_element (array, 0), ==, plain->str);
+            g_assert_null (hb_json_check_strict ((const guint8 *)written->str, written->len));
+          }
         /* A raw control character, and a string the text ends inside of, are refused. */
         for (guint c = 1; c < 0x20; c += 0x1e)
           {
