@@ -25,9 +25,9 @@ string_run_end (const guint8 *p, const guint8 *end)
     {
       __m128i v = _mm_loadu_si128 ((const __m128i *)p);
       /* v <= 0x1f, unsigned: min(v, 0x1f) == v. */
-      __m128i hit = _mm_or_si128 (_mm_or_si128 (_mm_cmpeq_epi8 (v, quote),
-                                                _mm_cmpeq_epi8 (v, backslash)),
-                                  _mm_cmpeq_epi8 (_mm_min_epu8 (v, control_max), v));
+      __m128i hit
+          = _mm_or_si128 (_mm_or_si128 (_mm_cmpeq_epi8 (v, quote), _mm_cmpeq_epi8 (v, backslash)),
+                          _mm_cmpeq_epi8 (_mm_min_epu8 (v, control_max), v));
       int mask = _mm_movemask_epi8 (hit);
 
       if (mask != 0)

@@ -1170,8 +1170,7 @@ parse_incoming_text (const guint8 *data, gsize len, Incoming *in, GError **error
   g_autofree char *id_text = NULL;
   const char *why;
 
-  if (data == NULL || len == 0 || len > G_MAXSSIZE
-      || !hb_json_utf8_valid (data, len))
+  if (data == NULL || len == 0 || len > G_MAXSSIZE || !hb_json_utf8_valid (data, len))
     {
       invalid (error, "%s", "A document must be UTF-8 JSON text");
       return TEXT_INVALID;
