@@ -341,10 +341,11 @@ run_sqlite (const Corpus *corpus, gboolean parse_json)
 }
 
 /* The floor under the store: plain SQLite with the store's schema and row shapes (a random
- * 32-byte row key found through the index on its first 8 bytes, a sealed-size record and body, three blind-index columns with their partial
- * indexes, the sequence kept in a meta row), the same batches and no crypto, no JSON. What the
- * store costs beyond this is its own work; what this costs beyond the plain baseline is the
- * price of the schema (bigger rows, four indexes instead of one). */
+ * 32-byte row key found through the index on its first 8 bytes, a sealed-size record and body,
+ * three blind-index columns with their partial indexes, the sequence kept in a meta row), the
+ * same batches and no crypto, no JSON. What the store costs beyond this is its own work; what
+ * this costs beyond the plain baseline is the price of the schema (bigger rows, four indexes
+ * instead of one). */
 static Timing
 run_floor (const Corpus *corpus)
 {
