@@ -606,13 +606,25 @@ meta_ad (const DocState *st, guint8 out[META_AD_LEN])
 }
 
 #define DOC_COLUMNS "seq, doc_key, meta, type_mac, session_mac, patient_mac, body"
-/* A document's row by its key (parameter 1), through the index on the key's first 8 bytes. */
-#define DOC_KEY_MATCH "substr(doc_key, 1, 8) = substr(?1, 1, 8) AND doc_key = ?1"
+/* A document's row by its key (parameter 1, bound with bind_doc_key), through the index on the
+ * key's first 8 bytes (parameter 2: bound as bytes, so that no substr() is computed and copied
+ * for every lookup). */
+#define DOC_KEY_MATCH "substr(doc_key, 1, 8) = ?2 AND doc_key = ?1"
+/* The same columns for a row found by its key: the key is not read back (each blob column read
+ * is a copy into a fresh allocation inside SQLite). */
+#define DOC_COLUMNS_BY_KEY "seq, NULL, meta, type_mac, session_mac, patient_mac, body"
 /* The same for readers that never touch a body (the changes feed): no copy of it is made. */
 #define DOC_COLUMNS_NO_BODY "seq, doc_key, meta, type_mac, session_mac, patient_mac, NULL"
 
-/* Fills st from a row selected with DOC_COLUMNS at column 0 (the body is copied; see
- * load_doc for borrowing it). */
+static void
+bind_doc_key (sqlite3_stmt *stmt, const DocKey *dk)
+{
+  sqlite3_bind_blob (stmt, 1, dk->b, HB_MAC_LEN, SQLITE_STATIC);
+  sqlite3_bind_blob (stmt, 2, dk->b, 8, SQLITE_STATIC);
+}
+
+/* Fills st from a row selected with DOC_COLUMNS at column 0, or with DOC_COLUMNS_BY_KEY when
+ * st->dk already holds the key (the body is copied; see load_doc for borrowing it). */
 static gboolean
 doc_from_row (HbStore *self, HbConn *c, sqlite3_stmt *stmt, DocState *st, GError **error)
 {
@@ -623,9 +635,12 @@ doc_from_row (HbStore *self, HbConn *c, sqlite3_stmt *stmt, DocState *st, GError
   gboolean ok;
 
   st->seq = (guint64)sqlite3_column_int64 (stmt, 0);
-  if (sqlite3_column_bytes (stmt, 1) != HB_MAC_LEN)
-    return corrupt_error (error, "document record (bad key)");
-  memcpy (st->dk.b, sqlite3_column_blob (stmt, 1), HB_MAC_LEN);
+  if (sqlite3_column_type (stmt, 1) != SQLITE_NULL)
+    {
+      if (sqlite3_column_bytes (stmt, 1) != HB_MAC_LEN)
+        return corrupt_error (error, "document record (bad key)");
+      memcpy (st->dk.b, sqlite3_column_blob (stmt, 1), HB_MAC_LEN);
+    }
   for (guint f = 0; f < G_N_ELEMENTS (index_fields); f++)
     {
       st->has_mac[f] = sqlite3_column_type (stmt, 3 + f) != SQLITE_NULL;
@@ -664,13 +679,13 @@ static gboolean
 load_doc_full (HbStore *self, HbConn *c, DocState *st, gboolean borrow, GError **error)
 {
   sqlite3_stmt *stmt
-      = conn_stmt (c, "SELECT " DOC_COLUMNS " FROM docs WHERE " DOC_KEY_MATCH, error);
+      = conn_stmt (c, "SELECT " DOC_COLUMNS_BY_KEY " FROM docs WHERE " DOC_KEY_MATCH, error);
   int rc;
   gboolean ok = TRUE;
 
   if (stmt == NULL)
     return FALSE;
-  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
+  bind_doc_key (stmt, &st->dk);
   rc = sqlite3_step (stmt);
   if (rc == SQLITE_ROW)
     {
@@ -739,14 +754,24 @@ rev_string_tmp (HbRevTree *tree, gint index)
   GString *rev = g_private_get (&buf);
   HbRevNode *node = hb_rev_tree_node (tree, index);
   char pos[16];
+  guint n = 0, p = node->pos;
 
   if (rev == NULL)
     {
       rev = g_string_sized_new (64);
       g_private_set (&buf, rev);
     }
-  g_snprintf (pos, sizeof pos, "%u-", node->pos);
-  g_string_assign (rev, pos);
+  /* The position's digits, written backwards (g_snprintf cost as much as the rest of this). */
+  do
+    {
+      pos[n++] = (char)('0' + p % 10);
+      p /= 10;
+    }
+  while (p > 0);
+  g_string_truncate (rev, 0);
+  while (n > 0)
+    g_string_append_c (rev, pos[--n]);
+  g_string_append_c (rev, '-');
   g_string_append (rev, node->hash);
   return rev->str;
 }
@@ -1498,7 +1523,7 @@ delete_doc_row (HbConn *c, DocState *st, GError **error)
 
   if (stmt == NULL)
     return FALSE;
-  sqlite3_bind_blob (stmt, 1, st->dk.b, HB_MAC_LEN, SQLITE_STATIC);
+  bind_doc_key (stmt, &st->dk);
   return stmt_done (c, stmt, error);
 }
 
