@@ -59,6 +59,17 @@ void hb_remote_bulk_get_raw_async (HbRemote *self,
                                    gpointer user_data);
 GPtrArray *hb_remote_bulk_get_raw_finish (HbRemote *self, GAsyncResult *result, GError **error);
 
+/* hb_remote_changes_async() with `feed=normal` and `include_docs=true`: each row's document
+ * comes in its HbRemoteChange's doc, and the answer's own bytes are wiped once read. Finished
+ * with hb_remote_changes_finish(). */
+void hb_remote_changes_docs_async (HbRemote *self,
+                                   JsonNode *since,
+                                   guint limit,
+                                   const char *const *doc_ids,
+                                   GCancellable *cancellable,
+                                   GAsyncReadyCallback callback,
+                                   gpointer user_data);
+
 /* A whole document (a `_local` one): any JSON object. */
 JsonNode *hb_remote_parse_document (const guint8 *data, gsize len, GError **error);
 /* `{"ok": true, "id": ..., "rev": ...}` → the rev. */

@@ -73,6 +73,7 @@ hb_remote_change_copy (const HbRemoteChange *change)
   copy->seq = node_copy0 (change->seq);
   copy->revs = g_strdupv (change->revs);
   copy->deleted = change->deleted;
+  copy->doc = change->doc != NULL ? g_bytes_ref (change->doc) : NULL;
   return copy;
 }
 
@@ -90,6 +91,7 @@ hb_remote_change_free (HbRemoteChange *change)
   g_free (change->id);
   g_clear_pointer (&change->seq, json_node_unref);
   g_strfreev (change->revs);
+  g_clear_pointer (&change->doc, g_bytes_unref);
   g_free (change);
 }
 
@@ -523,12 +525,27 @@ hb_remote_parse_info (const guint8 *data, gsize len, GError **error)
   return g_steal_pointer (&info);
 }
 
+static void
+wipe_text (gpointer text)
+{
+  hb_wipe (text, strlen (text));
+  g_free (text);
+}
+
+/* @text (NUL-terminated, @len bytes of plaintext) as bytes wiped when the last reference goes. */
+static GBytes *
+wiped_bytes_take (char *text, gsize len)
+{
+  return g_bytes_new_with_free_func (text, len, wipe_text, text);
+}
+
 static HbRemoteChange *
 parse_change_row (const char *what, JsonObject *row, GError **error)
 {
   g_autoptr (HbRemoteChange) change = g_new0 (HbRemoteChange, 1);
   g_autoptr (GStrvBuilder) revs = g_strv_builder_new ();
   JsonNode *deleted = json_object_get_member (row, "deleted");
+  JsonNode *doc = json_object_get_member (row, "doc");
   JsonArray *changes;
 
   if (!get_string (what, row, "id", TRUE, &change->id, error)
@@ -551,6 +568,19 @@ parse_change_row (const char *what, JsonObject *row, GError **error)
       return NULL;
     }
   change->deleted = !is_null (deleted) && json_node_get_boolean (deleted);
+  if (!is_null (doc) && !JSON_NODE_HOLDS_OBJECT (doc))
+    {
+      bad (error, what, "“doc” is not an object");
+      return NULL;
+    }
+  /* Not the bytes sent, which the tree no longer has: their canonical form. */
+  if (!is_null (doc))
+    {
+      gsize len;
+      char *text = hb_json_to_canonical (doc, &len);
+
+      change->doc = wiped_bytes_take (text, len);
+    }
   return g_steal_pointer (&change);
 }
 
@@ -810,13 +840,6 @@ span_get_array (const char *what, const HbJsonSpan *value, const char *name, GEr
   return TRUE;
 }
 
-static void
-wipe_text (gpointer text)
-{
-  hb_wipe (text, strlen (text));
-  g_free (text);
-}
-
 void
 hb_remote_raw_revision_free (HbRemoteRawRevision *revision)
 {
@@ -854,7 +877,7 @@ raw_ok_revision (const char *what, const HbJsonSpan *doc, GError **error)
   text = g_malloc (len + 1);
   memcpy (text, doc->start, len);
   text[len] = '\0';
-  revision->text = g_bytes_new_with_free_func (text, len, wipe_text, text);
+  revision->text = wiped_bytes_take (text, len);
   return g_steal_pointer (&revision);
 }
 
@@ -980,7 +1003,7 @@ span_get_count (
 static HbRemoteChange *
 walk_change_row (const char *what, const HbJsonSpan *row, GError **error)
 {
-  static const char *const names[] = { "id", "seq", "changes", "deleted", NULL };
+  static const char *const names[] = { "id", "seq", "changes", "deleted", "doc", NULL };
   static const char *const rev_names[] = { "rev", NULL };
   g_autoptr (HbRemoteChange) change = g_new0 (HbRemoteChange, 1);
   g_autoptr (GPtrArray) revs = g_ptr_array_new_with_free_func (g_free);
@@ -1023,6 +1046,21 @@ walk_change_row (const char *what, const HbJsonSpan *row, GError **error)
       return NULL;
     }
   change->deleted = hb_json_span_is (&values[3], 't');
+  if (values[4].start != NULL && !hb_json_span_is (&values[4], 'n'))
+    {
+      gsize len = values[4].end - values[4].start;
+      char *text;
+
+      if (!hb_json_span_is (&values[4], '{'))
+        {
+          bad (error, what, "“doc” is not an object");
+          return NULL;
+        }
+      text = g_malloc (len + 1);
+      memcpy (text, values[4].start, len);
+      text[len] = '\0';
+      change->doc = wiped_bytes_take (text, len);
+    }
   return g_steal_pointer (&change);
 }
 

@@ -2124,6 +2124,66 @@ longpoll_ms (HbRemote *self, guint timeout_ms)
   return timeout_ms != 0 && timeout_ms < cap ? timeout_ms : cap;
 }
 
+static gpointer
+answer_changes_docs (Request *req, const guint8 *data, gsize len, GError **error)
+{
+  HbRemoteChanges *changes = hb_remote_parse_changes (data, len, error);
+
+  /* Every document is in its own (wiped) text now: the plaintext of the page goes. */
+  hb_wipe ((gpointer)data, len);
+  return changes;
+}
+
+static void
+send_changes (HbRemote *self,
+              JsonNode *since,
+              guint limit,
+              const char *const *doc_ids,
+              gboolean longpoll,
+              guint timeout_ms,
+              gboolean include_docs,
+              GCancellable *cancellable,
+              GAsyncReadyCallback callback,
+              gpointer user_data)
+{
+  g_autoptr (GString) path = g_string_new ("_changes?style=all_docs");
+  g_autoptr (GBytes) body = NULL;
+  GTask *task;
+
+  /* Both finish with hb_remote_changes_finish(): the same source tag. */
+  task = request_task (self, "_changes", include_docs ? answer_changes_docs : answer_changes,
+                       (GDestroyNotify)hb_remote_changes_free, hb_remote_changes_async, cancellable,
+                       callback, user_data);
+  if (include_docs)
+    g_string_append (path, "&include_docs=true");
+  if (longpoll)
+    g_string_append_printf (path, "&feed=longpoll&timeout=%u", longpoll_ms (self, timeout_ms));
+  else
+    g_string_append (path, "&feed=normal");
+  if (limit > 0)
+    g_string_append_printf (path, "&limit=%u", limit);
+  if (since != NULL && !JSON_NODE_HOLDS_NULL (since))
+    {
+      g_autofree char *text = since_text (since);
+      g_string_append (path, "&since=");
+      g_string_append_uri_escaped (path, text, NULL, FALSE);
+    }
+  if (doc_ids != NULL)
+    {
+      g_autoptr (GString) json = g_string_new ("{\"doc_ids\":[");
+      for (guint i = 0; doc_ids[i] != NULL; i++)
+        {
+          if (i > 0)
+            g_string_append_c (json, ',');
+          hb_json_append_string (json, doc_ids[i]);
+        }
+      g_string_append (json, "]}");
+      body = g_string_free_to_bytes (g_steal_pointer (&json));
+      g_string_append (path, "&filter=_doc_ids");
+    }
+  send_request (self, task, body != NULL ? "POST" : "GET", path->str, body, TRUE);
+}
+
 /**
  * hb_remote_changes_async:
  * @self: a remote
@@ -2153,40 +2213,24 @@ hb_remote_changes_async (HbRemote *self,
                          GAsyncReadyCallback callback,
                          gpointer user_data)
 {
-  g_autoptr (GString) path = g_string_new ("_changes?style=all_docs");
-  g_autoptr (GBytes) body = NULL;
-  GTask *task;
-
   g_return_if_fail (HB_IS_REMOTE (self));
 
-  task = request_task (self, "_changes", answer_changes, (GDestroyNotify)hb_remote_changes_free,
-                       hb_remote_changes_async, cancellable, callback, user_data);
-  if (longpoll)
-    g_string_append_printf (path, "&feed=longpoll&timeout=%u", longpoll_ms (self, timeout_ms));
-  else
-    g_string_append (path, "&feed=normal");
-  if (limit > 0)
-    g_string_append_printf (path, "&limit=%u", limit);
-  if (since != NULL && !JSON_NODE_HOLDS_NULL (since))
-    {
-      g_autofree char *text = since_text (since);
-      g_string_append (path, "&since=");
-      g_string_append_uri_escaped (path, text, NULL, FALSE);
-    }
-  if (doc_ids != NULL)
-    {
-      g_autoptr (GString) json = g_string_new ("{\"doc_ids\":[");
-      for (guint i = 0; doc_ids[i] != NULL; i++)
-        {
-          if (i > 0)
-            g_string_append_c (json, ',');
-          hb_json_append_string (json, doc_ids[i]);
-        }
-      g_string_append (json, "]}");
-      body = g_string_free_to_bytes (g_steal_pointer (&json));
-      g_string_append (path, "&filter=_doc_ids");
-    }
-  send_request (self, task, body != NULL ? "POST" : "GET", path->str, body, TRUE);
+  send_changes (self, since, limit, doc_ids, longpoll, timeout_ms, FALSE, cancellable, callback,
+                user_data);
+}
+
+void
+hb_remote_changes_docs_async (HbRemote *self,
+                              JsonNode *since,
+                              guint limit,
+                              const char *const *doc_ids,
+                              GCancellable *cancellable,
+                              GAsyncReadyCallback callback,
+                              gpointer user_data)
+{
+  g_return_if_fail (HB_IS_REMOTE (self));
+
+  send_changes (self, since, limit, doc_ids, FALSE, 0, TRUE, cancellable, callback, user_data);
 }
 
 /**

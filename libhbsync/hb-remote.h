@@ -94,6 +94,9 @@ struct _HbRemoteInfo
  * @seq: the change's sequence, verbatim (opaque)
  * @revs: (array zero-terminated=1): every leaf revision the row lists (`style=all_docs`)
  * @deleted: whether the winning revision is a deletion
+ * @doc: (nullable): the row's document (its winning revision), byte for byte as the server sent
+ *   it, when the feed was read with `include_docs=true` and the row carried one as an object;
+ *   %NULL otherwise. Plaintext: its bytes are wiped when the last reference goes.
  *
  * One row of a `_changes` answer.
  */
@@ -105,6 +108,7 @@ struct _HbRemoteChange
   JsonNode *seq;
   char **revs;
   gboolean deleted;
+  GBytes *doc;
 };
 
 /**

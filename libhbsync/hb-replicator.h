@@ -123,6 +123,10 @@ HB_AVAILABLE_IN_ALL
 gboolean hb_replicator_get_create_target (HbReplicator *self);
 HB_AVAILABLE_IN_ALL
 void hb_replicator_set_create_target (HbReplicator *self, gboolean create_target);
+HB_AVAILABLE_IN_ALL
+gboolean hb_replicator_get_feed_documents (HbReplicator *self);
+HB_AVAILABLE_IN_ALL
+void hb_replicator_set_feed_documents (HbReplicator *self, gboolean feed_documents);
 
 HB_AVAILABLE_IN_ALL
 char *hb_replicator_get_replication_id (HbReplicator *self);

@@ -38,18 +38,28 @@
  *            GNU time (curl reads every @body of its config up front, so its push RSS holds all
  *            the bodies); the wall clock includes starting curl.
  *
+ *   raw, feed docs  the same for the pull ours makes into an empty store: the `_changes` pages
+ *            with `include_docs=true` (first revisions, each its document's only leaf, need
+ *            nothing more; see HbReplicator:feed-documents) and no `_bulk_get`. Its push is
+ *            raw's again, only to fill its server, and is not reported.
+ *
  * A last column gives the server's CPU time (/proc/PID/stat) over the same span: on a small
  * machine the server shares the cores with the client, so what a client makes the server do
  * (`_revs_diff`, checkpoints, compression) shows up in its docs/s.
  *
- * Each run does ours, PouchDB, raw in turn; 3 runs (--runs N); best and median are printed,
- * with the goals of the issue: ours >= 0.8 of raw docs/s, >= 2.5x PouchDB docs/s, <= 0.3x
- * PouchDB client CPU, each direction. Nothing here asserts on speed; every run checks that all
+ * Each run does ours, PouchDB, raw, raw with feed docs in turn; 3 runs (--runs N); best and
+ * median are printed, with the goals of the issue: ours >= 0.8 of raw docs/s, >= 2.5x PouchDB
+ * docs/s, <= 0.3x PouchDB client CPU, each direction. Raw is the issue's raw, with `_bulk_get`;
+ * ours against raw with feed docs is printed beside it, with no goal: it is what ours costs over
+ * the requests it makes. Nothing here asserts on speed; every run checks that all
  * 10,000 documents arrived (docs_written, and the server's or the store's doc count).
  *
  *   meson test -C BUILDDIR --benchmark -v bench-replication
- *   G_TEST_SRCDIR=tests BUILDDIR/tests/bench-replication [--runs N] [--only ours,pouchdb,raw]
- *                                                        [--perf-dir DIR]
+ *   G_TEST_SRCDIR=tests BUILDDIR/tests/bench-replication [--runs N] [--only ours,pouchdb,raw,rawfeed]
+ *                                                        [--perf-dir DIR] [--ours-bulk-get]
+ *
+ * --ours-bulk-get makes ours' pull read every revision through `_bulk_get` (feed-documents off),
+ * the pattern raw's pull times.
  *
  * --perf-dir DIR runs each of our children under `perf record --call-graph dwarf` and leaves
  * DIR/ours-{push,pull}-RUN.data (the timings are then perf's, not ours). */
@@ -84,11 +94,13 @@ typedef enum
   CLIENT_OURS,
   CLIENT_POUCHDB,
   CLIENT_RAW,
+  CLIENT_RAW_FEED, /* a pull only: its push is raw's again, to fill its server */
   N_CLIENTS
 } Client;
 
-static const char *const client_names[N_CLIENTS] = { "ours", "PouchDB", "raw (curl)" };
-static const char *const client_keys[N_CLIENTS] = { "ours", "pouchdb", "raw" };
+static const char *const client_names[N_CLIENTS]
+    = { "ours", "PouchDB", "raw (curl)", "raw, feed docs" };
+static const char *const client_keys[N_CLIENTS] = { "ours", "pouchdb", "raw", "rawfeed" };
 
 typedef enum
 {
@@ -219,7 +231,7 @@ child_main (int argc, char **argv)
   g_autoptr (HbSyncCache) cache = NULL;
   g_autoptr (HbReplicator) replicator = NULL;
   g_autofree char *dir = NULL;
-  gboolean push;
+  gboolean push, feed_documents = TRUE;
   const char *url;
   RunWait w = { 0 };
   gint64 start, end;
@@ -232,15 +244,17 @@ child_main (int argc, char **argv)
       store = open_store (argv[2]);
       url = argv[3];
     }
-  else if (argc == 3 && strcmp (argv[1], "pull") == 0)
+  else if ((argc == 3 || (argc == 4 && strcmp (argv[3], "bulk-get") == 0))
+           && strcmp (argv[1], "pull") == 0)
     {
       push = FALSE;
       store = hb_test_store_new (&dir);
       url = argv[2];
+      feed_documents = argc == 3;
     }
   else
     {
-      g_printerr ("usage: --child push STORE DB-URL | --child pull DB-URL\n");
+      g_printerr ("usage: --child push STORE DB-URL | --child pull DB-URL [bulk-get]\n");
       return 2;
     }
 
@@ -251,6 +265,7 @@ child_main (int argc, char **argv)
       store, remote, cache, push ? HB_REPLICATION_DIRECTION_PUSH : HB_REPLICATION_DIRECTION_PULL);
   hb_replicator_set_batch_size (replicator, BATCH);
   hb_replicator_set_create_target (replicator, push);
+  hb_replicator_set_feed_documents (replicator, feed_documents);
 
   reset_peak_rss ();
   cpu0 = self_cpu_seconds ();
@@ -479,6 +494,7 @@ typedef struct
   char *work_dir; /* bodies, NDJSON, curl configs and outputs */
   char *store_path;
   char *perf_dir;
+  gboolean ours_bulk_get; /* ours pulls with every revision through _bulk_get */
   const char *server_pid; /* the running server's, for its CPU time */
   guint n_pages;
   SoupSession *session;
@@ -572,6 +588,8 @@ run_ours (Bench *bench, Direction dir, const char *db_url, guint run)
   if (dir == DIR_PUSH)
     g_ptr_array_add (argv, g_strdup (bench->store_path));
   g_ptr_array_add (argv, g_strdup (db_url));
+  if (dir == DIR_PULL && bench->ours_bulk_get)
+    g_ptr_array_add (argv, g_strdup ("bulk-get"));
   g_ptr_array_add (argv, NULL);
   obj = run_child (what, (const char *const *)argv->pdata, NULL);
   check_written (what, obj);
@@ -769,7 +787,7 @@ run_raw_push (Bench *bench, const char *db_url)
 /* The pull's request plan needs the page boundaries: @feed is the whole feed, read before the
  * clock. */
 static Measure
-run_raw_pull (Bench *bench, const char *db_url, JsonNode *feed)
+run_raw_pull (Bench *bench, const char *db_url, JsonNode *feed, gboolean feed_docs)
 {
   g_autoptr (GError) error = NULL;
   g_autoptr (GString) config = g_string_new (NULL);
@@ -792,6 +810,8 @@ run_raw_pull (Bench *bench, const char *db_url, JsonNode *feed)
       guint end = MIN (start + BATCH, n_rows);
 
       g_string_append_printf (changes_url, "/_changes?style=all_docs&feed=normal&limit=%u", BATCH);
+      if (feed_docs)
+        g_string_append (changes_url, "&include_docs=true");
       if (since != NULL)
         {
           g_string_append (changes_url, "&since=");
@@ -801,7 +821,7 @@ run_raw_pull (Bench *bench, const char *db_url, JsonNode *feed)
       transfers++;
       if (start == n_rows)
         break; /* the last, empty page tells the replicator it is done */
-      for (guint i = start; i < end; i++)
+      for (guint i = start; i < end && !feed_docs; i++)
         {
           JsonObject *row = json_array_get_object_element (rows, i);
           JsonArray *leaves = json_object_get_array_member (row, "changes");
@@ -820,10 +840,13 @@ run_raw_pull (Bench *bench, const char *db_url, JsonNode *feed)
             }
         }
       g_string_append (body, "]}");
-      g_file_set_contents (body_path, body->str, body->len, &error);
-      die_on_error ("bulk_get body", error);
-      append_transfer (config, bulk_get_url, body_path);
-      transfers++;
+      if (!feed_docs)
+        {
+          g_file_set_contents (body_path, body->str, body->len, &error);
+          die_on_error ("bulk_get body", error);
+          append_transfer (config, bulk_get_url, body_path);
+          transfers++;
+        }
       {
         /* The sequence of the page's last row is the page's last_seq: opaque, verbatim. */
         JsonNode *seq
@@ -838,7 +861,7 @@ run_raw_pull (Bench *bench, const char *db_url, JsonNode *feed)
   g_file_set_contents (config_path, config->str, config->len, &error);
   die_on_error ("curl config", error);
   run_curl (bench, config_path, out_path, &m);
-  found = check_curl_output (out_path, transfers, 200, "\"_revisions\"");
+  found = check_curl_output (out_path, transfers, 200, feed_docs ? "\"doc\":{" : "\"_revisions\"");
   if (found != N_DOCS)
     g_error ("raw pull: %u documents read, not %u", found, N_DOCS);
   return m;
@@ -883,13 +906,18 @@ run_client (Bench *bench, Client client, guint run, Measure out[N_DIRS])
             m = run_pouchdb (bench, dir, db_url);
             break;
           case CLIENT_RAW:
-            m = dir == DIR_PUSH ? run_raw_push (bench, db_url) : run_raw_pull (bench, db_url, feed);
+            m = dir == DIR_PUSH ? run_raw_push (bench, db_url)
+                                : run_raw_pull (bench, db_url, feed, FALSE);
+            break;
+          case CLIENT_RAW_FEED:
+            m = dir == DIR_PUSH ? run_raw_push (bench, db_url)
+                                : run_raw_pull (bench, db_url, feed, TRUE);
             break;
           default:
             g_assert_not_reached ();
         }
       /* Raw measures the server around curl alone, not around the setup requests. */
-      if (client != CLIENT_RAW)
+      if (client != CLIENT_RAW && client != CLIENT_RAW_FEED)
         m.server_cpu = server0 >= 0 ? process_cpu_seconds (pid) - server0 : -1;
       if (dir == DIR_PUSH && server_doc_count (bench->session, db_url) != N_DOCS)
         g_error ("%s push: the server holds %" G_GINT64_FORMAT " documents", client_names[client],
@@ -987,25 +1015,28 @@ print_direction (Measure (*m)[N_CLIENTS][N_DIRS],
 {
   g_print ("%s: %u documents, batches of %u; best of %u runs [median]\n", dir_names[d], N_DOCS,
            BATCH, n_runs);
-  g_print ("  %-11s %20s %20s %20s %20s\n", "", "docs/s", "client CPU s", "peak RSS MiB",
+  g_print ("  %-14s %20s %20s %20s %20s\n", "", "docs/s", "client CPU s", "peak RSS MiB",
            "server CPU s");
   for (Client c = 0; c < N_CLIENTS; c++)
     {
       Figures rate, cpu, rss, server;
 
-      if (!enabled[c])
+      if (!enabled[c] || (c == CLIENT_RAW_FEED && d == DIR_PUSH))
         continue;
       rate = figures (m, n_runs, c, d, FIG_RATE);
       cpu = figures (m, n_runs, c, d, FIG_CPU);
       rss = figures (m, n_runs, c, d, FIG_RSS);
       server = figures (m, n_runs, c, d, FIG_SERVER);
-      g_print ("  %-11s %10.0f [%7.0f] %10.3f [%7.3f] %10.1f [%7.1f] %10.3f [%7.3f]\n",
+      g_print ("  %-14s %10.0f [%7.0f] %10.3f [%7.3f] %10.1f [%7.1f] %10.3f [%7.3f]\n",
                client_names[c], rate.best, rate.median, cpu.best, cpu.median, rss.best, rss.median,
                server.best, server.median);
     }
   if (enabled[CLIENT_OURS] && enabled[CLIENT_RAW])
     print_ratio ("ours/raw docs/s", figures (m, n_runs, CLIENT_OURS, d, FIG_RATE),
                  figures (m, n_runs, CLIENT_RAW, d, FIG_RATE), GOAL_RAW_RATE, 0);
+  if (enabled[CLIENT_OURS] && enabled[CLIENT_RAW_FEED] && d == DIR_PULL)
+    print_ratio ("ours/raw, feed docs docs/s", figures (m, n_runs, CLIENT_OURS, d, FIG_RATE),
+                 figures (m, n_runs, CLIENT_RAW_FEED, d, FIG_RATE), 0, 0);
   if (enabled[CLIENT_OURS] && enabled[CLIENT_POUCHDB])
     {
       print_ratio ("ours/PouchDB docs/s", figures (m, n_runs, CLIENT_OURS, d, FIG_RATE),
@@ -1046,7 +1077,8 @@ print_load (const char *when)
 static void
 usage (void)
 {
-  g_printerr ("usage: bench-replication [--runs N] [--only ours,pouchdb,raw] [--perf-dir DIR]\n");
+  g_printerr ("usage: bench-replication [--runs N] [--only ours,pouchdb,raw,rawfeed] "
+              "[--perf-dir DIR] [--ours-bulk-get]\n");
   exit (2);
 }
 
@@ -1056,7 +1088,7 @@ main (int argc, char **argv)
   g_autoptr (GError) error = NULL;
   g_autofree char *store_dir = NULL;
   Measure (*m)[N_CLIENTS][N_DIRS] = NULL;
-  gboolean enabled[N_CLIENTS] = { TRUE, TRUE, TRUE };
+  gboolean enabled[N_CLIENTS] = { TRUE, TRUE, TRUE, TRUE };
   guint n_runs = N_RUNS_DEFAULT;
   Bench bench = { 0 };
   gsize total_bytes = 0;
@@ -1082,6 +1114,8 @@ main (int argc, char **argv)
         }
       else if (strcmp (argv[i], "--perf-dir") == 0 && i + 1 < argc)
         bench.perf_dir = g_canonicalize_filename (argv[++i], NULL);
+      else if (strcmp (argv[i], "--ours-bulk-get") == 0)
+        bench.ours_bulk_get = TRUE;
       else
         usage ();
     }
@@ -1120,9 +1154,13 @@ main (int argc, char **argv)
           if (!enabled[c])
             continue;
           run_client (&bench, c, run, m[run][c]);
-          g_print ("  %s push %.0f / pull %.0f docs/s (CPU %.2f / %.2f s)", client_names[c],
-                   N_DOCS / m[run][c][DIR_PUSH].seconds, N_DOCS / m[run][c][DIR_PULL].seconds,
-                   m[run][c][DIR_PUSH].cpu, m[run][c][DIR_PULL].cpu);
+          if (c == CLIENT_RAW_FEED)
+            g_print ("  %s pull %.0f docs/s (CPU %.2f s)", client_names[c],
+                     N_DOCS / m[run][c][DIR_PULL].seconds, m[run][c][DIR_PULL].cpu);
+          else
+            g_print ("  %s push %.0f / pull %.0f docs/s (CPU %.2f / %.2f s)", client_names[c],
+                     N_DOCS / m[run][c][DIR_PUSH].seconds, N_DOCS / m[run][c][DIR_PULL].seconds,
+                     m[run][c][DIR_PUSH].cpu, m[run][c][DIR_PULL].cpu);
         }
       g_print ("\n");
     }

@@ -2021,6 +2021,7 @@ test_no_bulk_get (Fixture *f, gconstpointer data)
                 statuses[i]);
       PROXY_DO (f->proxy, "{\"cmd\": \"clear-stats\"}");
       hb_replicator_set_batch_size (rp->r, 25);
+      hb_replicator_set_feed_documents (rp->r, FALSE);
       pulled = repl_run_ok (rp);
       g_assert_cmpuint (pulled->doc_write_failures, ==, 0);
       g_assert_cmpuint (pulled->docs_written, ==, pushed->docs_written);
@@ -2354,6 +2355,8 @@ test_pipelined (Fixture *f, gconstpointer data)
                                        "\"path\": \"/_bulk_get$\", \"skip\": 4, \"count\": 1}}");
   pull = repl_new (store2, f->cache, url, HB_REPLICATION_DIRECTION_PULL);
   hb_replicator_set_batch_size (pull->r, 50);
+  /* Every revision through _bulk_get, none from the feed. */
+  hb_replicator_set_feed_documents (pull->r, FALSE);
   pulled = repl_run_ok (pull);
   g_assert_cmpuint (pulled->docs_written, ==, 600);
   g_assert_cmpuint (pulled->doc_write_failures, ==, 0);
@@ -2371,6 +2374,308 @@ test_pipelined (Fixture *f, gconstpointer data)
   assert_cache_empty (f->cache);
   hb_store_close (store2);
   hb_test_rmdir (dir2);
+}
+
+/* How many `_changes` requests the proxy saw, and how many of them asked for the documents. */
+static void
+stats_changes_with_docs (JsonObject *stats, guint *total, guint *with_docs)
+{
+  JsonArray *requests = json_object_get_array_member (stats, "requests");
+
+  *total = *with_docs = 0;
+  for (guint i = 0; i < json_array_get_length (requests); i++)
+    {
+      JsonObject *r = json_array_get_object_element (requests, i);
+
+      if (!g_str_has_suffix (json_object_get_string_member (r, "route"), "/_changes"))
+        continue;
+      (*total)++;
+      if (strstr (json_object_get_string_member (r, "url"), "include_docs=true") != NULL)
+        (*with_docs)++;
+    }
+}
+
+/* The revisions of the server's feed that a pull into an empty store must read with
+ * `_bulk_get` when the feed carries documents: those of every row that is not one first
+ * revision alone (id → how many). Counts the rows that are in *whole. */
+static GHashTable *
+server_revisions_beyond_feed (const char *db_url, guint *whole)
+{
+  g_autofree char *changes_url = g_strdup_printf ("%s/_changes?style=all_docs", db_url);
+  g_autoptr (JsonNode) changes = hb_test_http_json ("GET", changes_url, NULL, NULL);
+  JsonArray *rows = json_object_get_array_member (json_node_get_object (changes), "results");
+  GHashTable *ids = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+
+  *whole = 0;
+  for (guint i = 0; i < json_array_get_length (rows); i++)
+    {
+      JsonObject *row = json_array_get_object_element (rows, i);
+      JsonArray *leaves = json_object_get_array_member (row, "changes");
+      const char *rev
+          = json_object_get_string_member (json_array_get_object_element (leaves, 0), "rev");
+
+      if (json_array_get_length (leaves) == 1 && g_str_has_prefix (rev, "1-"))
+        (*whole)++;
+      else
+        g_hash_table_insert (ids, g_strdup (json_object_get_string_member (row, "id")),
+                             GUINT_TO_POINTER (json_array_get_length (leaves)));
+    }
+  return ids;
+}
+
+static void
+assert_same_ids (GHashTable *a, GHashTable *b)
+{
+  GHashTableIter iter;
+  gpointer key;
+
+  g_hash_table_iter_init (&iter, a);
+  while (g_hash_table_iter_next (&iter, &key, NULL))
+    if (!g_hash_table_contains (b, key))
+      g_error ("%s is in one set and not the other", (const char *)key);
+  g_assert_cmpuint (g_hash_table_size (a), ==, g_hash_table_size (b));
+}
+
+/* A pull into an empty store reads the feed with its documents and takes from it every
+ * revision that is a first revision and its document's only leaf; edited, conflicting and
+ * deleted documents still come through `_bulk_get`, and every tree ends equal to the
+ * server's. With feed-documents off, every revision goes through `_bulk_get`. */
+static void
+test_feed_documents (Fixture *f, gconstpointer data)
+{
+  g_autofree char *url = fixture_proxy_url (f);
+  g_autoptr (HbReplicationResult) pushed = NULL;
+  g_autoptr (GHashTable) server = NULL;
+  g_autoptr (GHashTable) beyond = NULL;
+  guint whole = 0, leaves = 0;
+  GHashTableIter iter;
+  gpointer value;
+
+  /* Notes, a tenth of them edited, some deleted, some in conflict (write_corpus). */
+  write_corpus (f->store, 230, 300);
+  pushed = replicate_ok (f->store, f->cache, f->db_url, HB_REPLICATION_DIRECTION_PUSH);
+  server = server_trees (f->db_url);
+  beyond = server_revisions_beyond_feed (f->db_url, &whole);
+  g_assert_cmpuint (whole, >, 150);
+  g_assert_cmpuint (g_hash_table_size (beyond), >, 20);
+  g_hash_table_iter_init (&iter, beyond);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    leaves += GPOINTER_TO_UINT (value);
+
+  for (guint on = 0; on < 2; on++)
+    {
+      g_autofree char *dir = NULL;
+      g_autoptr (HbStore) store = hb_test_store_new (&dir);
+      g_autoptr (Repl) rp = repl_new (store, f->cache, url, HB_REPLICATION_DIRECTION_PULL);
+      g_autoptr (HbReplicationResult) pulled = NULL;
+      g_autoptr (JsonNode) stats_root = NULL;
+      g_autoptr (GHashTable) fetched = NULL;
+      g_autoptr (GHashTable) copy = NULL;
+      JsonObject *stats;
+      guint changes = 0, with_docs = 0;
+      gint64 fetched_docs;
+
+      g_assert_true (hb_replicator_get_feed_documents (rp->r));
+      hb_replicator_set_feed_documents (rp->r, on);
+      hb_replicator_set_batch_size (rp->r, 40);
+      PROXY_DO (f->proxy, "{\"cmd\": \"clear-stats\"}");
+      pulled = repl_run_ok (rp);
+      g_assert_cmpuint (pulled->doc_write_failures, ==, 0);
+      g_assert_cmpuint (pulled->docs_written, ==, pushed->docs_written);
+      copy = hb_test_store_trees (store);
+      assert_trees_equal (copy, server);
+      assert_cache_empty (f->cache);
+
+      stats = proxy_stats (f->proxy, &stats_root);
+      stats_changes_with_docs (stats, &changes, &with_docs);
+      fetched = stats_batch_ids (stats, "bulk_get", 0);
+      fetched_docs
+          = json_object_get_int_member (json_object_get_object_member (stats, "bulk_get"), "docs");
+      g_assert_cmpuint (changes, >=, 6);
+      if (on)
+        {
+          /* Three quarters of every page are served from it: the feed keeps its documents. */
+          g_assert_cmpuint (with_docs, ==, changes);
+          assert_same_ids (fetched, beyond);
+          g_assert_cmpint (fetched_docs, ==, leaves);
+        }
+      else
+        {
+          g_assert_cmpuint (with_docs, ==, 0);
+          g_assert_cmpint (fetched_docs, ==, pushed->docs_written);
+        }
+      hb_store_close (store);
+      hb_test_rmdir (dir);
+    }
+}
+
+/* The feed stops carrying documents when the store has them already and carries them again
+ * when new first revisions come: a store that pushed its notes pulls them back without one
+ * document in the feed, then pulls others' new notes mostly from the feed. */
+static void
+test_feed_documents_adapt (Fixture *f, gconstpointer data)
+{
+  g_autofree char *url = fixture_proxy_url (f);
+  g_autoptr (Repl) pull = repl_new (f->store, f->cache, url, HB_REPLICATION_DIRECTION_PULL);
+  g_autoptr (HbReplicationResult) pushed = NULL;
+  g_autoptr (HbReplicationResult) back = NULL;
+  g_autoptr (HbReplicationResult) news = NULL;
+  g_autoptr (JsonNode) stats_root = NULL;
+  g_autofree char *body = NULL;
+  JsonObject *stats;
+  guint changes = 0, with_docs = 0;
+  gint64 fetched_docs;
+
+  write_notes (f->store, "note:own:", 0, 200, 300);
+  pushed = replicate_ok (f->store, f->cache, url, HB_REPLICATION_DIRECTION_PUSH);
+  g_assert_cmpuint (pushed->docs_written, ==, 200);
+
+  hb_replicator_set_batch_size (pull->r, 40);
+  PROXY_DO (f->proxy, "{\"cmd\": \"clear-stats\"}");
+  back = repl_run_ok (pull);
+  g_assert_cmpuint (back->missing_checked, ==, 200);
+  g_assert_cmpuint (back->docs_written, ==, 0);
+  stats = proxy_stats (f->proxy, &stats_root);
+  stats_changes_with_docs (stats, &changes, &with_docs);
+  g_assert_cmpuint (changes, >=, 6);
+  g_assert_cmpuint (with_docs, ==, 0);
+
+  /* 240 new notes from another workstation: six pages of 40. */
+  body = notes_body ("note:other:", 240, 300);
+  server_bulk (f->db_url, body);
+  PROXY_DO (f->proxy, "{\"cmd\": \"clear-stats\"}");
+  g_clear_pointer (&stats_root, json_node_unref);
+  news = repl_run_ok (pull);
+  g_assert_cmpuint (news->docs_written, ==, 240);
+  g_assert_cmpuint (news->doc_write_failures, ==, 0);
+  stats = proxy_stats (f->proxy, &stats_root);
+  stats_changes_with_docs (stats, &changes, &with_docs);
+  fetched_docs
+      = json_object_get_int_member (json_object_get_object_member (stats, "bulk_get"), "docs");
+  /* The first page is read without documents and shows what is missing; the page read ahead
+   * beside it may be too; from then on the documents come in the feed. */
+  g_assert_cmpuint (with_docs, >=, 3);
+  g_assert_cmpint (fetched_docs, >=, 40);
+  g_assert_cmpint (fetched_docs, <=, 120);
+  {
+    g_autoptr (GHashTable) seqs = store_seqs (f->store);
+
+    g_assert_cmpuint (g_hash_table_size (seqs), ==, 440);
+  }
+  {
+    g_autoptr (GHashTable) local = hb_test_store_trees (f->store);
+    g_autoptr (GHashTable) server = server_trees (f->db_url);
+
+    assert_trees_equal (local, server);
+  }
+  assert_cache_empty (f->cache);
+}
+
+/* Pages that come with documents and still need `_bulk_get` for part of their revisions (a
+ * quarter of the server's documents are second revisions, spread through the feed): the fetch
+ * ahead of such a page fails, and what the feed carried of it is not lost or written twice;
+ * a `_changes` page that fails, or is cut short, is read again. */
+static void
+test_feed_documents_faults (Fixture *f, gconstpointer data)
+{
+  g_autofree char *url = fixture_proxy_url (f);
+  g_autofree char *dir = NULL;
+  g_autoptr (HbStore) store = hb_test_store_new (&dir);
+  g_autoptr (Repl) pull = repl_new (store, f->cache, url, HB_REPLICATION_DIRECTION_PULL);
+  g_autoptr (HbReplicationResult) pulled = NULL;
+  g_autoptr (JsonNode) stats_root = NULL;
+  g_autoptr (JsonNode) fault = NULL;
+  g_autoptr (JsonNode) changes_fault = NULL;
+  g_autoptr (JsonNode) cut_fault = NULL;
+  g_autoptr (GHashTable) second = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  g_autoptr (GHashTable) fetched = NULL;
+  g_autoptr (GString) body = g_string_new ("{\"new_edits\":false,\"docs\":[");
+  g_autoptr (GRand) rand = g_rand_new_with_seed (99);
+  JsonObject *stats;
+  guint changes = 0, with_docs = 0;
+
+  for (guint i = 0; i < 200; i++)
+    {
+      g_autofree char *id = g_strdup_printf ("note:%05u", i);
+      g_autoptr (JsonNode) note
+          = hb_test_note (rand, id, "session:s1", "patient:p1", "2024-05-01T10:00:00Z", 300);
+      JsonObject *doc = json_node_get_object (note);
+      g_autofree char *h1 = g_compute_checksum_for_string (G_CHECKSUM_MD5, id, -1);
+      g_autofree char *seed2 = g_strconcat (id, "/2", NULL);
+      g_autofree char *h2 = g_compute_checksum_for_string (G_CHECKSUM_MD5, seed2, -1);
+      g_autofree char *text = NULL;
+
+      if (i % 4 == 1)
+        {
+          g_autofree char *rev = g_strconcat ("2-", h2, NULL);
+          JsonObject *revisions = json_object_new ();
+          JsonArray *ids = json_array_new ();
+
+          json_array_add_string_element (ids, h2);
+          json_array_add_string_element (ids, h1);
+          json_object_set_int_member (revisions, "start", 2);
+          json_object_set_array_member (revisions, "ids", ids);
+          json_object_set_string_member (doc, "_rev", rev);
+          json_object_set_object_member (doc, "_revisions", revisions);
+          g_hash_table_add (second, g_strdup (id));
+        }
+      else
+        {
+          g_autofree char *rev = g_strconcat ("1-", h1, NULL);
+
+          json_object_set_string_member (doc, "_rev", rev);
+        }
+      text = hb_test_to_string (note);
+      if (i > 0)
+        g_string_append_c (body, ',');
+      g_string_append (body, text);
+    }
+  g_string_append (body, "]}");
+  server_bulk (f->db_url, body->str);
+
+  PROXY_DO (f->proxy, "{\"cmd\": \"config\", \"rules\": {\"faults\": null}}");
+  PROXY_DO (f->proxy, "{\"cmd\": \"clear-stats\"}");
+  /* The first _bulk_get is slow, so the next page's is fetched ahead beside it; that one
+   * fails. The third `_changes` answers 503, the fifth is cut in half. */
+  PROXY_DO (f->proxy, "{\"cmd\": \"fault\", \"fault\": {\"action\": \"delay\", \"ms\": 400, "
+                      "\"method\": \"POST\", \"path\": \"/_bulk_get$\", \"count\": 1}}");
+  fault = hb_test_proxy_cmd (f->proxy, "{\"cmd\": \"fault\", \"fault\": {\"action\": \"status\", "
+                                       "\"status\": 503, \"method\": \"POST\", "
+                                       "\"path\": \"/_bulk_get$\", \"skip\": 1, \"count\": 1}}");
+  changes_fault = hb_test_proxy_cmd (
+      f->proxy, "{\"cmd\": \"fault\", \"fault\": {\"action\": \"status\", \"status\": 503, "
+                "\"path\": \"/_changes$\", \"skip\": 2, \"count\": 1}}");
+  cut_fault
+      = hb_test_proxy_cmd (f->proxy, "{\"cmd\": \"fault\", \"fault\": {\"action\": \"truncate\", "
+                                     "\"path\": \"/_changes$\", \"skip\": 4, \"count\": 1}}");
+  hb_replicator_set_batch_size (pull->r, 50);
+  pulled = repl_run_ok (pull);
+  g_assert_cmpuint (pulled->docs_written, ==, 200);
+  g_assert_cmpuint (pulled->doc_write_failures, ==, 0);
+  stats = proxy_stats (f->proxy, &stats_root);
+  g_assert_cmpint (stats_max_in_flight (stats, "bulk_get"), ==, 2);
+  g_assert_cmpint (
+      fault_hits (stats, json_object_get_int_member (json_node_get_object (fault), "id")), ==, 1);
+  g_assert_cmpint (
+      fault_hits (stats, json_object_get_int_member (json_node_get_object (changes_fault), "id")),
+      ==, 1);
+  g_assert_cmpint (
+      fault_hits (stats, json_object_get_int_member (json_node_get_object (cut_fault), "id")), ==,
+      1);
+  stats_changes_with_docs (stats, &changes, &with_docs);
+  g_assert_cmpuint (with_docs, ==, changes);
+  /* Only the second revisions were asked of _bulk_get. */
+  fetched = stats_batch_ids (stats, "bulk_get", 0);
+  assert_same_ids (fetched, second);
+  {
+    g_autoptr (GHashTable) copy = hb_test_store_trees (store);
+    g_autoptr (GHashTable) server = server_trees (f->db_url);
+
+    assert_trees_equal (copy, server);
+  }
+  assert_cache_empty (f->cache);
+  hb_store_close (store);
+  hb_test_rmdir (dir);
 }
 
 /* Pulls the 100 notes of the server, two pages of 50, into a new store, the first _bulk_get
@@ -2399,6 +2704,7 @@ pull_with_failed_prefetch (
                              "\"skip\": 1, \"count\": %d}}",
                              failures);
   hb_replicator_set_batch_size (pull->r, 50);
+  hb_replicator_set_feed_documents (pull->r, FALSE);
   result = repl_run (pull, error);
   stats = proxy_stats (f->proxy, &stats_root);
   /* The second _bulk_get was the fetch ahead: it went out while the first was answered. */
@@ -2729,6 +3035,9 @@ main (int argc, char **argv)
   ADD ("filters", test_filters, NULL);
   ADD ("transient", test_transient, NULL);
   ADD ("prefetch-failures", test_prefetch_failures, NULL);
+  ADD ("feed-documents", test_feed_documents, NULL);
+  ADD ("feed-documents/adapt", test_feed_documents_adapt, NULL);
+  ADD ("feed-documents/faults", test_feed_documents_faults, NULL);
   ADD ("signals", test_signals, NULL);
 #undef ADD
 

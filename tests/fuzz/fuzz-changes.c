@@ -1,7 +1,9 @@
 /* libFuzzer target: a `_changes` answer (hb_remote_parse_changes) from arbitrary bytes, which
- * must read exactly as JSON-GLib's tree of it does (hb_remote_parse_changes_tree). */
+ * must read exactly as JSON-GLib's tree of it does (hb_remote_parse_changes_tree), the rows'
+ * documents (`include_docs=true`) included. */
 
 #include <stdint.h>
+#include <string.h>
 
 #include "hb-remote-parse-private.h"
 
@@ -50,6 +52,21 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
           g_assert_cmpstr (row->revs[j], ==, tree_row->revs[j]);
         }
       g_assert_true (row->deleted == tree_row->deleted);
+      /* The document as sent, and the tree's canonical form of it: the same JSON value. */
+      g_assert_true ((row->doc == NULL) == (tree_row->doc == NULL));
+      if (row->doc != NULL)
+        {
+          g_autoptr (GString) canonical = g_string_new (NULL);
+          gsize len, tree_len;
+          const guint8 *text = g_bytes_get_data (row->doc, &len);
+          const char *tree_text = g_bytes_get_data (tree_row->doc, &tree_len);
+
+          g_assert_cmpuint (len, >, 0);
+          g_assert_cmpint (text[0], ==, '{');
+          hb_json_append_canonical_text (canonical, text, len, FALSE);
+          g_assert_cmpuint (canonical->len, ==, tree_len);
+          g_assert_true (memcmp (canonical->str, tree_text, tree_len) == 0);
+        }
     }
   copy = hb_remote_changes_copy (changes);
   g_assert_cmpuint (copy->results->len, ==, changes->results->len);
