@@ -341,6 +341,7 @@ struct _Run
   HbRemoteChanges *ahead;
   NextPage *next;
   guint64 last_page_bytes; /* what the last page placed weighed */
+  guint64 page_bytes;      /* what the page being placed weighs so far */
   /* "id\nrev" of every revision this run holds in the cache, in a batch not yet written:
    * `latest=true` can bring the same revision in two pages, and one cache entry serves both. */
   GHashTable *inflight;
@@ -1117,12 +1118,12 @@ place_fetched (Run *run)
       run->counts.docs_read++;
       run->fetched_pos++;
     }
-  run->last_page_bytes = 0;
+  /* A page may come in two parts: what its rows carried, then what `_bulk_get` read. */
   for (guint i = 0; i < run->fetched->len; i++)
     {
       Fetched *f = g_ptr_array_index (run->fetched, i);
 
-      run->last_page_bytes += f->text != NULL ? g_bytes_get_size (f->text) : 0;
+      run->page_bytes += f->text != NULL ? g_bytes_get_size (f->text) : 0;
     }
   g_clear_pointer (&run->fetched, g_ptr_array_unref);
   run->fetched_pos = 0;
@@ -2271,6 +2272,8 @@ reader_step (Run *run)
           return;
         }
       /* The page is in batches: the last one completes the page's sequence. */
+      run->last_page_bytes = run->page_bytes;
+      run->page_bytes = 0;
       g_clear_pointer (&run->page_missing, g_ptr_array_unref);
       close_batch (run, run->page_seq);
       g_clear_pointer (&run->since, json_node_unref);
