@@ -614,12 +614,15 @@ static void
 test_get_many_json (Fixture *f, gconstpointer data)
 {
   g_autoptr (GError) error = NULL;
-  const char *const ids[] = { "p:1", "empty", "c", "missing", "gone", NULL };
+  /* A document twice, and missing and deleted ones among the others. */
+  const char *const ids[] = { "p:1", "empty", "c", "missing", "gone", "p:1", "c", NULL };
   g_autoptr (GPtrArray) nodes = NULL;
   g_autoptr (GPtrArray) texts = NULL;
   g_autofree char *rev = NULL;
   g_autofree char *del = NULL;
   HbGetFlags flags = HB_GET_FLAGS_CONFLICTS | HB_GET_FLAGS_REVISIONS;
+  const HbGetFlags all_flags[] = { HB_GET_FLAGS_NONE, HB_GET_FLAGS_DELETED,
+                                   HB_GET_FLAGS_CONFLICTS | HB_GET_FLAGS_REVISIONS };
 
   g_free (put_ok (f->store, "{\"_id\":\"p:1\",\"type\":\"patient\",\"name\":\"A \\\"q\\\" é\","
                             "\"n\":[1,2.5,{\"z\":null,\"a\":true}]}"));
@@ -653,6 +656,36 @@ test_get_many_json (Fixture *f, gconstpointer data)
           /* The same document, whichever way it was read. */
           g_assert_true (json_node_equal (parsed, nodes->pdata[i]));
         }
+    }
+
+  /* Several documents are read in one statement and one alone by itself: each entry of a
+   * batch is what reading its document alone gives, documents and errors alike. */
+  for (guint k = 0; k < G_N_ELEMENTS (all_flags); k++)
+    {
+      g_autoptr (GPtrArray) batch
+          = hb_store_get_many_sync (f->store, ids, all_flags[k], NULL, &error);
+      g_autoptr (GPtrArray) batch_texts
+          = hb_store_get_many_json_sync (f->store, ids, all_flags[k], NULL, &error);
+
+      g_assert_no_error (error);
+      g_assert_cmpuint (batch->len, ==, G_N_ELEMENTS (ids) - 1);
+      g_assert_cmpuint (batch_texts->len, ==, batch->len);
+      for (guint i = 0; ids[i] != NULL; i++)
+        {
+          const char *one[] = { ids[i], NULL };
+          g_autoptr (GPtrArray) alone
+              = hb_store_get_many_sync (f->store, one, all_flags[k], NULL, &error);
+          g_autoptr (GPtrArray) alone_text
+              = hb_store_get_many_json_sync (f->store, one, all_flags[k], NULL, &error);
+
+          g_assert_no_error (error);
+          g_assert_true (json_node_equal (batch->pdata[i], alone->pdata[0]));
+          g_assert_true (g_bytes_equal (batch_texts->pdata[i], alone_text->pdata[0]));
+        }
+      /* Missing, and deleted unless asked for. */
+      g_assert_true (json_object_has_member (json_node_get_object (batch->pdata[3]), "error"));
+      g_assert_true (json_object_has_member (json_node_get_object (batch->pdata[4]), "error")
+                     == !(all_flags[k] & HB_GET_FLAGS_DELETED));
     }
 }
 
