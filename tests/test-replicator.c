@@ -541,6 +541,17 @@ assert_cache_empty (HbSyncCache *cache)
 }
 
 /* The checkpoint documents of a replication, on each side (NULL when missing). */
+/* Every revision tree of @store equals the server's, and the cache is empty again. */
+static void
+assert_pulled_all (HbStore *store, HbSyncCache *cache, const char *db_url)
+{
+  g_autoptr (GHashTable) local = hb_test_store_trees (store);
+  g_autoptr (GHashTable) server = server_trees (db_url);
+
+  assert_trees_equal (local, server);
+  assert_cache_empty (cache);
+}
+
 static JsonNode *
 local_checkpoint (HbStore *store, const char *rep_id)
 {
@@ -2562,13 +2573,7 @@ test_feed_documents_adapt (Fixture *f, gconstpointer data)
 
     g_assert_cmpuint (g_hash_table_size (seqs), ==, 440);
   }
-  {
-    g_autoptr (GHashTable) local = hb_test_store_trees (f->store);
-    g_autoptr (GHashTable) server = server_trees (f->db_url);
-
-    assert_trees_equal (local, server);
-  }
-  assert_cache_empty (f->cache);
+  assert_pulled_all (f->store, f->cache, f->db_url);
 }
 
 /* Pages that come with documents and still need `_bulk_get` for part of their revisions (a
@@ -2667,13 +2672,7 @@ test_feed_documents_faults (Fixture *f, gconstpointer data)
   /* Only the second revisions were asked of _bulk_get. */
   fetched = stats_batch_ids (stats, "bulk_get", 0);
   assert_same_ids (fetched, second);
-  {
-    g_autoptr (GHashTable) copy = hb_test_store_trees (store);
-    g_autoptr (GHashTable) server = server_trees (f->db_url);
-
-    assert_trees_equal (copy, server);
-  }
-  assert_cache_empty (f->cache);
+  assert_pulled_all (store, f->cache, f->db_url);
   hb_store_close (store);
   hb_test_rmdir (dir);
 }
