@@ -1669,11 +1669,16 @@ on_pull_revs_diff (GObject *source, GAsyncResult *result, gpointer data)
 
 static void on_pull_changes (GObject *source, GAsyncResult *result, gpointer data);
 
+static gboolean cache_has_room_for_pages (Run *run);
+
 /* Asks for the page of `_changes` after @since. */
 static void
 changes_send (Run *run, JsonNode *since, GAsyncReadyCallback callback)
 {
   HbReplicator *self = run->self;
+  /* A page's documents wait outside the cache until the reader places them, as a page fetched
+   * ahead does: so only while the cache has room for them. */
+  gboolean with_docs = run->inline_docs && cache_has_room_for_pages (run);
 
   op_begin (run);
   if (run->selector != NULL)
@@ -1686,7 +1691,7 @@ changes_send (Run *run, JsonNode *since, GAsyncReadyCallback callback)
       char *text;
 
       g_string_append_printf (path, "&limit=%u", self->batch_size);
-      if (run->inline_docs)
+      if (with_docs)
         g_string_append (path, "&include_docs=true");
       if (since != NULL)
         {
@@ -1709,7 +1714,7 @@ changes_send (Run *run, JsonNode *since, GAsyncReadyCallback callback)
                                run);
       return;
     }
-  if (run->inline_docs)
+  if (with_docs)
     hb_remote_changes_docs_async (self->remote, since, self->batch_size,
                                   (const char *const *)run->pull_doc_ids, run->cancellable,
                                   callback, run);
@@ -3609,7 +3614,9 @@ hb_replicator_class_init (HbReplicatorClass *klass)
    * through `_bulk_get`. The replicator turns it off by itself for pages whose documents the
    * store already holds (at least half of a page's rows unused) and on again when at least
    * half of a page's rows are missing first revisions; a pull into an empty store starts with
-   * it on. Off, every revision is read with `_bulk_get` as in CouchDB's own replicator.
+   * it on. A page's documents wait outside the sync cache until they are placed, as a page
+   * fetched ahead does, so the feed carries them only while the cache has room for two more
+   * pages. Off, every revision is read with `_bulk_get` as in CouchDB's own replicator.
    */
   properties[PROP_FEED_DOCUMENTS]
       = g_param_spec_boolean ("feed-documents", NULL, NULL, TRUE,
