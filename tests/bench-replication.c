@@ -993,18 +993,37 @@ figures (Measure (*m)[N_CLIENTS][N_DIRS], guint n_runs, Client c, Direction d, F
   return summarize (values, n_runs, fig == FIG_RATE);
 }
 
-/* a against b: best against best, then medians; goal_min/goal_max 0 when there is none. */
+/* Client @a against client @b in direction @d: best against best, then medians, then run by
+ * run (the two ran minutes apart at most, so a slow spell of the machine weighs on that ratio
+ * least); goal_min/goal_max 0 when there is none. */
 static void
-print_ratio (const char *what, Figures a, Figures b, double goal_min, double goal_max)
+print_ratio (const char *what,
+             Measure (*m)[N_CLIENTS][N_DIRS],
+             guint n_runs,
+             Client a_client,
+             Client b_client,
+             Direction d,
+             Fig fig,
+             double goal_min,
+             double goal_max)
 {
+  Figures a = figures (m, n_runs, a_client, d, fig);
+  Figures b = figures (m, n_runs, b_client, d, fig);
   double ratio = a.best / b.best;
+  double paired[MAX_RUNS];
 
   g_print ("  %-28s %5.2f", what, ratio);
   if (goal_min > 0)
     g_print (" (goal >= %.2f)%s", goal_min, ratio >= goal_min ? "" : "  BELOW GOAL");
   if (goal_max > 0)
     g_print (" (goal <= %.2f)%s", goal_max, ratio <= goal_max ? "" : "  BELOW GOAL");
-  g_print ("; medians %.2f\n", a.median / b.median);
+  g_print ("; medians %.2f; run by run", a.median / b.median);
+  for (guint r = 0; r < n_runs; r++)
+    {
+      paired[r] = figure_of (&m[r][a_client][d], fig) / figure_of (&m[r][b_client][d], fig);
+      g_print (" %.2f", paired[r]);
+    }
+  g_print (" (median %.2f)\n", summarize (paired, n_runs, TRUE).median);
 }
 
 static void
@@ -1032,19 +1051,19 @@ print_direction (Measure (*m)[N_CLIENTS][N_DIRS],
                server.best, server.median);
     }
   if (enabled[CLIENT_OURS] && enabled[CLIENT_RAW])
-    print_ratio ("ours/raw docs/s", figures (m, n_runs, CLIENT_OURS, d, FIG_RATE),
-                 figures (m, n_runs, CLIENT_RAW, d, FIG_RATE), GOAL_RAW_RATE, 0);
+    print_ratio ("ours/raw docs/s", m, n_runs, CLIENT_OURS, CLIENT_RAW, d, FIG_RATE, GOAL_RAW_RATE,
+                 0);
   if (enabled[CLIENT_OURS] && enabled[CLIENT_RAW_FEED] && d == DIR_PULL)
-    print_ratio ("ours/raw, feed docs docs/s", figures (m, n_runs, CLIENT_OURS, d, FIG_RATE),
-                 figures (m, n_runs, CLIENT_RAW_FEED, d, FIG_RATE), 0, 0);
+    print_ratio ("ours/raw, feed docs docs/s", m, n_runs, CLIENT_OURS, CLIENT_RAW_FEED, d, FIG_RATE,
+                 0, 0);
   if (enabled[CLIENT_OURS] && enabled[CLIENT_POUCHDB])
     {
-      print_ratio ("ours/PouchDB docs/s", figures (m, n_runs, CLIENT_OURS, d, FIG_RATE),
-                   figures (m, n_runs, CLIENT_POUCHDB, d, FIG_RATE), GOAL_POUCH_RATE, 0);
-      print_ratio ("ours/PouchDB client CPU", figures (m, n_runs, CLIENT_OURS, d, FIG_CPU),
-                   figures (m, n_runs, CLIENT_POUCHDB, d, FIG_CPU), 0, GOAL_POUCH_CPU);
-      print_ratio ("ours/PouchDB peak RSS", figures (m, n_runs, CLIENT_OURS, d, FIG_RSS),
-                   figures (m, n_runs, CLIENT_POUCHDB, d, FIG_RSS), 0, 0);
+      print_ratio ("ours/PouchDB docs/s", m, n_runs, CLIENT_OURS, CLIENT_POUCHDB, d, FIG_RATE,
+                   GOAL_POUCH_RATE, 0);
+      print_ratio ("ours/PouchDB client CPU", m, n_runs, CLIENT_OURS, CLIENT_POUCHDB, d, FIG_CPU, 0,
+                   GOAL_POUCH_CPU);
+      print_ratio ("ours/PouchDB peak RSS", m, n_runs, CLIENT_OURS, CLIENT_POUCHDB, d, FIG_RSS, 0,
+                   0);
     }
 }
 
