@@ -648,12 +648,21 @@ store_seqs (HbStore *store)
   return seqs;
 }
 
+/* The rows of the server's whole feed; *root holds them. */
+static JsonArray *
+server_feed (const char *db_url, JsonNode **root)
+{
+  g_autofree char *url = g_strdup_printf ("%s/_changes?style=all_docs", db_url);
+
+  *root = hb_test_http_json ("GET", url, NULL, NULL);
+  return json_object_get_array_member (json_node_get_object (*root), "results");
+}
+
 static GHashTable *
 server_seqs (const char *db_url)
 {
-  g_autofree char *url = g_strdup_printf ("%s/_changes?style=all_docs", db_url);
-  g_autoptr (JsonNode) changes = hb_test_http_json ("GET", url, NULL, NULL);
-  JsonArray *rows = json_object_get_array_member (json_node_get_object (changes), "results");
+  g_autoptr (JsonNode) changes = NULL;
+  JsonArray *rows = server_feed (db_url, &changes);
   GHashTable *seqs = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
 
   for (guint i = 0; i < json_array_get_length (rows); i++)
@@ -2412,9 +2421,8 @@ stats_changes_with_docs (JsonObject *stats, guint *total, guint *with_docs)
 static GHashTable *
 server_revisions_beyond_feed (const char *db_url, guint *whole)
 {
-  g_autofree char *changes_url = g_strdup_printf ("%s/_changes?style=all_docs", db_url);
-  g_autoptr (JsonNode) changes = hb_test_http_json ("GET", changes_url, NULL, NULL);
-  JsonArray *rows = json_object_get_array_member (json_node_get_object (changes), "results");
+  g_autoptr (JsonNode) changes = NULL;
+  JsonArray *rows = server_feed (db_url, &changes);
   GHashTable *ids = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
 
   *whole = 0;
