@@ -256,13 +256,13 @@ typedef enum
 typedef struct
 {
   HbRemoteChanges *changes;
-  JsonNode *since;    /* the sequence it follows: the current page's */
-  GPtrArray *order;   /* its ids, in page order */
-  GPtrArray *missing; /* DocRef: those to fetch */
+  JsonNode *since;           /* the sequence it follows: the current page's */
+  GPtrArray *order;          /* its ids, in page order */
+  GPtrArray *missing;        /* DocRef: those to fetch */
   Inline *inline_docs;       /* until its revs_diff is back */
   GPtrArray *inline_fetched; /* Fetched: those its rows carried, or NULL */
-  GPtrArray *fetched; /* Fetched, when ready */
-  GError *error;      /* why its `_bulk_get` failed, when it did */
+  GPtrArray *fetched;        /* Fetched, when ready */
+  GError *error;             /* why its `_bulk_get` failed, when it did */
   NextState state;
   gboolean wanted; /* the reader waits for it */
 } NextPage;
