@@ -840,6 +840,18 @@ span_get_array (const char *what, const HbJsonSpan *value, const char *name, GEr
   return TRUE;
 }
 
+/* The text of @value, NUL-terminated, as bytes wiped when the last reference goes. */
+static GBytes *
+span_wiped_copy (const HbJsonSpan *value)
+{
+  gsize len = value->end - value->start;
+  char *text = g_malloc (len + 1);
+
+  memcpy (text, value->start, len);
+  text[len] = '\0';
+  return wiped_bytes_take (text, len);
+}
+
 void
 hb_remote_raw_revision_free (HbRemoteRawRevision *revision)
 {
@@ -862,8 +874,6 @@ raw_ok_revision (const char *what, const HbJsonSpan *doc, GError **error)
 {
   g_autoptr (HbRemoteRawRevision) revision = g_new0 (HbRemoteRawRevision, 1);
   HbJsonSpan values[G_N_ELEMENTS (ok_names) - 1];
-  gsize len = doc->end - doc->start;
-  char *text;
 
   if (!hb_json_span_is (doc, '{'))
     {
@@ -874,10 +884,7 @@ raw_ok_revision (const char *what, const HbJsonSpan *doc, GError **error)
   if (!span_get_string (what, &values[0], "_id", TRUE, &revision->id, error)
       || !span_get_string (what, &values[1], "_rev", TRUE, &revision->rev, error))
     return NULL;
-  text = g_malloc (len + 1);
-  memcpy (text, doc->start, len);
-  text[len] = '\0';
-  revision->text = wiped_bytes_take (text, len);
+  revision->text = span_wiped_copy (doc);
   return g_steal_pointer (&revision);
 }
 
@@ -1048,18 +1055,12 @@ walk_change_row (const char *what, const HbJsonSpan *row, GError **error)
   change->deleted = hb_json_span_is (&values[3], 't');
   if (values[4].start != NULL && !hb_json_span_is (&values[4], 'n'))
     {
-      gsize len = values[4].end - values[4].start;
-      char *text;
-
       if (!hb_json_span_is (&values[4], '{'))
         {
           bad (error, what, "“doc” is not an object");
           return NULL;
         }
-      text = g_malloc (len + 1);
-      memcpy (text, values[4].start, len);
-      text[len] = '\0';
-      change->doc = wiped_bytes_take (text, len);
+      change->doc = span_wiped_copy (&values[4]);
     }
   return g_steal_pointer (&change);
 }
