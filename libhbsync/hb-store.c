@@ -2076,12 +2076,11 @@ typedef struct
   const char *const *ids;
   HbGetFlags flags;
   GPtrArray *results;
-  /* How one document is read, and what stands in its place when it cannot be. */
-  gpointer (*read_one) (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GError **error);
-  gpointer (*error_item) (const char *id, const GError *error);
-  /* What read_one makes of a document once its row is loaded. */
+  /* What is made of a document once its row is loaded, and what stands in its place when it
+   * cannot be read. */
   gpointer (*from_state) (
       HbStore *self, HbConn *c, DocState *st, gint index, HbGetFlags flags, GError **error);
+  gpointer (*error_item) (const char *id, const GError *error);
 } ManyArgs;
 
 static JsonNode *
@@ -2165,9 +2164,12 @@ get_many_rows (
     {
       if (ok && items[i] == NULL)
         {
-          g_autoptr (GError) missing = g_error_new (HB_STORE_ERROR, HB_STORE_ERROR_NOT_FOUND,
-                                                    "No document %s", args->ids[i]);
+          /* No row: the error of a document that does not exist. */
+          g_auto (DocState) none = { 0 };
+          g_autoptr (GError) missing = NULL;
+          gint index;
 
+          (void)pick_revision (&none, args->ids[i], NULL, args->flags, &index, &missing);
           items[i] = args->error_item (args->ids[i], missing);
         }
       /* On failure the caller drops the array, and with it what is in it. */
@@ -2182,32 +2184,27 @@ get_many_func (HbStore *self, HbConn *c, gpointer data, GCancellable *cancellabl
 {
   ManyArgs *args = data;
   guint n = g_strv_length ((char **)args->ids);
+  g_autoptr (GError) doc_error = NULL;
+  g_auto (DocState) st = { 0 };
+  gpointer doc = NULL;
+  gint index;
 
   if (n >= 2)
     return get_many_rows (self, c, args, n, cancellable, error);
-  for (guint i = 0; args->ids[i] != NULL; i++)
+  if (n == 0)
+    return TRUE;
+  /* One document alone: its own lookup. */
+  if (g_cancellable_set_error_if_cancelled (cancellable, error))
+    return FALSE;
+  if (locate_doc (self, c, &st, args->ids[0], NULL, args->flags, &index, &doc_error))
+    doc = args->from_state (self, c, &st, index, args->flags, &doc_error);
+  if (doc == NULL && is_fatal (doc_error))
     {
-      g_autoptr (GError) doc_error = NULL;
-      gpointer doc;
-
-      if (g_cancellable_set_error_if_cancelled (cancellable, error))
-        return FALSE;
-      doc = args->read_one (self, c, args->ids[i], args->flags, &doc_error);
-      if (doc == NULL && is_fatal (doc_error))
-        {
-          g_propagate_error (error, g_steal_pointer (&doc_error));
-          return FALSE;
-        }
-      g_ptr_array_add (args->results,
-                       doc != NULL ? doc : args->error_item (args->ids[i], doc_error));
+      g_propagate_error (error, g_steal_pointer (&doc_error));
+      return FALSE;
     }
+  g_ptr_array_add (args->results, doc != NULL ? doc : args->error_item (args->ids[0], doc_error));
   return TRUE;
-}
-
-static gpointer
-read_winner (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GError **error)
-{
-  return read_doc (self, c, id, NULL, flags, error);
 }
 
 static gpointer
@@ -2332,12 +2329,6 @@ json_of_state (HbStore *self, HbConn *c, DocState *st, gint index, HbGetFlags fl
   /* Not counted in the size, as with a GString: callers may treat the text as a string. */
   out[len] = '\0';
   return g_bytes_new_with_free_func (out, len, wipe_free, out);
-}
-
-static gpointer
-read_doc_json (HbStore *self, HbConn *c, const char *id, HbGetFlags flags, GError **error)
-{
-  return read_rev_json (self, c, id, NULL, flags, error);
 }
 
 typedef struct
@@ -3745,7 +3736,7 @@ hb_store_get_many_sync (HbStore *self,
                         GCancellable *cancellable,
                         GError **error)
 {
-  ManyArgs args = { ids, flags, NULL, read_winner, error_item_node, doc_of_state };
+  ManyArgs args = { ids, flags, NULL, doc_of_state, error_item_node };
 
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (ids != NULL, NULL);
@@ -3774,7 +3765,7 @@ hb_store_get_many_json_sync (HbStore *self,
                              GCancellable *cancellable,
                              GError **error)
 {
-  ManyArgs args = { ids, flags, NULL, read_doc_json, error_item_bytes, json_of_state };
+  ManyArgs args = { ids, flags, NULL, json_of_state, error_item_bytes };
 
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (ids != NULL, NULL);
