@@ -2484,6 +2484,9 @@ test_parse_shapes (void)
     "{\"results\":[{\"seq\":1,\"id\":\"a\",\"changes\":[\"1-a\"]}],\"last_seq\":1}",
     "{\"results\":[{\"seq\":1,\"id\":\"a\",\"changes\":[{}]}],\"last_seq\":1}",
     "{\"results\":[{\"seq\":1,\"id\":\"a\",\"changes\":[],\"deleted\":1}],\"last_seq\":1}",
+    /* include_docs: a row's document is an object, or null. */
+    "{\"results\":[{\"seq\":1,\"id\":\"a\",\"changes\":[],\"doc\":1}],\"last_seq\":1}",
+    "{\"results\":[{\"seq\":1,\"id\":\"a\",\"changes\":[],\"doc\":[{}]}],\"last_seq\":1}",
     "{\"results\":[],\"last_seq\":1,\"pending\":\"2\"}",
   };
   static const char *const bad_revs_diff[] = {
@@ -2546,6 +2549,26 @@ test_parse_shapes (void)
     g_assert_cmpuint (g_strv_length (row->revs), ==, 0);
     g_assert_false (row->deleted);
     g_assert_cmpint (changes->pending, ==, -1);
+    /* The document, as its bytes were sent. */
+    g_assert_nonnull (row->doc);
+    g_assert_cmpmem (g_bytes_get_data (row->doc, NULL), g_bytes_get_size (row->doc), "{}", 2);
+  }
+  {
+    g_autoptr (GError) error = NULL;
+    g_autoptr (HbRemoteChanges) changes = hb_remote_parse_changes (
+        T ("{\"results\":[{\"seq\":1,\"id\":\"a\",\"changes\":[{\"rev\":\"1-a\"}],\"doc\":null},"
+           "{\"seq\":2,\"id\":\"b\",\"changes\":[{\"rev\":\"1-b\"}],"
+           "\"doc\":{ \"_id\" : \"b\", \"n\" : 1.50 }}],\"last_seq\":2}"),
+        &error);
+
+    g_assert_no_error (error);
+    g_assert_null (((HbRemoteChange *)g_ptr_array_index (changes->results, 0))->doc);
+    {
+      GBytes *doc = ((HbRemoteChange *)g_ptr_array_index (changes->results, 1))->doc;
+      const char *sent = "{ \"_id\" : \"b\", \"n\" : 1.50 }";
+
+      g_assert_cmpmem (g_bytes_get_data (doc, NULL), g_bytes_get_size (doc), sent, strlen (sent));
+    }
   }
   {
     g_autoptr (GError) error = NULL;
