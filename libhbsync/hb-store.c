@@ -172,6 +172,14 @@ finalize_stmt (gpointer stmt)
 #define READER_CACHE_KIB 16384
 #define WRITER_CACHE_KIB 2048
 
+/* Memory-mapped reads, up to this many bytes of the database file: a page already in the
+ * database file is read in place instead of copied into a page-cache buffer by a read call,
+ * and the buffer need not be allocated (each new one a fresh allocation the kernel must fault
+ * in). Pages still in the write-ahead log are read as before. What is mapped is the file's
+ * pages: sealed records, never plaintext. Measured on a fresh reader (bench-store), a batch
+ * read went from a third of plain SQLite's rate to three fifths. */
+#define MMAP_BYTES (256 * 1024 * 1024)
+
 static HbConn *
 conn_open (const char *path, guint cache_kib, GError **error)
 {
@@ -192,8 +200,9 @@ conn_open (const char *path, guint cache_kib, GError **error)
   /* temp_store=MEMORY: SQLite's own temp files would otherwise be plaintext-free but still
    * needless writes; FULL: an acknowledged write survives power loss, not just a crash. */
   pragmas = g_strdup_printf ("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-                             " PRAGMA temp_store=MEMORY; PRAGMA cache_size=-%u;",
-                             cache_kib);
+                             " PRAGMA temp_store=MEMORY; PRAGMA cache_size=-%u;"
+                             " PRAGMA mmap_size=%u;",
+                             cache_kib, MMAP_BYTES);
   if (!conn_exec (c, pragmas, error))
     {
       conn_free (c);
