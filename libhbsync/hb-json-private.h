@@ -10,6 +10,8 @@ G_BEGIN_DECLS
  * the same bytes, which is what revision hashes and blind indexes depend on. */
 void hb_json_append_canonical (GString *out, JsonNode *node);
 void hb_json_append_string (GString *out, const char *s);
+/* The same for @len bytes of @s, which need not be NUL-terminated (and must hold no NUL). */
+void hb_json_append_string_len (GString *out, const char *s, gsize len);
 void hb_json_append_double (GString *out, double d);
 /* A document's body: the object without its top-level special members (`_id`, `_rev`, ...). */
 void hb_json_append_canonical_body (GString *out, JsonObject *doc);

@@ -43,9 +43,15 @@ string_run_end (const guint8 *p, const guint8 *end)
 void
 hb_json_append_string (GString *out, const char *s)
 {
+  hb_json_append_string_len (out, s, strlen (s));
+}
+
+void
+hb_json_append_string_len (GString *out, const char *s, gsize len)
+{
   static const char hex[] = "0123456789abcdef";
   const guchar *p = (const guchar *)s;
-  const guchar *end = p + strlen (s);
+  const guchar *end = p + len;
 
   g_string_append_c (out, '"');
   for (;;)

@@ -66,4 +66,25 @@ void hb_rev_tree_remove_leaf (HbRevTree *tree, gint index, GArray *removed_bodie
 GBytes *hb_rev_tree_serialize (HbRevTree *tree, const char *id);
 HbRevTree *hb_rev_tree_deserialize (const guint8 *data, gsize len, char **out_id);
 
+/* The winner of a serialized tree, read in place: the spans point into the serialized bytes. */
+typedef struct
+{
+  const char *id;
+  gsize id_len;
+  guint pos;
+  const char *hash;
+  gsize hash_len;
+  gboolean deleted;
+  gint64 body;
+} HbRevPeek;
+
+/* How many nodes hb_rev_tree_peek_winner() reads; bigger trees are left to deserialization. */
+#define HB_REV_PEEK_MAX_NODES 64
+
+/* Fills @out with the document id and the winning revision (the first of hb_rev_tree_leaves()
+ * of the deserialized tree) without building the tree. FALSE when hb_rev_tree_deserialize()
+ * would refuse the bytes, and for trees of more than HB_REV_PEEK_MAX_NODES nodes: the caller
+ * then deserializes, which tells the two apart. */
+gboolean hb_rev_tree_peek_winner (const guint8 *data, gsize len, HbRevPeek *out);
+
 G_END_DECLS

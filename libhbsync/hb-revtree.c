@@ -378,17 +378,27 @@ get_u32 (Reader *r, guint32 *v)
   return TRUE;
 }
 
+/* A length-prefixed string holding no NUL, in place. */
+static gboolean
+get_span (Reader *r, const char **s, gsize *s_len)
+{
+  guint32 len;
+
+  if (!get_u32 (r, &len) || (gsize)(r->end - r->p) < len || memchr (r->p, 0, len) != NULL)
+    return FALSE;
+  *s = (const char *)r->p;
+  *s_len = len;
+  r->p += len;
+  return TRUE;
+}
+
 static char *
 get_string (Reader *r)
 {
-  guint32 len;
-  char *s;
+  const char *s;
+  gsize len;
 
-  if (!get_u32 (r, &len) || (gsize)(r->end - r->p) < len || memchr (r->p, 0, len) != NULL)
-    return NULL;
-  s = g_strndup ((const char *)r->p, len);
-  r->p += len;
-  return s;
+  return get_span (r, &s, &len) ? g_strndup (s, len) : NULL;
 }
 
 HbRevTree *
@@ -430,4 +440,80 @@ hb_rev_tree_deserialize (const guint8 *data, gsize len, char **out_id)
   if (out_id != NULL)
     *out_id = g_steal_pointer (&id);
   return g_steal_pointer (&tree);
+}
+
+typedef struct
+{
+  guint32 pos;
+  gint32 parent;
+  gboolean deleted;
+  gboolean has_child;
+  gint64 body;
+  const char *hash;
+  gsize hash_len;
+} PeekNode;
+
+/* compare_leaves() on spans: the hashes hold no NUL, so this orders them as strcmp() does. */
+static gboolean
+peek_better (const PeekNode *x, const PeekNode *y)
+{
+  int c;
+
+  if (x->deleted != y->deleted)
+    return !x->deleted;
+  if (x->pos != y->pos)
+    return x->pos > y->pos;
+  c = memcmp (x->hash, y->hash, MIN (x->hash_len, y->hash_len));
+  return c != 0 ? c > 0 : x->hash_len > y->hash_len;
+}
+
+gboolean
+hb_rev_tree_peek_winner (const guint8 *data, gsize len, HbRevPeek *out)
+{
+  Reader r = { data, data + len };
+  PeekNode nodes[HB_REV_PEEK_MAX_NODES];
+  const PeekNode *best = NULL;
+  guint32 n;
+
+  /* The checks of hb_rev_tree_deserialize(), in its order. */
+  if (len < 1 || *r.p++ != TREE_FORMAT || !get_span (&r, &out->id, &out->id_len)
+      || !get_u32 (&r, &n) || n > len || n > HB_REV_PEEK_MAX_NODES)
+    return FALSE;
+  for (guint32 i = 0; i < n; i++)
+    {
+      PeekNode *node = &nodes[i];
+      guint32 parent, lo, hi;
+
+      if (!get_u32 (&r, &node->pos) || !get_u32 (&r, &parent) || r.p >= r.end)
+        return FALSE;
+      node->deleted = *r.p++ != 0;
+      node->parent = (gint32)parent;
+      node->has_child = FALSE;
+      if (!get_u32 (&r, &lo) || !get_u32 (&r, &hi) || !get_span (&r, &node->hash, &node->hash_len))
+        return FALSE;
+      node->body = (gint64)((guint64)hi << 32 | lo);
+      if (node->parent < -1 || node->parent >= (gint)n || node->pos == 0)
+        return FALSE;
+    }
+  if (r.p != r.end)
+    return FALSE;
+  for (guint32 i = 0; i < n; i++)
+    if (nodes[i].parent >= 0)
+      {
+        if (nodes[nodes[i].parent].pos + 1 != nodes[i].pos)
+          return FALSE;
+        nodes[nodes[i].parent].has_child = TRUE;
+      }
+  /* Strictly better only: on a tie the earlier node wins, as in hb_rev_tree_winner(). */
+  for (guint32 i = 0; i < n; i++)
+    if (!nodes[i].has_child && (best == NULL || peek_better (&nodes[i], best)))
+      best = &nodes[i];
+  if (best == NULL)
+    return FALSE;
+  out->pos = best->pos;
+  out->hash = best->hash;
+  out->hash_len = best->hash_len;
+  out->deleted = best->deleted;
+  out->body = best->body;
+  return TRUE;
 }

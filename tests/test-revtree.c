@@ -1,6 +1,8 @@
 /* Revision-tree rules in isolation: winner choice, merging replicated histories, stemming and
  * purging, checked against CouchDB's documented behaviour. */
 
+#include <string.h>
+
 #include "hb-revtree-private.h"
 
 /* Builds a tree from histories, each "N-a N-1-b ..." newest first, merged in order; a leading
@@ -197,6 +199,142 @@ test_serialize_round_trip (void)
   g_assert_null (hb_rev_tree_deserialize ((const guint8 *)"\xff\xff\xff", 3, NULL));
 }
 
+/* hb_rev_tree_peek_winner() on @data says what deserializing it and asking for the winner
+ * says: the same id and winner where that works, a refusal where it does not (or where the
+ * tree is too big to peek at). */
+static void
+assert_peek_agrees (const guint8 *data, gsize len)
+{
+  g_autofree char *id = NULL;
+  g_autoptr (HbRevTree) tree = hb_rev_tree_deserialize (data, len, &id);
+  HbRevPeek peek;
+  gboolean peeked = hb_rev_tree_peek_winner (data, len, &peek);
+  gint winner;
+  HbRevNode *node;
+
+  if (tree == NULL || tree->nodes->len == 0 || tree->nodes->len > HB_REV_PEEK_MAX_NODES)
+    {
+      g_assert_false (peeked);
+      return;
+    }
+  g_assert_true (peeked);
+  winner = hb_rev_tree_winner (tree);
+  g_assert_cmpint (winner, >=, 0);
+  node = hb_rev_tree_node (tree, winner);
+  g_assert_cmpuint (peek.id_len, ==, strlen (id));
+  g_assert_cmpmem (peek.id, peek.id_len, id, strlen (id));
+  g_assert_cmpuint (peek.pos, ==, node->pos);
+  g_assert_cmpmem (peek.hash, peek.hash_len, node->hash, strlen (node->hash));
+  g_assert_cmpint (peek.deleted, ==, node->deleted);
+  g_assert_cmpint (peek.body, ==, node->body);
+}
+
+static void
+test_peek_cases (void)
+{
+  for (guint i = 0; i < G_N_ELEMENTS (winner_cases); i++)
+    {
+      g_autoptr (HbRevTree) tree = tree_from (winner_cases[i].histories);
+      g_autoptr (GBytes) bytes = NULL;
+      g_autoptr (GArray) leaves = hb_rev_tree_leaves (tree);
+      g_autofree char *rev = NULL;
+      g_autofree char *peeked_rev = NULL;
+      HbRevPeek peek;
+      gsize len;
+      const guint8 *data;
+
+      for (guint k = 0; k < tree->nodes->len; k++)
+        hb_rev_tree_node (tree, k)->body = 1000 + k;
+      bytes = hb_rev_tree_serialize (tree, "note:\"1\"");
+      data = g_bytes_get_data (bytes, &len);
+      g_assert_true (hb_rev_tree_peek_winner (data, len, &peek));
+      /* The first leaf in CouchDB's order, as the table above gives it. */
+      rev = hb_rev_tree_rev_string (tree, g_array_index (leaves, gint, 0));
+      peeked_rev = g_strdup_printf ("%u-%.*s", peek.pos, (int)peek.hash_len, peek.hash);
+      g_assert_cmpstr (peeked_rev, ==, rev);
+      g_assert_cmpint (peek.body, ==, 1000 + g_array_index (leaves, gint, 0));
+      g_assert_cmpmem (peek.id, peek.id_len, "note:\"1\"", 8);
+      assert_peek_agrees (data, len);
+    }
+}
+
+/* A random forest: branches off random earlier revisions, deletions, stemmed roots, hashes of
+ * random lengths that are prefixes of one another, so every rule of the order is met. */
+static HbRevTree *
+random_tree (GRand *rand, guint n)
+{
+  HbRevTree *tree = hb_rev_tree_new ();
+  static const char *const hashes[] = { "a", "ab", "abc", "b", "ba", "9", "10", "ff", "f" };
+
+  for (guint i = 0; i < n; i++)
+    {
+      gint parent = i == 0 || g_rand_int_range (rand, 0, 8) == 0
+                        ? -1
+                        : g_rand_int_range (rand, 0, (gint32)i);
+      guint pos = parent < 0 ? (guint)g_rand_int_range (rand, 1, 4)
+                             : hb_rev_tree_node (tree, parent)->pos + 1;
+      const char *base = hashes[g_rand_int_range (rand, 0, G_N_ELEMENTS (hashes))];
+      /* Mostly bare, so that equal hashes (ties) and prefixes of one another meet. */
+      g_autofree char *hash = g_rand_int_range (rand, 0, 3) == 0 ? g_strdup_printf ("%s%u", base, i)
+                                                                 : g_strdup (base);
+      gint index = hb_rev_tree_add (tree, parent, pos, hash, g_rand_int_range (rand, 0, 3) == 0);
+
+      hb_rev_tree_node (tree, index)->body
+          = g_rand_int_range (rand, -1, 3) == 0 ? 0 : (gint64)g_rand_int (rand) << 20;
+    }
+  return tree;
+}
+
+static void
+test_peek_random (void)
+{
+  g_autoptr (GRand) rand = g_rand_new_with_seed (20261208);
+  guint refused_big = 0;
+
+  for (guint round = 0; round < 3000; round++)
+    {
+      guint n = round < 2900 ? (guint)g_rand_int_range (rand, 1, 20)
+                             : (guint)g_rand_int_range (rand, 60, 90);
+      g_autoptr (HbRevTree) tree = random_tree (rand, n);
+      g_autoptr (GBytes) bytes = hb_rev_tree_serialize (tree, round % 2 ? "p:1" : "");
+      gsize len;
+      const guint8 *data = g_bytes_get_data (bytes, &len);
+      HbRevPeek peek;
+
+      assert_peek_agrees (data, len);
+      if (n > HB_REV_PEEK_MAX_NODES)
+        {
+          g_assert_false (hb_rev_tree_peek_winner (data, len, &peek));
+          refused_big++;
+        }
+    }
+  g_assert_cmpuint (refused_big, >, 0);
+}
+
+/* Damaged bytes: every truncation and every byte set to each of a few values. Whatever
+ * deserializing refuses, peeking refuses; whatever it reads, peeking reads the same. */
+static void
+test_peek_damaged (void)
+{
+  const char *const h[] = { "3-c 2-b 1-a", "!4-x 3-y 2-b 1-a", "2-d 1-a", NULL };
+  g_autoptr (HbRevTree) tree = tree_from (h);
+  g_autoptr (GBytes) bytes = hb_rev_tree_serialize (tree, "session:7");
+  gsize len;
+  const guint8 *data = g_bytes_get_data (bytes, &len);
+  g_autofree guint8 *copy = g_memdup2 (data, len);
+  static const guint8 values[] = { 0x00, 0x01, 0x02, 0x03, 0x04, 0x7f, 0xff };
+
+  for (gsize cut = 0; cut < len; cut++)
+    assert_peek_agrees (data, cut);
+  for (gsize at = 0; at < len; at++)
+    for (guint v = 0; v < G_N_ELEMENTS (values); v++)
+      {
+        copy[at] = values[v];
+        assert_peek_agrees (copy, len);
+        copy[at] = data[at];
+      }
+}
+
 int
 main (int argc, char *argv[])
 {
@@ -213,5 +351,8 @@ main (int argc, char *argv[])
   g_test_add_func ("/revtree/remove-leaf", test_remove_leaf);
   g_test_add_func ("/revtree/parse", test_parse);
   g_test_add_func ("/revtree/serialize", test_serialize_round_trip);
+  g_test_add_func ("/revtree/peek/cases", test_peek_cases);
+  g_test_add_func ("/revtree/peek/random", test_peek_random);
+  g_test_add_func ("/revtree/peek/damaged", test_peek_damaged);
   return g_test_run ();
 }

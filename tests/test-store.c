@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "hb-json-private.h"
+#include "hb-revtree-private.h"
 #include "hb-store-private.h"
 #include "hb-test-utils.h"
 
@@ -614,8 +615,13 @@ static void
 test_get_many_json (Fixture *f, gconstpointer data)
 {
   g_autoptr (GError) error = NULL;
-  /* A document twice, and missing and deleted ones among the others. */
-  const char *const ids[] = { "p:1", "empty", "c", "missing", "gone", "p:1", "c", NULL };
+  /* A document twice, and missing and deleted ones among the others; then an id that JSON
+   * must escape, a tree too big to be read in place (HB_REV_PEEK_MAX_NODES), and a live leaf
+   * that wins over a deeper deleted one. */
+  const char *const ids[]
+      = { "p:1",  "empty", "c", "missing", "gone", "p:1", "c", "q\"\\\n\x01\xc3\xa9",
+          "long", "dl",    NULL };
+  g_autofree char *long_rev = NULL;
   g_autoptr (GPtrArray) nodes = NULL;
   g_autoptr (GPtrArray) texts = NULL;
   g_autofree char *rev = NULL;
@@ -632,6 +638,19 @@ test_get_many_json (Fixture *f, gconstpointer data)
   rev = put_ok (f->store, "{\"_id\":\"gone\"}");
   del = hb_store_delete_sync (f->store, "gone", rev, NULL, &error);
   g_assert_no_error (error);
+  g_free (put_ok (f->store, "{\"_id\":\"q\\\"\\\\\\n\\u0001\xc3\xa9\",\"v\":1}"));
+  for (guint i = 0; i < HB_REV_PEEK_MAX_NODES + 6; i++)
+    {
+      g_autofree char *json
+          = long_rev == NULL
+                ? g_strdup ("{\"_id\":\"long\",\"n\":0}")
+                : g_strdup_printf ("{\"_id\":\"long\",\"_rev\":\"%s\",\"n\":%u}", long_rev, i);
+
+      g_free (long_rev);
+      long_rev = put_ok (f->store, json);
+    }
+  insert_history (f->store, "dl", "3-dddd 2-bbbb 1-aaaa", TRUE, NULL);
+  insert_history (f->store, "dl", "2-eeee 1-aaaa", FALSE, "{\"v\":3}");
 
   /* With and without the extras: the plain form is written by a shorter path. */
   for (guint pass = 0; pass < 2; pass++, flags = HB_GET_FLAGS_NONE)
@@ -682,6 +701,10 @@ test_get_many_json (Fixture *f, gconstpointer data)
           g_assert_true (json_node_equal (batch->pdata[i], alone->pdata[0]));
           g_assert_true (g_bytes_equal (batch_texts->pdata[i], alone_text->pdata[0]));
         }
+      /* The live leaf wins over the deeper deleted one. */
+      g_assert_cmpstr (
+          json_object_get_string_member (json_node_get_object (batch->pdata[9]), "_rev"), ==,
+          "2-eeee");
       /* Missing, and deleted unless asked for. */
       g_assert_true (json_object_has_member (json_node_get_object (batch->pdata[3]), "error"));
       g_assert_true (json_object_has_member (json_node_get_object (batch->pdata[4]), "error")
@@ -999,6 +1022,34 @@ test_tamper (Fixture *f, gconstpointer data)
     }
   g_assert_cmpuint (corrupt, ==, 6);
   g_assert_cmpuint (intact, ==, N_TAMPER_DOCS - 6);
+
+  /* The same as text, which a batch reads by another way. */
+  {
+    g_autoptr (GPtrArray) texts = hb_store_get_many_json_sync (f->store, ids, 0, NULL, &error);
+    guint corrupt_texts = 0;
+
+    g_assert_no_error (error);
+    g_assert_cmpuint (texts->len, ==, N_TAMPER_DOCS);
+    for (guint i = 0; i < texts->len; i++)
+      {
+        gsize len;
+        const char *text = g_bytes_get_data (texts->pdata[i], &len);
+        g_autofree char *copy = g_strndup (text, len);
+        g_autoptr (JsonNode) node = hb_test_json (copy);
+        JsonObject *o = json_node_get_object (node);
+        JsonObject *parsed = json_node_get_object (results->pdata[i]);
+
+        if (json_object_has_member (o, "error"))
+          {
+            g_assert_cmpstr (json_object_get_string_member (o, "error"), ==, "corrupt");
+            g_assert_true (json_object_has_member (parsed, "error"));
+            corrupt_texts++;
+          }
+        else
+          g_assert_cmpint (json_object_get_int_member (o, "n"), ==, i);
+      }
+    g_assert_cmpuint (corrupt_texts, ==, 6);
+  }
 
   /* Individually, too, with the right error code. */
   for (guint i = 0; i < N_TAMPER_DOCS; i++)
