@@ -1,16 +1,17 @@
 /* hb-keys-vtab: hb_keys(KEYS), the keys of a batch of documents as rows.
  *
  * KEYS is one blob of HB_KEYS_KEY_LEN-byte keys end to end. Each row is one key: its place in
- * the blob (i, from 0), its first HB_KEYS_PREFIX_LEN bytes (prefix) and the whole key (key),
- * so that a batch read is one join of hb_keys(?1) with the documents' key index:
+ * the blob (i, from 0), its first 8 bytes as an integer (prefix, hb_keys_prefix()) and the
+ * whole key (key), so that a batch read is one join of hb_keys(?1) with the documents' key
+ * index:
  *
  *   SELECT ... FROM hb_keys(?1) AS k CROSS JOIN docs AS d
- *    WHERE substr(d.doc_key, 1, 8) = k.prefix AND d.doc_key = k.key
+ *    WHERE d.key_prefix = k.prefix AND d.doc_key = k.key
  *
  * A recursive common table expression did the same with substr() over the bound blob, but paid
  * for a queue table (an insert and a delete per key) and for copying each substr() result into
- * a fresh buffer; here the values point into the cursor's copy of the keys, which stays put
- * until the statement is run again or closed. The keys are blind-index values (keyed HMACs),
+ * a fresh buffer; here the keys point into the cursor's copy of them, which stays put until the
+ * statement is run again or closed. The keys are blind-index values (keyed HMACs),
  * never plaintext. */
 
 #include <string.h>
@@ -48,7 +49,7 @@ keys_connect (sqlite3 *db,
               char **error_message)
 {
   KeysTable *table;
-  int rc = sqlite3_declare_vtab (db, "CREATE TABLE x (i INTEGER, prefix BLOB, key BLOB,"
+  int rc = sqlite3_declare_vtab (db, "CREATE TABLE x (i INTEGER, prefix INTEGER, key BLOB,"
                                      " keys HIDDEN)");
 
   if (rc != SQLITE_OK)
@@ -186,10 +187,10 @@ keys_column (sqlite3_vtab_cursor *base, sqlite3_context *context, int column)
       case COLUMN_I:
         sqlite3_result_int64 (context, cursor->i);
         break;
-      /* SQLITE_STATIC: the buffer is only replaced by the next filter or freed by close. */
       case COLUMN_PREFIX:
-        sqlite3_result_blob (context, key, HB_KEYS_PREFIX_LEN, SQLITE_STATIC);
+        sqlite3_result_int64 (context, hb_keys_prefix (key));
         break;
+      /* SQLITE_STATIC: the buffer is only replaced by the next filter or freed by close. */
       case COLUMN_KEY:
         sqlite3_result_blob (context, key, HB_KEYS_KEY_LEN, SQLITE_STATIC);
         break;

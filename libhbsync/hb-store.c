@@ -12,8 +12,8 @@
  *
  * A document's row is replaced on every change and takes the next sequence as its rowid, so
  * writes append to the table and to the per-field index segments instead of dirtying random
- * pages; only the doc_key index (on the key's first 8 bytes, so it stays small) is random, as
- * an id index is in any store. */
+ * pages; only the doc_key index (on key_prefix, the key's first 8 bytes as an integer, so it
+ * stays small) is random, as an id index is in any store. */
 
 #include <glib/gstdio.h>
 #include <malloc.h>
@@ -28,7 +28,7 @@
 #include "hb-wal-vfs-private.h"
 #include "hb-vault-private.h"
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 #define DEFAULT_REVS_LIMIT 1000
 #define INDEX_MAC_LEN 16
 /* WAL size, in frames (pages), at which a checkpoint is started in the background; at eight
@@ -624,9 +624,8 @@ meta_ad (const DocState *st, guint8 out[META_AD_LEN])
 
 #define DOC_COLUMNS "seq, doc_key, meta, type_mac, session_mac, patient_mac, body"
 /* A document's row by its key (parameter 1, bound with bind_doc_key), through the index on the
- * key's first 8 bytes (parameter 2: bound as bytes, so that no substr() is computed and copied
- * for every lookup). */
-#define DOC_KEY_MATCH "substr(doc_key, 1, 8) = ?2 AND doc_key = ?1"
+ * key's first 8 bytes as an integer (parameter 2). */
+#define DOC_KEY_MATCH "key_prefix = ?2 AND doc_key = ?1"
 /* The same columns for a row found by its key: the key is not read back (each blob column read
  * is a copy into a fresh allocation inside SQLite). */
 #define DOC_COLUMNS_BY_KEY "seq, NULL, meta, type_mac, session_mac, patient_mac, body"
@@ -637,7 +636,7 @@ static void
 bind_doc_key (sqlite3_stmt *stmt, const DocKey *dk)
 {
   sqlite3_bind_blob (stmt, 1, dk->b, HB_MAC_LEN, SQLITE_STATIC);
-  sqlite3_bind_blob (stmt, 2, dk->b, 8, SQLITE_STATIC);
+  sqlite3_bind_int64 (stmt, 2, hb_keys_prefix (dk->b));
 }
 
 /* The row's sequence, key (unless selected as NULL) and blind-index columns, into st. */
@@ -1576,7 +1575,7 @@ save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
     return FALSE;
   stmt = conn_stmt (c,
                     "INSERT INTO docs (seq, doc_key, meta, type_mac, session_mac, patient_mac,"
-                    " body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " body, key_prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     error);
   if (stmt == NULL)
     return FALSE;
@@ -1591,6 +1590,7 @@ save_row (HbStore *self, HbConn *c, DocState *st, guint64 seq, GError **error)
                        g_bytes_get_size (st->inline_body), SQLITE_STATIC);
   else
     sqlite3_bind_null (stmt, 7);
+  sqlite3_bind_int64 (stmt, 8, hb_keys_prefix (st->dk.b));
   return stmt_done (c, stmt, error);
 }
 
@@ -2124,7 +2124,7 @@ error_row (const char *id, const GError *error)
 #define DOC_ROWS_BY_KEYS                                                                           \
   "SELECT d.seq, NULL, d.meta, d.type_mac, d.session_mac, d.patient_mac, d.body, k.i"              \
   " FROM hb_keys(?1) AS k CROSS JOIN docs AS d"                                                    \
-  " WHERE substr(d.doc_key, 1, 8) = k.prefix AND d.doc_key = k.key"
+  " WHERE d.key_prefix = k.prefix AND d.doc_key = k.key"
 
 G_STATIC_ASSERT (HB_MAC_LEN == HB_KEYS_KEY_LEN);
 
@@ -3208,11 +3208,32 @@ static const char schema_v2[]
       "CREATE INDEX docs_session ON docs (session_mac) WHERE session_mac IS NOT NULL;"
       "CREATE INDEX docs_patient ON docs (patient_mac) WHERE patient_mac IS NOT NULL;";
 
+/* Version 3: the key index holds the key's first 8 bytes as an integer (key_prefix, filled by
+ * hb_key_prefix(), registered for the migration) instead of as an 8-byte blob: SQLite compares
+ * integer index keys by a shorter way than blobs, and a batch read spends a sixth of its time
+ * in that index. The column is written with every row. */
+static const char schema_v3[] = "ALTER TABLE docs ADD COLUMN key_prefix INTEGER;"
+                                "UPDATE docs SET key_prefix = hb_key_prefix(doc_key);"
+                                "DROP INDEX docs_key;"
+                                "CREATE INDEX docs_key ON docs (key_prefix);";
+
 /* Migrations, in order: entry i brings a file from version i to version i + 1. */
 static const char *const migrations[] = {
   schema_v1,
   schema_v2,
+  schema_v3,
 };
+
+/* hb_key_prefix(KEY): hb_keys_prefix() of a key in SQL, for schema_v3; NULL for what is not a
+ * key (such a row cannot be read anyway and reports corrupt). */
+static void
+sql_key_prefix (sqlite3_context *context, int argc, sqlite3_value **argv)
+{
+  if (sqlite3_value_type (argv[0]) == SQLITE_BLOB && sqlite3_value_bytes (argv[0]) == HB_MAC_LEN)
+    sqlite3_result_int64 (context, hb_keys_prefix (sqlite3_value_blob (argv[0])));
+  else
+    sqlite3_result_null (context);
+}
 
 G_STATIC_ASSERT (G_N_ELEMENTS (migrations) == SCHEMA_VERSION);
 
@@ -3267,6 +3288,11 @@ migrate (HbConn *c, GError **error)
 
   if (!conn_exec (c, "CREATE TABLE IF NOT EXISTS hb_meta (key TEXT PRIMARY KEY, value)", error))
     return FALSE;
+  if (sqlite3_create_function (c->db, "hb_key_prefix", 1,
+                               SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS, NULL,
+                               sql_key_prefix, NULL, NULL)
+      != SQLITE_OK)
+    return sql_error (c->db, sqlite3_errcode (c->db), "Cannot open the store", error);
   version = meta_int (c, "schema_version", 0);
   if (version > SCHEMA_VERSION)
     {

@@ -1255,10 +1255,16 @@ test_migration_from_v1 (void)
   store = hb_store_open_sync (vault, NULL, &error);
   g_assert_no_error (error);
   g_assert_cmpint (hb_test_sql_int (path, "SELECT value FROM hb_meta WHERE key = 'schema_version'"),
-                   ==, 2);
+                   ==, 3);
   g_assert_cmpint (hb_test_sql_int (path, "SELECT count(*) FROM sqlite_schema WHERE type = 'index'"
-                                          " AND name = 'docs_key'"),
+                                          " AND name = 'docs_key' AND sql LIKE '%(key_prefix)'"),
                    ==, 1);
+  /* Every row's key_prefix is its key's first 8 bytes, big-endian (SQLite prints a negative
+   * integer in hexadecimal as its 64 bits). */
+  g_assert_cmpint (hb_test_sql_int (path, "SELECT count(*) FROM docs WHERE key_prefix IS NULL"
+                                          " OR printf('%016X', key_prefix)"
+                                          " != hex(substr(doc_key, 1, 8))"),
+                   ==, 0);
   g_assert_cmpint (hb_test_sql_int (path, "SELECT count(*) FROM docs"), ==, 6);
   g_assert_cmpuint (hb_store_get_update_seq (store), ==, 9);
 
