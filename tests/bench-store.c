@@ -24,6 +24,7 @@
 #include <sqlite3.h>
 #include <string.h>
 
+#include "hb-keys-vtab-private.h"
 #include "hb-test-utils.h"
 
 #define N_DOCS 10000
@@ -335,58 +336,56 @@ sql_lane_put (SqlLane *l, const Corpus *corpus, guint b)
   l->put_us += g_get_monotonic_time () - start;
 }
 
-/* The bytes read as sql_lane_get does, through the memory-mapped connection. */
-static void
-sql_lane_get_mmap (SqlLane *l, const Corpus *corpus, guint b)
+/* Batch b selected through @db and @select, each body copied out (as a caller keeping the
+ * document would) and, with @parser, parsed; returns the microseconds it took. */
+static gint64
+sql_read_batch (SqlLane *l,
+                sqlite3 *db,
+                sqlite3_stmt *select,
+                const Corpus *corpus,
+                guint b,
+                JsonParser *parser)
 {
   gint64 start = g_get_monotonic_time ();
 
-  sql_exec (l->mmap_db, "BEGIN");
+  sql_exec (db, "BEGIN");
   for (guint i = b * BATCH; i < (b + 1) * BATCH; i++)
     {
       g_autoptr (GBytes) body = NULL;
 
-      sqlite3_bind_text (l->mmap_select, 1, g_ptr_array_index (corpus->ids, i), -1, SQLITE_STATIC);
-      if (sqlite3_step (l->mmap_select) != SQLITE_ROW)
-        g_error ("select: %s", sqlite3_errmsg (l->mmap_db));
-      body = g_bytes_new (sqlite3_column_blob (l->mmap_select, 0),
-                          sqlite3_column_bytes (l->mmap_select, 0));
-      sqlite3_reset (l->mmap_select);
+      sqlite3_bind_text (select, 1, g_ptr_array_index (corpus->ids, i), -1, SQLITE_STATIC);
+      if (sqlite3_step (select) != SQLITE_ROW)
+        g_error ("select: %s", sqlite3_errmsg (db));
+      body = g_bytes_new (sqlite3_column_blob (select, 0), sqlite3_column_bytes (select, 0));
+      sqlite3_reset (select);
       l->checksum += g_bytes_get_size (body);
-    }
-  sql_exec (l->mmap_db, "COMMIT");
-  l->mmap_get_us += g_get_monotonic_time () - start;
-}
-
-static void
-sql_lane_get (SqlLane *l, const Corpus *corpus, guint b, gboolean parse_json)
-{
-  gint64 start = g_get_monotonic_time ();
-
-  sql_exec (l->db, "BEGIN");
-  for (guint i = b * BATCH; i < (b + 1) * BATCH; i++)
-    {
-      g_autoptr (GBytes) body = NULL;
-
-      sqlite3_bind_text (l->select, 1, g_ptr_array_index (corpus->ids, i), -1, SQLITE_STATIC);
-      if (sqlite3_step (l->select) != SQLITE_ROW)
-        g_error ("select: %s", sqlite3_errmsg (l->db));
-      /* Copy the bytes out, as a caller keeping the document would. */
-      body = g_bytes_new (sqlite3_column_blob (l->select, 0), sqlite3_column_bytes (l->select, 0));
-      sqlite3_reset (l->select);
-      l->checksum += g_bytes_get_size (body);
-      if (parse_json)
+      if (parser != NULL)
         {
           g_autoptr (GError) error = NULL;
           gsize len;
           const char *data = g_bytes_get_data (body, &len);
 
-          if (!json_parser_load_from_data (l->parser, data, len, &error))
+          if (!json_parser_load_from_data (parser, data, len, &error))
             g_error ("parse: %s", error->message);
         }
     }
-  sql_exec (l->db, "COMMIT");
-  *(parse_json ? &l->parsed_get_us : &l->get_us) += g_get_monotonic_time () - start;
+  sql_exec (db, "COMMIT");
+  return g_get_monotonic_time () - start;
+}
+
+static void
+sql_lane_get (SqlLane *l, const Corpus *corpus, guint b, gboolean parse_json)
+{
+  gint64 us = sql_read_batch (l, l->db, l->select, corpus, b, parse_json ? l->parser : NULL);
+
+  *(parse_json ? &l->parsed_get_us : &l->get_us) += us;
+}
+
+/* The bytes read as sql_lane_get does, through the memory-mapped connection. */
+static void
+sql_lane_get_mmap (SqlLane *l, const Corpus *corpus, guint b)
+{
+  l->mmap_get_us += sql_read_batch (l, l->mmap_db, l->mmap_select, corpus, b, NULL);
 }
 
 static void
@@ -423,17 +422,6 @@ typedef struct
   gsize checksum;
   gint64 put_us, get_us;
 } FloorLane;
-
-/* The store's key_prefix: the key's first 8 bytes, big-endian, as a signed integer. */
-static gint64
-key_prefix (const guint8 *key)
-{
-  guint64 v = 0;
-
-  for (guint i = 0; i < 8; i++)
-    v = v << 8 | key[i];
-  return (gint64)v;
-}
 
 static void
 floor_lane_open (FloorLane *l)
@@ -499,7 +487,7 @@ floor_lane_put (FloorLane *l, const Corpus *corpus, guint b)
       for (guint f = 0; f < 3; f++)
         sqlite3_bind_blob (l->insert, 4 + f, l->macs[f], 16, SQLITE_STATIC);
       sqlite3_bind_blob (l->insert, 7, l->scratch, len + 28, SQLITE_STATIC);
-      sqlite3_bind_int64 (l->insert, 8, key_prefix (l->keys->data + 32 * i));
+      sqlite3_bind_int64 (l->insert, 8, hb_keys_prefix (l->keys->data + 32 * i));
       if (sqlite3_step (l->insert) != SQLITE_DONE)
         g_error ("insert: %s", sqlite3_errmsg (l->db));
       sqlite3_reset (l->insert);
@@ -523,7 +511,7 @@ floor_lane_get (FloorLane *l, guint b)
       g_autoptr (GBytes) body = NULL;
 
       sqlite3_bind_blob (l->select, 1, l->keys->data + 32 * i, 32, SQLITE_STATIC);
-      sqlite3_bind_int64 (l->select, 2, key_prefix (l->keys->data + 32 * i));
+      sqlite3_bind_int64 (l->select, 2, hb_keys_prefix (l->keys->data + 32 * i));
       if (sqlite3_step (l->select) != SQLITE_ROW)
         g_error ("select: %s", sqlite3_errmsg (l->db));
       body = g_bytes_new (sqlite3_column_blob (l->select, 6), sqlite3_column_bytes (l->select, 6));
