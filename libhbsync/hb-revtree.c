@@ -392,13 +392,41 @@ get_span (Reader *r, const char **s, gsize *s_len)
   return TRUE;
 }
 
-static char *
-get_string (Reader *r)
+/* A serialized node, its hash in place. */
+typedef struct
 {
-  const char *s;
-  gsize len;
+  guint32 pos;
+  gint32 parent;
+  gboolean deleted;
+  gboolean has_child; /* for hb_rev_tree_peek_winner() */
+  gint64 body;
+  const char *hash;
+  gsize hash_len;
+} RawNode;
 
-  return get_span (r, &s, &len) ? g_strndup (s, len) : NULL;
+/* The format byte, the id and the node count of a tree of @len bytes. */
+static gboolean
+get_head (Reader *r, gsize len, const char **id, gsize *id_len, guint32 *n)
+{
+  return len >= 1 && *r->p++ == TREE_FORMAT && get_span (r, id, id_len) && get_u32 (r, n)
+         && *n <= len;
+}
+
+/* One node of a tree of @n nodes, its parent checked to be in the tree and its position > 0. */
+static gboolean
+get_node (Reader *r, guint32 n, RawNode *node)
+{
+  guint32 parent, lo, hi;
+
+  if (!get_u32 (r, &node->pos) || !get_u32 (r, &parent) || r->p >= r->end)
+    return FALSE;
+  node->deleted = *r->p++ != 0;
+  node->parent = (gint32)parent;
+  node->has_child = FALSE;
+  if (!get_u32 (r, &lo) || !get_u32 (r, &hi) || !get_span (r, &node->hash, &node->hash_len))
+    return FALSE;
+  node->body = (gint64)((guint64)hi << 32 | lo);
+  return node->parent >= -1 && node->parent < (gint)n && node->pos != 0;
 }
 
 HbRevTree *
@@ -406,27 +434,25 @@ hb_rev_tree_deserialize (const guint8 *data, gsize len, char **out_id)
 {
   Reader r = { data, data + len };
   g_autoptr (HbRevTree) tree = hb_rev_tree_new ();
-  g_autofree char *id = NULL;
+  const char *id;
+  gsize id_len;
   guint32 n;
 
-  if (len < 1 || *r.p++ != TREE_FORMAT || (id = get_string (&r)) == NULL || !get_u32 (&r, &n)
-      || n > len)
+  if (!get_head (&r, len, &id, &id_len, &n))
     return NULL;
   for (guint32 i = 0; i < n; i++)
     {
-      HbRevNode node = { 0 };
-      guint32 parent, lo, hi;
+      RawNode raw;
+      HbRevNode node;
 
-      if (!get_u32 (&r, &node.pos) || !get_u32 (&r, &parent) || r.p >= r.end)
+      if (!get_node (&r, n, &raw))
         return NULL;
-      node.deleted = *r.p++ != 0;
-      node.parent = (gint32)parent;
-      if (!get_u32 (&r, &lo) || !get_u32 (&r, &hi) || (node.hash = get_string (&r)) == NULL)
-        return NULL;
-      node.body = (gint64)((guint64)hi << 32 | lo);
+      node.pos = raw.pos;
+      node.hash = g_strndup (raw.hash, raw.hash_len);
+      node.parent = raw.parent;
+      node.deleted = raw.deleted;
+      node.body = raw.body;
       g_array_append_val (tree->nodes, node);
-      if (node.parent < -1 || node.parent >= (gint)n || node.pos == 0)
-        return NULL;
     }
   if (r.p != r.end)
     return NULL;
@@ -438,24 +464,13 @@ hb_rev_tree_deserialize (const guint8 *data, gsize len, char **out_id)
         return NULL;
     }
   if (out_id != NULL)
-    *out_id = g_steal_pointer (&id);
+    *out_id = g_strndup (id, id_len);
   return g_steal_pointer (&tree);
 }
 
-typedef struct
-{
-  guint32 pos;
-  gint32 parent;
-  gboolean deleted;
-  gboolean has_child;
-  gint64 body;
-  const char *hash;
-  gsize hash_len;
-} PeekNode;
-
 /* compare_leaves() on spans: the hashes hold no NUL, so this orders them as strcmp() does. */
 static gboolean
-peek_better (const PeekNode *x, const PeekNode *y)
+peek_better (const RawNode *x, const RawNode *y)
 {
   int c;
 
@@ -471,30 +486,16 @@ gboolean
 hb_rev_tree_peek_winner (const guint8 *data, gsize len, HbRevPeek *out)
 {
   Reader r = { data, data + len };
-  PeekNode nodes[HB_REV_PEEK_MAX_NODES];
-  const PeekNode *best = NULL;
+  RawNode nodes[HB_REV_PEEK_MAX_NODES];
+  const RawNode *best = NULL;
   guint32 n;
 
-  /* The checks of hb_rev_tree_deserialize(), in its order. */
-  if (len < 1 || *r.p++ != TREE_FORMAT || !get_span (&r, &out->id, &out->id_len)
-      || !get_u32 (&r, &n) || n > len || n > HB_REV_PEEK_MAX_NODES)
+  /* The checks of hb_rev_tree_deserialize(), through the same readers. */
+  if (!get_head (&r, len, &out->id, &out->id_len, &n) || n > HB_REV_PEEK_MAX_NODES)
     return FALSE;
   for (guint32 i = 0; i < n; i++)
-    {
-      PeekNode *node = &nodes[i];
-      guint32 parent, lo, hi;
-
-      if (!get_u32 (&r, &node->pos) || !get_u32 (&r, &parent) || r.p >= r.end)
-        return FALSE;
-      node->deleted = *r.p++ != 0;
-      node->parent = (gint32)parent;
-      node->has_child = FALSE;
-      if (!get_u32 (&r, &lo) || !get_u32 (&r, &hi) || !get_span (&r, &node->hash, &node->hash_len))
-        return FALSE;
-      node->body = (gint64)((guint64)hi << 32 | lo);
-      if (node->parent < -1 || node->parent >= (gint)n || node->pos == 0)
-        return FALSE;
-    }
+    if (!get_node (&r, n, &nodes[i]))
+      return FALSE;
   if (r.p != r.end)
     return FALSE;
   for (guint32 i = 0; i < n; i++)

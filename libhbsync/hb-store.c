@@ -772,32 +772,44 @@ string_free_all (gpointer string)
 /* The revision string as a JSON string node's value; the returned pointer lives until the
  * next call on this thread, which is all json_*_set_string_* needs (they copy). Formatted
  * into one buffer per thread: reads call this for every document. */
+/* "pos-hash" and a NUL into @buf, which has room for 16 + hash_len bytes; returns the length. */
+static gsize
+format_rev (char *buf, guint pos, const char *hash, gsize hash_len)
+{
+  char digits[16];
+  gsize n = 0, len = 0;
+
+  /* The position's digits, written backwards (g_snprintf cost as much as the rest of this). */
+  do
+    {
+      digits[n++] = (char)('0' + pos % 10);
+      pos /= 10;
+    }
+  while (pos > 0);
+  while (n > 0)
+    buf[len++] = digits[--n];
+  buf[len++] = '-';
+  memcpy (buf + len, hash, hash_len);
+  len += hash_len;
+  buf[len] = '\0';
+  return len;
+}
+
 static const char *
 rev_string_tmp (HbRevTree *tree, gint index)
 {
   static GPrivate buf = G_PRIVATE_INIT (string_free_all);
   GString *rev = g_private_get (&buf);
   HbRevNode *node = hb_rev_tree_node (tree, index);
-  char pos[16];
-  guint n = 0, p = node->pos;
+  gsize hash_len = strlen (node->hash);
 
   if (rev == NULL)
     {
       rev = g_string_sized_new (64);
       g_private_set (&buf, rev);
     }
-  /* The position's digits, written backwards (g_snprintf cost as much as the rest of this). */
-  do
-    {
-      pos[n++] = (char)('0' + p % 10);
-      p /= 10;
-    }
-  while (p > 0);
-  g_string_truncate (rev, 0);
-  while (n > 0)
-    g_string_append_c (rev, pos[--n]);
-  g_string_append_c (rev, '-');
-  g_string_append (rev, node->hash);
+  g_string_set_size (rev, 16 + hash_len);
+  g_string_truncate (rev, format_rev (rev->str, node->pos, node->hash, hash_len));
   return rev->str;
 }
 
@@ -2106,6 +2118,15 @@ typedef struct
    * cannot be read. */
   gpointer (*from_state) (
       HbStore *self, HbConn *c, DocState *st, gint index, HbGetFlags flags, GError **error);
+  /* Optional, for a batch: the same made straight from the row where that is quicker; FALSE,
+   * with nothing set, to leave the row to from_state. */
+  gboolean (*from_row) (HbStore *self,
+                        HbConn *c,
+                        sqlite3_stmt *stmt,
+                        DocState *st,
+                        HbGetFlags flags,
+                        gpointer *out,
+                        GError **error);
   gpointer (*error_item) (const char *id, const GError *error);
 } ManyArgs;
 
@@ -2127,11 +2148,6 @@ error_row (const char *id, const GError *error)
   " WHERE d.key_prefix = k.prefix AND d.doc_key = k.key"
 
 G_STATIC_ASSERT (HB_MAC_LEN == HB_KEYS_KEY_LEN);
-
-static gpointer json_of_state (
-    HbStore *self, HbConn *c, DocState *st, gint index, HbGetFlags flags, GError **error);
-static gboolean json_of_row (
-    HbStore *self, HbConn *c, sqlite3_stmt *stmt, DocState *st, GBytes **out, GError **error);
 
 /* get_many_func() for two documents or more: their rows read with DOC_ROWS_BY_KEYS. */
 static gboolean
@@ -2161,7 +2177,6 @@ get_many_rows (
       g_autoptr (GError) doc_error = NULL;
       g_auto (DocState) st = { 0 };
       gpointer item = NULL;
-      GBytes *text = NULL;
       gint index;
 
       if (g_cancellable_set_error_if_cancelled (cancellable, error))
@@ -2174,10 +2189,9 @@ get_many_rows (
       memcpy (st.dk.b, keys + i * HB_MAC_LEN, HB_MAC_LEN);
       /* The body is borrowed from the row, which stays current until the next step. */
       st.row_stmt = stmt;
-      if (args->from_state == json_of_state
-          && (args->flags & (HB_GET_FLAGS_CONFLICTS | HB_GET_FLAGS_REVISIONS)) == 0
-          && json_of_row (self, c, stmt, &st, &text, &doc_error))
-        item = text;
+      if (args->from_row != NULL
+          && args->from_row (self, c, stmt, &st, args->flags, &item, &doc_error))
+        ;
       else if (doc_from_row (self, c, stmt, &st, &doc_error)
                && pick_revision (&st, args->ids[i], NULL, args->flags, &index, &doc_error))
         item = args->from_state (self, c, &st, index, args->flags, &doc_error);
@@ -2413,37 +2427,20 @@ json_of_state (HbStore *self, HbConn *c, DocState *st, gint index, HbGetFlags fl
   return text;
 }
 
-/* "pos-hash" and a NUL into @buf, which has room for 16 + hash_len bytes; returns the length. */
-static gsize
-format_rev (char *buf, guint pos, const char *hash, gsize hash_len)
-{
-  char digits[16];
-  gsize n = 0, len = 0;
-
-  do
-    {
-      digits[n++] = (char)('0' + pos % 10);
-      pos /= 10;
-    }
-  while (pos > 0);
-  while (n > 0)
-    buf[len++] = digits[--n];
-  buf[len++] = '-';
-  memcpy (buf + len, hash, hash_len);
-  len += hash_len;
-  buf[len] = '\0';
-  return len;
-}
-
-/* The winner of a row selected by DOC_ROWS_BY_KEYS, as JSON text, read straight from the
- * opened record without building its revision tree: what a batch read of current documents
- * does for nearly every row. FALSE, with nothing set, when the row is not of that common case
- * (a record too big for the stack, a big tree, a deleted winner, a body kept outside the row):
- * the caller then takes the general way, which also gives every error. TRUE with *out set, or
- * with *error set for a corrupt record. */
+/* The winner of a row selected by DOC_ROWS_BY_KEYS, as JSON text (a GBytes), read straight
+ * from the opened record without building its revision tree: what a batch read of current
+ * documents does for nearly every row. FALSE, with nothing set, when the row is not of that
+ * common case (extras asked for, a record too big for the stack, a big tree, a deleted winner,
+ * a body kept outside the row): the caller then takes the general way, which also gives every
+ * error. TRUE with *out set, or with *error set for a corrupt record. */
 static gboolean
-json_of_row (
-    HbStore *self, HbConn *c, sqlite3_stmt *stmt, DocState *st, GBytes **out, GError **error)
+json_of_row (HbStore *self,
+             HbConn *c,
+             sqlite3_stmt *stmt,
+             DocState *st,
+             HbGetFlags flags,
+             gpointer *out,
+             GError **error)
 {
   guint8 extra[META_AD_LEN];
   guint8 plain[1024];
@@ -2456,7 +2453,9 @@ json_of_row (
 
   *out = NULL;
   sealed_len = (gsize)sqlite3_column_bytes (stmt, 2);
-  if (sealed_len > HB_SEAL_OVERHEAD + sizeof plain || sqlite3_column_type (stmt, 6) == SQLITE_NULL)
+  if ((flags & (HB_GET_FLAGS_CONFLICTS | HB_GET_FLAGS_REVISIONS)) != 0
+      || sealed_len > HB_SEAL_OVERHEAD + sizeof plain
+      || sqlite3_column_type (stmt, 6) == SQLITE_NULL)
     return FALSE;
   if (!row_columns (stmt, st, error))
     return TRUE;
@@ -3913,7 +3912,7 @@ hb_store_get_many_sync (HbStore *self,
                         GCancellable *cancellable,
                         GError **error)
 {
-  ManyArgs args = { ids, flags, NULL, doc_of_state, error_item_node };
+  ManyArgs args = { ids, flags, NULL, doc_of_state, NULL, error_item_node };
 
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (ids != NULL, NULL);
@@ -3942,7 +3941,7 @@ hb_store_get_many_json_sync (HbStore *self,
                              GCancellable *cancellable,
                              GError **error)
 {
-  ManyArgs args = { ids, flags, NULL, json_of_state, error_item_bytes };
+  ManyArgs args = { ids, flags, NULL, json_of_state, json_of_row, error_item_bytes };
 
   g_return_val_if_fail (HB_IS_STORE (self), NULL);
   g_return_val_if_fail (ids != NULL, NULL);
